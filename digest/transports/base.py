@@ -1,0 +1,61 @@
+"""The one small interface every transport implements, and how a send can fail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Literal, Protocol
+
+FailureKind = Literal["transient", "permanent", "unknown", "fatal"]
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A rendered digest ready to leave: the MIME message plus what tracking needs."""
+
+    run_id: int
+    attempt: int
+    user_id: str
+    to_address: str
+    message_id: str
+    idempotency_key: str
+    mime: EmailMessage
+    html: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a transport reports after the provider accepted a message."""
+
+    transport: str
+    provider_message_id: str | None = None
+
+
+class SendError(Exception):
+    """A send that did not succeed, classified for the retry decision.
+
+    - transient: try again later (throttling, 4xx, timeouts before DATA);
+    - permanent: this message will never go (invalid address, 5xx for the recipient);
+    - unknown: the provider may or may not have it (reply lost after DATA);
+    - fatal: the transport itself cannot send (account paused): stop sending everywhere.
+    """
+
+    def __init__(self, kind: FailureKind, reason: str, *, retry_after: float | None = None):
+        super().__init__(reason)
+        self.kind: FailureKind = kind
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Transport(Protocol):
+    """Sends one message at a time; may keep a connection open between sends."""
+
+    name: str
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        """Hand `message` to the provider or raise `SendError`."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the transport may not be used afterwards."""
+        ...
