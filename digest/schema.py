@@ -36,6 +36,7 @@ DELIVERY_STATUSES = (
     "rejected",
     "failed",
     "suppressed",
+    "deferred",
     "unknown",
 )
 

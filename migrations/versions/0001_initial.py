@@ -147,7 +147,7 @@ def upgrade() -> None:
         sa.Column("updated_at", TZ, nullable=False, server_default=NOW),
         sa.CheckConstraint(
             "status IN ('sent', 'delivered', 'bounced', 'complained', 'rejected', 'failed', "
-            "'suppressed', 'unknown')",
+            "'suppressed', 'deferred', 'unknown')",
             name="deliveries_status_check",
         ),
     )
