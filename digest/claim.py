@@ -1,0 +1,211 @@
+"""The run lifecycle in SQL: claim, freeze, heartbeat, finish, release.
+
+Every state change after the claim is fenced by owner and attempt
+(`locked_by = :me AND attempt = :attempt AND status = 'processing'`): zero rows means the
+lease was lost to the watchdog and another worker; the late worker changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, text
+
+# One statement claims a batch: the subquery walks the small partial index of pending
+# runs in due order and skips rows other workers hold.
+RUN_CLAIM_BATCH = text(
+    """
+    UPDATE digest_runs r
+       SET status = 'processing',
+           attempt = r.attempt + 1,
+           locked_by = :me,
+           lease_expires_at = now() + make_interval(secs => :lease),
+           started_at = now()
+      FROM (SELECT id FROM digest_runs
+             WHERE status = 'pending' AND scheduled_for <= now()
+             ORDER BY scheduled_for
+             LIMIT :n
+             FOR UPDATE SKIP LOCKED) due
+     WHERE r.id = due.id
+    RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt
+    """
+)
+
+# Freeze once: attach the user's waiting events to the run before anything is sent, so a
+# retry renders the same events. Rows are attached by identity, not by an id range, so an
+# event whose transaction commits later (ids are not committed in order) is simply not
+# visible yet and waits for the next run; concurrent freezes for the same user re-check
+# `digest_run_id IS NULL` under the row lock and never attach an event twice.
+RUN_FREEZE_EVENTS = text(
+    """
+    WITH owned AS (
+        UPDATE digest_runs
+           SET frozen_at = now()
+         WHERE id = ANY(CAST(:ids AS bigint[]))
+           AND status = 'processing' AND locked_by = :me AND frozen_at IS NULL
+        RETURNING id, user_id
+    )
+    UPDATE digest_events e
+       SET digest_run_id = o.id
+      FROM owned o
+     WHERE e.user_id = o.user_id
+       AND e.digest_run_id IS NULL
+       AND e.created_at <= now()
+    """
+)
+
+RUN_EXTEND_LEASE = text(
+    """
+    UPDATE digest_runs
+       SET lease_expires_at = now() + make_interval(secs => :lease)
+     WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'processing' AND locked_by = :me
+    """
+)
+
+# Finish a whole batch in one round trip: each run's outcome, fenced; a delivery row for
+# every run whose outcome landed and that reached the transport. Returns the runs that
+# landed; any other run of the batch had its lease taken over.
+RUN_FINISH_MANY = text(
+    """
+    WITH outcome AS (
+        SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]),
+                             CAST(:statuses AS text[]), CAST(:event_counts AS int[]),
+                             CAST(:message_ids AS text[]), CAST(:errors AS text[]),
+                             CAST(:retry_in AS float8[]))
+               AS o(id, attempt, status, event_count, message_id, error, retry_in)
+    ), landed AS (
+        UPDATE digest_runs r
+           SET status = o.status,
+               completed_at = CASE WHEN o.status = 'pending' THEN NULL ELSE now() END,
+               scheduled_for = CASE WHEN o.status = 'pending'
+                                    THEN now() + make_interval(secs => o.retry_in)
+                                    ELSE r.scheduled_for END,
+               event_count = o.event_count,
+               message_id = coalesce(o.message_id, r.message_id),
+               last_error = o.error,
+               locked_by = NULL,
+               lease_expires_at = NULL
+          FROM outcome o
+         WHERE r.id = o.id AND r.attempt = o.attempt
+           AND r.locked_by = :me AND r.status = 'processing'
+        RETURNING r.id
+    ), logged AS (
+        INSERT INTO deliveries (run_id, user_id, recipient, transport, message_id,
+                                provider_message_id, attempt, status, reason)
+        SELECT d.run_id, d.user_id, d.recipient, d.transport, d.message_id,
+               d.provider_message_id, d.attempt, d.status, d.reason
+          FROM unnest(CAST(:d_run_ids AS bigint[]), CAST(:d_user_ids AS text[]),
+                      CAST(:d_recipients AS text[]), CAST(:d_transports AS text[]),
+                      CAST(:d_message_ids AS text[]), CAST(:d_provider_ids AS text[]),
+                      CAST(:d_attempts AS int[]), CAST(:d_statuses AS text[]),
+                      CAST(:d_reasons AS text[]))
+               AS d(run_id, user_id, recipient, transport, message_id, provider_message_id,
+                    attempt, status, reason)
+         WHERE d.run_id IN (SELECT id FROM landed)
+    )
+    SELECT id FROM landed
+    """
+)
+
+# Give runs back without spending an attempt (graceful shutdown before they were sent).
+RUN_RELEASE_MANY = text(
+    """
+    UPDATE digest_runs
+       SET status = 'pending', attempt = attempt - 1, locked_by = NULL,
+           lease_expires_at = NULL, last_error = 'released at shutdown'
+     WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'processing' AND locked_by = :me
+    """
+)
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run this worker holds the lease on, for this attempt."""
+
+    id: int
+    user_id: str
+    cadence: str
+    period_start: datetime
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One send attempt's outcome, as logged in `deliveries`."""
+
+    recipient: str
+    transport: str
+    status: str
+    message_id: str | None = None
+    provider_message_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed run in this attempt."""
+
+    run: ClaimedRun
+    status: str  # sent | skipped | failed | pending (retry later)
+    event_count: int | None = None
+    message_id: str | None = None
+    error: str | None = None
+    retry_in: float = 0.0
+    delivery: Delivery | None = None
+
+
+def claim_batch(conn: Connection, me: str, n: int, lease_seconds: float) -> list[ClaimedRun]:
+    """Claim up to `n` due runs and freeze their events, in one transaction."""
+    with conn.begin():
+        rows = conn.execute(RUN_CLAIM_BATCH, {"me": me, "n": n, "lease": lease_seconds}).all()
+        runs = [ClaimedRun(*row) for row in rows]
+        if runs:
+            conn.execute(RUN_FREEZE_EVENTS, {"ids": [r.id for r in runs], "me": me})
+    return runs
+
+
+def extend_lease(conn: Connection, me: str, ids: Sequence[int], lease_seconds: float) -> int:
+    """Push the lease of runs still held by `me` forward; returns how many are still held."""
+    with conn.begin():
+        result = conn.execute(
+            RUN_EXTEND_LEASE, {"ids": list(ids), "me": me, "lease": lease_seconds}
+        )
+    return int(result.rowcount)
+
+
+def finish_batch(conn: Connection, me: str, outcomes: Sequence[Outcome]) -> set[int]:
+    """Record every outcome in one transaction; returns the ids whose fence held."""
+    if not outcomes:
+        return set()
+    logged = [(o.run, o.delivery) for o in outcomes if o.delivery is not None]
+    params = {
+        "me": me,
+        "ids": [o.run.id for o in outcomes],
+        "attempts": [o.run.attempt for o in outcomes],
+        "statuses": [o.status for o in outcomes],
+        "event_counts": [o.event_count for o in outcomes],
+        "message_ids": [o.message_id for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "retry_in": [o.retry_in for o in outcomes],
+        "d_run_ids": [run.id for run, _ in logged],
+        "d_user_ids": [run.user_id for run, _ in logged],
+        "d_attempts": [run.attempt for run, _ in logged],
+        "d_recipients": [d.recipient for _, d in logged],
+        "d_transports": [d.transport for _, d in logged],
+        "d_message_ids": [d.message_id for _, d in logged],
+        "d_provider_ids": [d.provider_message_id for _, d in logged],
+        "d_statuses": [d.status for _, d in logged],
+        "d_reasons": [d.reason for _, d in logged],
+    }
+    with conn.begin():
+        return {row[0] for row in conn.execute(RUN_FINISH_MANY, params)}
+
+
+def release(conn: Connection, me: str, ids: Sequence[int]) -> int:
+    """Give runs back to the queue unsent, without spending their attempt."""
+    if not ids:
+        return 0
+    with conn.begin():
+        return int(conn.execute(RUN_RELEASE_MANY, {"ids": list(ids), "me": me}).rowcount)

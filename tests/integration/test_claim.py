@@ -1,0 +1,218 @@
+"""Claim, freeze, fence, release and the watchdog, on the real queue table."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from digest import claim, watchdog
+from digest.claim import ClaimedRun, Delivery, Outcome
+
+ADD_RUN = text(
+    """
+    INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for)
+    VALUES (:user_id, 'daily', now() - make_interval(days => :age), now() - interval '1 second')
+    RETURNING id
+    """
+)
+ADD_EVENT = text(
+    """
+    INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload)
+    VALUES (:user_id, 'like', 'post', 'p1', '{}') RETURNING id
+    """
+)
+
+
+def add_run(engine: Engine, user_id: str, age: int = 0) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(ADD_RUN, {"user_id": user_id, "age": age}).scalar_one())
+
+
+def add_event(engine: Engine, user_id: str) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(ADD_EVENT, {"user_id": user_id}).scalar_one())
+
+
+def run_row(engine: Engine, run_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM digest_runs WHERE id = :id"), {"id": run_id}).one()
+
+
+def attached(engine: Engine, run_id: int) -> list[int]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT id FROM digest_events WHERE digest_run_id = :id ORDER BY id"),
+                {"id": run_id},
+            ).scalars()
+        )
+
+
+def claim_as(engine: Engine, me: str, n: int = 10) -> list[ClaimedRun]:
+    with engine.connect() as conn:
+        return claim.claim_batch(conn, me, n, 60)
+
+
+def expire_leases(engine: Engine) -> None:
+    """Make time pass for the leases, without sleeping."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE digest_runs SET lease_expires_at = now() - interval '1 second'"))
+
+
+def sent(run: ClaimedRun) -> Outcome:
+    return Outcome(
+        run, "sent", 1, message_id="<m>", delivery=Delivery("a@example.com", "null", "sent")
+    )
+
+
+def test_claim_takes_due_runs_and_freezes_their_events(engine: Engine) -> None:
+    """A claim leases due runs only, and attaches exactly the user's waiting events."""
+    due = add_run(engine, "u1")
+    with engine.begin() as conn:
+        future = conn.execute(
+            text(
+                "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for) "
+                "VALUES ('u2', 'daily', now(), now() + interval '1 hour') RETURNING id"
+            )
+        ).scalar_one()
+    mine = [add_event(engine, "u1") for _ in range(3)]
+    add_event(engine, "u2")
+    [run] = claim_as(engine, "w1")
+    assert (run.id, run.attempt) == (due, 1)
+    row = run_row(engine, due)
+    assert (row.status, row.locked_by, row.frozen_at is not None) == ("processing", "w1", True)
+    assert run_row(engine, future).status == "pending"
+    assert attached(engine, due) == mine
+
+
+def test_concurrent_claims_never_share_a_run(engine: Engine) -> None:
+    """Four claimers racing over 200 runs each get a disjoint share (SKIP LOCKED)."""
+    ids = {add_run(engine, f"u{i}") for i in range(200)}
+    got: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        mine: list[int] = []
+        while batch := claim_as(engine, name, 7):
+            mine += [r.id for r in batch]
+        got[name] = mine
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [i for share in got.values() for i in share]
+    assert sorted(everything) == sorted(ids)
+
+
+def test_retry_reuses_frozen_events_and_attaches_nothing_new(engine: Engine) -> None:
+    """Freeze once: a retried attempt renders the same events, later ones wait."""
+    run_id = add_run(engine, "u")
+    first = add_event(engine, "u")
+    claim_as(engine, "w1")
+    later = add_event(engine, "u")
+    expire_leases(engine)
+    with engine.connect() as conn:
+        assert watchdog.reset_expired_once(conn, max_attempts=5) == (1, 0)
+    [again] = claim_as(engine, "w2")
+    assert (again.id, again.attempt) == (run_id, 2)
+    assert attached(engine, run_id) == [first]
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            text("SELECT id FROM digest_events WHERE digest_run_id IS NULL")
+        ).scalars()
+        assert list(waiting) == [later]
+
+
+def test_worker_whose_lease_was_taken_cannot_mark_the_run_sent(engine: Engine) -> None:
+    """Fencing: the late worker's commit changes nothing; the new owner's commit lands."""
+    run_id = add_run(engine, "u")
+    add_event(engine, "u")
+    [stale] = claim_as(engine, "slow")
+    expire_leases(engine)
+    with engine.connect() as conn:
+        watchdog.reset_expired_once(conn, max_attempts=5)
+    [fresh] = claim_as(engine, "fast")
+    with engine.connect() as conn:
+        assert claim.finish_batch(conn, "slow", [sent(stale)]) == set()
+    row = run_row(engine, run_id)
+    assert (row.status, row.locked_by, row.attempt) == ("processing", "fast", 2)
+    with engine.connect() as conn:
+        assert claim.finish_batch(conn, "fast", [sent(fresh)]) == {run_id}
+        deliveries = conn.execute(text("SELECT attempt, status FROM deliveries")).all()
+    assert run_row(engine, run_id).status == "sent"
+    assert [tuple(d) for d in deliveries] == [(2, "sent")]
+
+
+def test_same_owner_with_a_stale_attempt_is_fenced_too(engine: Engine) -> None:
+    """The fence checks the attempt as well as the owner name."""
+    run_id = add_run(engine, "u")
+    [run] = claim_as(engine, "w")
+    old = ClaimedRun(run.id, run.user_id, run.cadence, run.period_start, run.attempt - 1)
+    with engine.connect() as conn:
+        assert claim.finish_batch(conn, "w", [sent(old)]) == set()
+    assert run_row(engine, run_id).status == "processing"
+
+
+def test_watchdog_fails_runs_out_of_attempts(engine: Engine) -> None:
+    """An expired lease on the last attempt becomes a visible failure, not a silent loop."""
+    run_id = add_run(engine, "u")
+    for _ in range(3):
+        claim_as(engine, "crashy")
+        expire_leases(engine)
+        with engine.connect() as conn:
+            watchdog.reset_expired_once(conn, max_attempts=3)
+    row = run_row(engine, run_id)
+    assert (row.status, row.attempt) == ("failed", 3)
+    assert "lease expired 3 times" in row.last_error
+
+
+def test_release_returns_runs_without_spending_an_attempt(engine: Engine) -> None:
+    """Graceful shutdown gives unsent runs back, frozen events still attached."""
+    run_id = add_run(engine, "u")
+    event = add_event(engine, "u")
+    claim_as(engine, "w")
+    with engine.connect() as conn:
+        assert claim.release(conn, "w", [run_id]) == 1
+    row = run_row(engine, run_id)
+    assert (row.status, row.attempt, row.locked_by) == ("pending", 0, None)
+    assert attached(engine, run_id) == [event]
+
+
+def test_retry_outcome_reschedules_with_backoff(engine: Engine) -> None:
+    """A transient failure puts the run back to pending, due after the backoff."""
+    run_id = add_run(engine, "u")
+    [run] = claim_as(engine, "w")
+    outcome = Outcome(run, "pending", 1, error="transient: 451", retry_in=120.0)
+    with engine.connect() as conn:
+        assert claim.finish_batch(conn, "w", [outcome]) == {run_id}
+        delay = conn.execute(
+            text("SELECT extract(epoch FROM scheduled_for - now()) FROM digest_runs")
+        ).scalar_one()
+    assert 100 < float(delay) <= 120
+    assert run_row(engine, run_id).status == "pending"
+    assert claim_as(engine, "w") == []
+
+
+def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
+    """The claim's scan reads the small partial index of pending runs, not the table."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status) "
+                "SELECT 'u' || g, 'daily', now(), now() - interval '1 minute', "
+                "CASE WHEN g % 50 = 0 THEN 'pending' ELSE 'sent' END "
+                "FROM generate_series(1, 20000) g"
+            )
+        )
+        conn.execute(text("ANALYZE digest_runs"))
+        plan = conn.execute(
+            text("EXPLAIN (FORMAT JSON) " + str(claim.RUN_CLAIM_BATCH.text)),
+            {"me": "w", "n": 50, "lease": 60},
+        ).scalar_one()
+    assert "digest_runs_due_idx" in json.dumps(plan)
