@@ -1,0 +1,191 @@
+"""Build the MIME message of a digest: validated addresses, safe headers, text + HTML parts.
+
+Header values never carry CR/LF: names and the subject are cleaned (controls become
+spaces), ids and URLs that contain them are refused, and `email.policy.SMTP` refuses
+anything left. Addresses are normalised to ASCII (IDN domains in IDNA form), which is also
+the form providers report back in bounces; internationalised local parts (SMTPUTF8) are
+not supported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
+from email.policy import SMTP, Policy
+
+from digest.render import clean_text
+
+SUBJECT_LIMIT = 200
+NAME_LIMIT = 100
+ADDRESS_LIMIT = 254
+LOCAL_LIMIT = 64
+
+# RFC 5322 dot-atom text of a local part (ASCII only).
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# Whitespace, C0/C1 controls and Unicode line separators: never inside an address or a URI.
+_SPACE_OR_CONTROL = re.compile("[\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200b\u2028\u2029\u3000]")
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")  # printable ASCII except < and >
+
+
+class HeaderError(ValueError):
+    """A value that cannot go into a mail header: an invalid address, id or URL."""
+
+
+class _UriListHeader(UnstructuredHeader, BaseHeader):
+    """`<uri>, <uri>` folded only after commas and never RFC 2047-encoded.
+
+    The stdlib folder turns an unstructured value with a token longer than 78 characters
+    (a URL with a token) into encoded-words, which no mail client reads as a URL.
+    """
+
+    def fold(self, *, policy: Policy) -> str:
+        line = f"{self.name}: {self}"
+        if len(line) <= (policy.max_line_length or 78):
+            return line + policy.linesep
+        return f"{self.name}: " + f",{policy.linesep} ".join(self.split(", ")) + policy.linesep
+
+
+_HEADERS = HeaderRegistry()
+_HEADERS.map_to_type("list-unsubscribe", _UriListHeader)
+POLICY = SMTP.clone(header_factory=_HEADERS)
+
+
+def validate_email(address: str) -> str:
+    """`address` normalised (trimmed, lower-case IDNA domain) if it is one plausible addr-spec."""
+    return _normalise_address(address, require_dot=True)
+
+
+def make_message_id(run_id: int, domain: str) -> str:
+    """The Message-ID of a run's email: the same for every attempt, so providers can dedupe."""
+    return f"<digest.run-{int(run_id)}@{_ascii_domain(domain, require_dot=False)}>"
+
+
+def idempotency_key(run_id: int) -> str:
+    """The provider idempotency key of a run's email, independent of the attempt."""
+    return f"digest-run-{int(run_id)}"
+
+
+def build_message(
+    *,
+    from_name: str,
+    from_address: str,
+    to_name: str | None,
+    to_address: str,
+    subject: str,
+    html: str,
+    text: str,
+    message_id: str,
+    idempotency_key: str,
+    list_unsubscribe_url: str,
+    list_unsubscribe_mailto: str | None,
+    date: datetime,
+) -> EmailMessage:
+    """A multipart/alternative message (text, then HTML) with every header a digest needs.
+
+    The From address may have a dot-less domain (`digest@localhost` in demos); the To
+    address must pass `validate_email`.
+    """
+    sender = _address(from_name, _normalise_address(from_address, require_dot=False))
+    recipient = _address(to_name, validate_email(to_address))
+    if date.tzinfo is None or date.utcoffset() is None:
+        raise HeaderError("Date must be timezone-aware")
+    if not _MESSAGE_ID.fullmatch(message_id):
+        raise HeaderError(f"invalid Message-ID {message_id!r}: expected <left@right>")
+    unsubscribe = [f"<{_uri(list_unsubscribe_url, ('https', 'http'))}>"]
+    if list_unsubscribe_mailto is not None:
+        unsubscribe.append(f"<{_uri(list_unsubscribe_mailto, ('mailto',))}>")
+
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Subject"] = clean_text(subject, SUBJECT_LIMIT) or "Digest"
+    msg["Date"] = date
+    msg["Message-ID"] = message_id
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["List-Unsubscribe"] = ", ".join(unsubscribe)
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["X-Digest-Idempotency-Key"] = _token(idempotency_key, "idempotency key")
+    # Quoted-printable: 7-bit safe for any relay, and copes with premailer's long lines.
+    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    for part in msg.iter_parts():  # set_content stamps each part; only the top needs it
+        del part["MIME-Version"]
+    # A boundary derived from the Message-ID instead of a random one: the same run gives the
+    # same bytes on every attempt. "=_" cannot occur in quoted-printable bodies.
+    msg.set_boundary(f"=_digest_{hashlib.sha256(message_id.encode()).hexdigest()[:32]}")
+    return msg
+
+
+def _address(name: str | None, addr_spec: str) -> Address:
+    """A header address from a cleaned display name and a normalised addr-spec."""
+    local, _, domain = addr_spec.rpartition("@")
+    return Address(display_name=clean_text(name, NAME_LIMIT), username=local, domain=domain)
+
+
+def _normalise_address(address: str, *, require_dot: bool) -> str:
+    """`local@domain` with an ASCII lower-case domain, or HeaderError saying what is wrong."""
+    if not isinstance(address, str):
+        raise HeaderError(f"email address must be a string, got {type(address).__name__}")
+    candidate = address.strip()
+    if not candidate:
+        raise HeaderError("email address is empty")
+    if len(candidate) > ADDRESS_LIMIT:
+        raise HeaderError(f"email address is longer than {ADDRESS_LIMIT} characters")
+    if _SPACE_OR_CONTROL.search(candidate):
+        raise HeaderError(f"invalid email address {candidate!r}: contains spaces or controls")
+    if candidate.count("@") != 1:
+        raise HeaderError(f"invalid email address {candidate!r}: needs exactly one @")
+    local, domain = candidate.split("@")
+    if not local:
+        raise HeaderError(f"invalid email address {candidate!r}: empty local part")
+    if len(local) > LOCAL_LIMIT or not _LOCAL_PART.fullmatch(local):
+        raise HeaderError(
+            f"invalid email address {candidate!r}: local part must be at most {LOCAL_LIMIT}"
+            " ASCII letters, digits or !#$%&'*+/=?^_`{|}~.- (no leading, trailing or double dot)"
+        )
+    normalised = f"{local}@{_ascii_domain(domain, require_dot=require_dot, address=candidate)}"
+    if len(normalised) > ADDRESS_LIMIT:
+        raise HeaderError(f"email address is longer than {ADDRESS_LIMIT} characters")
+    return normalised
+
+
+def _ascii_domain(domain: str, *, require_dot: bool, address: str | None = None) -> str:
+    """`domain` lower-cased and IDNA-encoded, or HeaderError."""
+    what = f"invalid email address {address!r}" if address else f"invalid domain {domain!r}"
+    if not domain:
+        raise HeaderError(f"{what}: empty domain")
+    lowered = domain.lower()
+    if not lowered.isascii():
+        try:
+            lowered = lowered.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise HeaderError(f"{what}: domain is not a valid internationalised name") from None
+    labels = lowered.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise HeaderError(f"{what}: domain labels must be letters, digits and inner hyphens")
+    if require_dot and (len(labels) < 2 or labels[-1].isdigit()):
+        raise HeaderError(f"{what}: domain needs a dot and a top-level name")
+    return lowered
+
+
+def _uri(value: str, schemes: tuple[str, ...]) -> str:
+    """`value` if it is an ASCII URI with one of `schemes` and nothing a header could choke on."""
+    if not isinstance(value, str) or not value.isascii() or _SPACE_OR_CONTROL.search(value):
+        raise HeaderError(f"invalid List-Unsubscribe URI {value!r}: spaces, controls or non-ASCII")
+    if "<" in value or ">" in value or "," in value:
+        raise HeaderError(f"invalid List-Unsubscribe URI {value!r}: contains < > or ,")
+    scheme, colon, rest = value.partition(":")
+    if not colon or scheme.lower() not in schemes or not rest.strip("/"):
+        raise HeaderError(f"invalid List-Unsubscribe URI {value!r}: expected {'/'.join(schemes)}")
+    return value
+
+
+def _token(value: str, what: str) -> str:
+    """`value` if it is non-empty printable ASCII without spaces (no CR/LF can sneak in)."""
+    if not value or not value.isascii() or _SPACE_OR_CONTROL.search(value):
+        raise HeaderError(f"invalid {what} {value!r}: must be printable ASCII without spaces")
+    return value

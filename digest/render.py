@@ -1,0 +1,612 @@
+"""Render a digest: a pure view model, Mustache templates, CSS inlined once per template.
+
+Template layout (under `templates_dir`):
+
+- `digest.html.mustache`, `digest.txt.mustache`, `subject.mustache`;
+- `digest.css`, pasted over the `/* digest.css */` marker in the HTML template's `<style>`;
+- `partials/NAME.html.mustache` and `partials/NAME.txt.mustache` for `{{> NAME}}`, looked
+  up by the extension of the template that includes them (one per category: comment,
+  like, mention, follow, and generic for any other category).
+
+Partials are included textually when the templates load (like `#include`): a `{{> NAME}}`
+tag must stand alone on its line, and that line is replaced by the partial's lines
+(indented like the tag). The whole HTML template, partials included, is then inlined by
+premailer once and tokenized by chevron once, so no render re-tokenizes anything
+(chevron's own partial loading would re-tokenize every partial for every item). The
+`{{#groups}}` loop, when it holds only `{{#is_<category>}}` blocks, is unrolled so each
+item renders just its own block (`CompiledTemplate`); output is identical to chevron's.
+
+Pre-inlining gives the same HTML as inlining every rendered email (`render_naive`, which
+the tests compare) only when templates keep three rules: no Mustache inside `style`
+attributes, no Mustache-computed class names (write variants under `{{#flag}}`), and no
+CSS that depends on rendered structure (no sibling or `:nth-child` selectors). HTML
+templates never use `{{{ }}}` or `{{& }}`, every attribute is double-quoted, Mustache
+appears in attributes only as a validated `href`, and section tags sit inside `<td>`
+content (never between `<tr>` rows), where any HTML parser leaves them in place; loading
+fails if premailer moved a tag. Sections only test booleans or lists of dicts: a string
+as a section scope would let `{{title}}` resolve to `str.title` in chevron.
+
+Payload keys used: `title`, `url` (absolute http/https only), `excerpt` (else `text`);
+actor names come from grouping (`actor_name`). Anything else in a payload is ignored, and
+values that are not strings or numbers count as missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo
+
+import chevron
+from chevron.tokenizer import ChevronError, tokenize
+
+from digest.errors import DigestError
+from digest.grouping import DigestContent, Group
+
+KNOWN_CATEGORIES = ("comment", "like", "mention", "follow")
+DEFAULT_PRODUCT_NAME = "Digest"
+TITLE_LIMIT = 140
+SUBJECT_TITLE_LIMIT = 50
+EXCERPT_LIMIT = 280
+NAME_LIMIT = 40
+URL_LIMIT = 2048
+CSS_MARKER = "/* digest.css */"
+
+HTML_TEMPLATE = "digest.html.mustache"
+TEXT_TEMPLATE = "digest.txt.mustache"
+SUBJECT_TEMPLATE = "subject.mustache"
+CSS_FILE = "digest.css"
+
+Token = tuple[str, str]  # chevron's (tag type, key or literal text)
+
+_COUNT_NOUNS = {"comment": "comments", "like": "likes", "mention": "mentions", "follow": "follows"}
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+# C0/C1 controls (CR/LF included), line/paragraph separators, bidi overrides and lone
+# surrogates: none may reach a header, and none has a place in a one-line title.
+_UNSAFE_CHARS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_URL_FORBIDDEN = re.compile("[\x00-\x20\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# Everything RFC 3986 allows unescaped except the quote characters; `%` keeps existing
+# escapes. Non-ASCII and `"'<>\\^`{|}` get percent-encoded, so the URL is plain ASCII
+# that libxml2 (premailer) serializes unchanged.
+_URL_SAFE = "!#$%&()*+,-./:;=?@[]_~"
+_NETLOC = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+_PARTIAL_LINE = re.compile(r"^([ \t]*)\{\{>\s*([A-Za-z0-9_-]+)\s*\}\}[ \t]*(?:\r?\n|\Z)", re.M)
+_STYLE_OR_CLASS_WITH_MUSTACHE = re.compile(r"""\b(?:style|class)\s*=\s*["'][^"']*\{\{""")
+
+# premailer settings shared by load-time and per-email inlining, so both give the same bytes.
+# strip_important=False keeps `!important` on @media rules (they must beat inline styles);
+# width/height attributes are written by hand (Outlook reads them), never derived from CSS.
+_PREMAILER_OPTIONS: dict[str, Any] = {
+    "keep_style_tags": False,
+    "strip_important": False,
+    "remove_classes": False,
+    "allow_network": False,
+    "disable_validation": True,
+    "disable_basic_attributes": ["width", "height"],
+}
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who a digest is for, as far as rendering cares."""
+
+    user_id: str
+    email: str
+    name: str | None
+    cadence: str
+    timezone: str
+    locale: str
+
+
+@dataclass(frozen=True)
+class RenderedDigest:
+    """The three rendered parts of one digest email."""
+
+    subject: str
+    html: str
+    text: str
+
+
+def clean_text(value: object, limit: int) -> str:
+    """`value` as one safe line: scalars coerced, controls dropped, truncated to `limit`."""
+    text = _scalar(value)
+    if text is None:
+        return ""
+    # Fast path: most values are short, printable (no controls, separators or bidi marks)
+    # and already single-spaced.
+    if len(text) <= limit and text.isprintable() and "  " not in text and text == text.strip():
+        return text
+    # Bound the work on huge values before the regex and split run over them.
+    text = _UNSAFE_CHARS.sub(" ", text[: limit * 4 + 16])
+    return truncate(" ".join(text.split()), limit)
+
+
+def truncate(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, on a word boundary when one is near, with …."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit * 0.6:  # a word boundary not too far back; else cut mid-word
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:-–—") + "…"
+
+
+def safe_url(value: object) -> str | None:
+    """An absolute http(s) URL as plain ASCII, or None for anything else (`javascript:`, ...)."""
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if not url or len(url) > URL_LIMIT or _URL_FORBIDDEN.search(url):
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    prefix = f"{scheme}://{parts.netloc}"
+    if (
+        scheme not in ("http", "https")
+        or not parts.hostname
+        or url[: len(prefix)].lower() != prefix.lower()
+    ):
+        return None
+    netloc = parts.netloc
+    if not netloc.isascii():
+        try:
+            netloc = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+        if parts.port is not None:
+            netloc = f"{netloc}:{parts.port}"
+    # Host, port and IPv6 brackets only: no user-info (it hides the real host), no quotes.
+    if not _NETLOC.fullmatch(netloc):
+        return None
+    return f"{scheme}://{netloc}{quote(url[len(prefix) :], safe=_URL_SAFE)}"
+
+
+def actor_phrase(names: tuple[str, ...], actor_count: int) -> str:
+    """'Ana', 'Ana and Ben', 'Ana, Ben and Cy' or 'Ana, Ben and 7 others'."""
+    shown = [n for n in (clean_text(n, NAME_LIMIT) for n in names) if n]
+    total = max(actor_count, len(shown))
+    if not shown:
+        if total == 0:
+            return "Someone"
+        return "1 person" if total == 1 else f"{total} people"
+    if total > len(shown):  # unnamed actors: name at most two, count the rest
+        shown = shown[:2]
+        others = total - len(shown)
+        return f"{', '.join(shown)} and {others} {'other' if others == 1 else 'others'}"
+    if len(shown) == 1:
+        return shown[0]
+    return f"{', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def digest_context(
+    recipient: Recipient,
+    content: DigestContent,
+    *,
+    cadence: str,
+    period_start: datetime,
+    base_url: str,
+    unsubscribe_url: str,
+    product_name: str = DEFAULT_PRODUCT_NAME,
+) -> dict[str, Any]:
+    """The view model every template renders from: plain strings, numbers, flags and lists."""
+    groups = [_group_context(g) for g in content.groups]
+    more = max(content.more_groups, 0)
+    others = max(content.total_groups - 1, 0)
+    heading = {"daily": "Your daily digest", "weekly": "Your weekly digest"}.get(
+        cadence, "Your digest"
+    )
+    period_label = _period_label(cadence, period_start, recipient.timezone)
+    greeting = clean_text(recipient.name, NAME_LIMIT) or clean_text(
+        recipient.email.rpartition("@")[0] or recipient.email, NAME_LIMIT
+    )
+    activity_url = f"{base_url.rstrip('/')}/activity"
+    return {
+        "product_name": clean_text(product_name, 60) or DEFAULT_PRODUCT_NAME,
+        "heading": heading,
+        "period_label": period_label,
+        "cadence_phrase": {"daily": "daily digest", "weekly": "weekly digest"}.get(
+            cadence, "email"
+        ),
+        "greeting_name": greeting or "there",
+        "email": clean_text(recipient.email, 254),
+        "preheader": f"Hi {greeting or 'there'}, here’s what you missed — {period_label}.",
+        "groups": groups,
+        "has_groups": bool(groups),
+        "top": groups[:1],
+        "has_others": others > 0,
+        "others_count": others,
+        "others_noun": "update" if others == 1 else "updates",
+        "has_more": more > 0,
+        "more": more,
+        "more_label": f"{more} more {'update' if more == 1 else 'updates'}",
+        "more_url": activity_url,
+        "activity_url": activity_url,
+        "unsubscribe_url": unsubscribe_url,
+        "total_events": content.total_events,
+    }
+
+
+def _group_context(group: Group) -> dict[str, Any]:
+    """One ranked group as the partials see it; every key always present."""
+    payload: Mapping[str, Any] = group.payload if isinstance(group.payload, Mapping) else {}
+    category = group.category if group.category in KNOWN_CATEGORIES else "generic"
+    real_title = clean_text(payload.get("title"), TITLE_LIMIT)
+    title = real_title or _a_thing(group.entity_type)
+    subject_title = truncate(real_title, SUBJECT_TITLE_LIMIT)
+    excerpt = clean_text(payload.get("excerpt"), EXCERPT_LIMIT) or clean_text(
+        payload.get("text"), EXCERPT_LIMIT
+    )
+    url = safe_url(payload.get("url"))
+    count = group.event_count
+    noun = _COUNT_NOUNS.get(group.category, "updates")
+    return {
+        "is_comment": category == "comment",
+        "is_like": category == "like",
+        "is_mention": category == "mention",
+        "is_follow": category == "follow",
+        "is_generic": category == "generic",
+        "category_label": _category_label(group.category),
+        "actor_phrase": actor_phrase(group.actor_names, group.actor_count),
+        "has_actors": group.actor_count > 0 or any(group.actor_names),
+        "title": title,
+        "title_quoted": f"“{real_title}”" if real_title else title,
+        "subject_title": f"“{subject_title}”" if subject_title else title,
+        "has_excerpt": bool(excerpt),
+        "excerpt": excerpt,
+        "has_url": url is not None,
+        "url": url or "",
+        "count": count,
+        "multiple": count > 1,
+        "count_label": f"{count} {noun}",
+    }
+
+
+def _scalar(value: object) -> str | None:
+    """Strings as they are, numbers and booleans as JSON would write them, else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | Decimal):
+        try:
+            return str(value)
+        except ValueError:  # an int too long to print (sys.int_info.str_digits_check_threshold)
+            return None
+    return None
+
+
+@lru_cache(maxsize=256)
+def _category_label(category: str) -> str:
+    """'Shared post' for `shared_post`: how the generic partial names an unknown category."""
+    return clean_text(category.replace("_", " "), 40).capitalize() or "Activity"
+
+
+@lru_cache(maxsize=256)
+def _a_thing(entity_type: str) -> str:
+    """'a post', 'an album' — the fallback title of an entity without one."""
+    noun = clean_text(entity_type.replace("_", " "), 40) or "item"
+    return f"{'an' if noun[0].lower() in 'aeiou' else 'a'} {noun}"
+
+
+@lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    """The user's zone, or UTC when the name is unknown (a bad zone must not block a digest)."""
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return ZoneInfo("UTC")
+
+
+def _period_label(cadence: str, period_start: datetime, timezone: str) -> str:
+    """'Tuesday, 3 March 2026' in the user's zone; weekly: 'Week ending Tuesday, 3 March 2026'."""
+    if period_start.tzinfo is None:
+        period_start = period_start.replace(tzinfo=UTC)
+    local = period_start.astimezone(_zone(timezone))
+    day = f"{_WEEKDAYS[local.weekday()]}, {local.day} {_MONTHS[local.month - 1]} {local.year}"
+    return f"Week ending {day}" if cadence == "weekly" else day
+
+
+# --- templates ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Template sources with partials and CSS included, before any inlining."""
+
+    html: str
+    text: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class CompiledTemplate:
+    """A tokenized template whose `{{#groups}}` loop of `{{#is_<category>}}` blocks is unrolled.
+
+    chevron walks every token of every category block for every item, matching or not;
+    picking the one block per item here costs a fraction of that and gives the same output
+    (the equality tests compare it with plain chevron). Any other shape renders with chevron.
+    """
+
+    tokens: list[Token]
+    loop: str = ""
+    head: list[Token] | None = None
+    branches: tuple[tuple[str, list[Token]], ...] = ()
+    tail: list[Token] = field(default_factory=list)
+
+    @classmethod
+    def compile(cls, tokens: list[Token], loop: str = "groups") -> CompiledTemplate:
+        """Split `tokens` around a top-level `loop` section made only of boolean-flag blocks."""
+        start = _top_level_index(tokens, ("section", loop))
+        if start is None:
+            return cls(tokens)
+        end = _matching_end(tokens, start)
+        inner, branches = tokens[start + 1 : end], []
+        pos = 0
+        while pos < len(inner):
+            if inner[pos][0] != "section":
+                return cls(tokens)
+            block_end = _matching_end(inner, pos)
+            branches.append((inner[pos][1], inner[pos + 1 : block_end]))
+            pos = block_end + 1
+        return cls(tokens, loop, tokens[:start], tuple(branches), tokens[end + 1 :])
+
+    def render(self, ctx: dict[str, Any]) -> str:
+        """The template rendered against `ctx`."""
+        items = ctx.get(self.loop)
+        flags = [flag for flag, _ in self.branches]
+        if (
+            self.head is None
+            or not isinstance(items, list)
+            or not all(
+                isinstance(item, dict) and all(type(item.get(f)) is bool for f in flags)
+                for item in items
+            )
+        ):
+            return _chevron(self.tokens, [ctx])
+        parts = [_chevron(self.head, [ctx])]
+        for item in items:
+            for flag, block in self.branches:
+                if item[flag]:
+                    # chevron would also push the flag (True) as a scope; it resolves no key.
+                    parts.append(_chevron(block, [item, ctx]))
+        parts.append(_chevron(self.tail, [ctx]))
+        return "".join(parts)
+
+
+def _chevron(tokens: list[Token], scopes: list[Any]) -> str:
+    """chevron on pre-parsed tokens (a list is never re-tokenized); no partials from disk."""
+    return str(chevron.render(tokens, scopes=scopes, partials_path=None))
+
+
+def _top_level_index(tokens: list[Token], wanted: Token) -> int | None:
+    """Index of `wanted` outside any section, or None."""
+    depth = 0
+    for index, token in enumerate(tokens):
+        if depth == 0 and token == wanted:
+            return index
+        if token[0] in ("section", "inverted section"):
+            depth += 1
+        elif token[0] == "end":
+            depth -= 1
+    return None
+
+
+def _matching_end(tokens: list[Token], start: int) -> int:
+    """Index of the `end` token closing the section opened at `start` (tokens are balanced)."""
+    depth = 0
+    for index in range(start, len(tokens)):
+        if tokens[index][0] in ("section", "inverted section"):
+            depth += 1
+        elif tokens[index][0] == "end":
+            depth -= 1
+            if depth == 0:
+                return index
+    raise DigestError("unbalanced template sections")  # chevron's tokenizer prevents this
+
+
+class Renderer:
+    """Renders digests from one templates directory, loaded, inlined and tokenized once."""
+
+    def __init__(self, templates_dir: Path, *, product_name: str = DEFAULT_PRODUCT_NAME):
+        self.templates_dir = Path(templates_dir)
+        self.product_name = product_name
+        self._sources = _load_sources(self.templates_dir)
+        html_tokens = _tokenize(_inline(self._sources.html, HTML_TEMPLATE), HTML_TEMPLATE)
+        # premailer must not have moved, dropped or changed any Mustache tag.
+        if _tags(html_tokens) != _tags(_tokenize(self._sources.html, HTML_TEMPLATE)):
+            raise DigestError(
+                f"{HTML_TEMPLATE}: CSS inlining moved Mustache tags; keep section tags inside"
+                " <td> content and Mustache out of attributes other than href"
+            )
+        self._html = CompiledTemplate.compile(html_tokens)
+        self._text = CompiledTemplate.compile(_tokenize(self._sources.text, TEXT_TEMPLATE))
+        self._subject = CompiledTemplate(_tokenize(self._sources.subject, SUBJECT_TEMPLATE))
+
+    def context(
+        self,
+        recipient: Recipient,
+        content: DigestContent,
+        *,
+        cadence: str,
+        period_start: datetime,
+        base_url: str,
+        unsubscribe_url: str,
+    ) -> dict[str, Any]:
+        """The view model, with the rendered subject added (the HTML `<title>` shows it)."""
+        ctx = digest_context(
+            recipient,
+            content,
+            cadence=cadence,
+            period_start=period_start,
+            base_url=base_url,
+            unsubscribe_url=unsubscribe_url,
+            product_name=self.product_name,
+        )
+        subject = clean_text(self._subject.render(ctx), 998)
+        ctx["subject"] = subject or f"{ctx['heading']} · {ctx['period_label']}"
+        return ctx
+
+    def render(
+        self,
+        recipient: Recipient,
+        content: DigestContent,
+        *,
+        cadence: str,
+        period_start: datetime,
+        base_url: str,
+        unsubscribe_url: str,
+    ) -> RenderedDigest:
+        """Subject, HTML (CSS already inlined) and text of one digest."""
+        ctx = self.context(
+            recipient,
+            content,
+            cadence=cadence,
+            period_start=period_start,
+            base_url=base_url,
+            unsubscribe_url=unsubscribe_url,
+        )
+        return RenderedDigest(
+            subject=ctx["subject"], html=self._html.render(ctx), text=self._text.render(ctx)
+        )
+
+    def render_naive(
+        self,
+        recipient: Recipient,
+        content: DigestContent,
+        *,
+        cadence: str,
+        period_start: datetime,
+        base_url: str,
+        unsubscribe_url: str,
+    ) -> RenderedDigest:
+        """The reference: plain chevron on the raw template, then premailer on this one email."""
+        ctx = self.context(
+            recipient,
+            content,
+            cadence=cadence,
+            period_start=period_start,
+            base_url=base_url,
+            unsubscribe_url=unsubscribe_url,
+        )
+        raw_html = chevron.render(self._sources.html, ctx, partials_path=None)
+        return RenderedDigest(
+            subject=ctx["subject"],
+            html=_inline(raw_html, HTML_TEMPLATE),
+            text=chevron.render(self._sources.text, ctx, partials_path=None),
+        )
+
+
+def _read(path: Path) -> str:
+    """A template file's text, or a one-line DigestError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DigestError(f"template not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DigestError(f"cannot read template {path}: {exc}") from None
+
+
+def _load_sources(root: Path) -> _Sources:
+    """Read every template, check each alone, and include partials and CSS."""
+    html = _include_partials(root, HTML_TEMPLATE, "html")
+    css = _read(root / CSS_FILE)
+    if "{{" in css or "</" in css:
+        raise DigestError(f"{root / CSS_FILE}: CSS must not contain '{{{{' or '</'")
+    if html.count(CSS_MARKER) != 1:
+        raise DigestError(f"{root / HTML_TEMPLATE}: needs exactly one {CSS_MARKER} marker")
+    html = html.replace(CSS_MARKER, css.strip())
+    if "{{{" in html or "{{&" in html:
+        raise DigestError(f"{root / HTML_TEMPLATE}: HTML templates must not use {{{{{{ or {{{{&")
+    if _STYLE_OR_CLASS_WITH_MUSTACHE.search(html):
+        raise DigestError(
+            f"{root / HTML_TEMPLATE}: no Mustache inside style or class attributes"
+            " (write variants under {{#flag}})"
+        )
+    return _Sources(
+        html=html,
+        text=_include_partials(root, TEXT_TEMPLATE, "txt"),
+        subject=_tokenized_source(root / SUBJECT_TEMPLATE),
+    )
+
+
+def _include_partials(root: Path, name: str, kind: str) -> str:
+    """`name` with every standalone `{{> partial}}` line replaced by `partials/partial.KIND...`."""
+    path = root / name
+    source = _tokenized_source(path)
+
+    def include(match: re.Match[str]) -> str:
+        indent, partial = match.group(1), match.group(2)
+        text = _tokenized_source(root / "partials" / f"{partial}.{kind}.mustache")
+        if "{{>" in text:
+            raise DigestError(f"{root / 'partials' / partial}.{kind}.mustache: nested partials")
+        if not text.endswith("\n"):
+            text += "\n"
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+    expanded = _PARTIAL_LINE.sub(include, source)
+    if "{{>" in expanded:
+        raise DigestError(f"{path}: a {{{{> partial}}}} tag must stand alone on its line")
+    return expanded
+
+
+def _tokenized_source(path: Path) -> str:
+    """A template's text, after checking that it parses on its own (errors name the file)."""
+    source = _read(path)
+    _tokenize(source, str(path))
+    return source
+
+
+def _tokenize(source: str, name: str) -> list[Token]:
+    """chevron's tokens for `source`, or a DigestError naming the template."""
+    try:
+        return list(tokenize(source))
+    except (ChevronError, IndexError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise DigestError(f"broken template {name}: {detail}") from None
+
+
+def _tags(tokens: list[Token]) -> list[Token]:
+    """The Mustache tags of a token list, literals left out."""
+    return [t for t in tokens if t[0] != "literal"]
+
+
+def _inline(html: str, name: str) -> str:
+    """`html` with digest.css moved into style attributes (only @media rules stay in <style>)."""
+    # Imported here: premailer (lxml, cssutils, requests) costs ~100 ms to import, and
+    # `digest.message` / data import use this module's text helpers without inlining.
+    import premailer
+
+    try:
+        out = premailer.Premailer(**_PREMAILER_OPTIONS).transform(html, pretty_print=False)
+    except Exception as exc:  # premailer/lxml/cssutils raise many types; report one line
+        raise DigestError(f"cannot inline CSS of {name}: {exc}") from None
+    return str(out)
