@@ -22,14 +22,16 @@ RUN_CLAIM_BATCH = text(
            attempt = r.attempt + 1,
            locked_by = :me,
            lease_expires_at = now() + make_interval(secs => :lease),
-           started_at = now()
-      FROM (SELECT id FROM digest_runs
+           started_at = now(),
+           frozen_at = coalesce(r.frozen_at, now())
+      FROM (SELECT id, frozen_at FROM digest_runs
              WHERE status = 'pending' AND scheduled_for <= now()
              ORDER BY scheduled_for
              LIMIT :n
              FOR UPDATE SKIP LOCKED) due
      WHERE r.id = due.id
-    RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt
+    RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
+              due.frozen_at IS NULL AS fresh
     """
 )
 
@@ -37,20 +39,17 @@ RUN_CLAIM_BATCH = text(
 # retry renders the same events. Rows are attached by identity, not by an id range, so an
 # event whose transaction commits later (ids are not committed in order) is simply not
 # visible yet and waits for the next run; concurrent freezes for the same user re-check
-# `digest_run_id IS NULL` under the row lock and never attach an event twice.
+# `digest_run_id IS NULL` under the row lock and never attach an event twice. The claim
+# stamps `frozen_at` on a run's first attempt only; that stamp is also the message's Date,
+# so a retry sends the same bytes.
 RUN_FREEZE_EVENTS = text(
     """
-    WITH owned AS (
-        UPDATE digest_runs
-           SET frozen_at = now()
-         WHERE id = ANY(CAST(:ids AS bigint[]))
-           AND status = 'processing' AND locked_by = :me AND frozen_at IS NULL
-        RETURNING id, user_id
-    )
     UPDATE digest_events e
-       SET digest_run_id = o.id
-      FROM owned o
-     WHERE e.user_id = o.user_id
+       SET digest_run_id = r.id
+      FROM digest_runs r
+     WHERE r.id = ANY(CAST(:ids AS bigint[]))
+       AND r.status = 'processing' AND r.locked_by = :me
+       AND e.user_id = r.user_id
        AND e.digest_run_id IS NULL
        AND e.created_at <= now()
     """
@@ -129,6 +128,7 @@ class ClaimedRun:
     cadence: str
     period_start: datetime
     attempt: int
+    frozen_at: datetime
 
 
 @dataclass(frozen=True)
@@ -160,10 +160,10 @@ def claim_batch(conn: Connection, me: str, n: int, lease_seconds: float) -> list
     """Claim up to `n` due runs and freeze their events, in one transaction."""
     with conn.begin():
         rows = conn.execute(RUN_CLAIM_BATCH, {"me": me, "n": n, "lease": lease_seconds}).all()
-        runs = [ClaimedRun(*row) for row in rows]
-        if runs:
-            conn.execute(RUN_FREEZE_EVENTS, {"ids": [r.id for r in runs], "me": me})
-    return runs
+        fresh = [row.id for row in rows if row.fresh]
+        if fresh:
+            conn.execute(RUN_FREEZE_EVENTS, {"ids": fresh, "me": me})
+    return [ClaimedRun(*row[:-1]) for row in rows]
 
 
 def extend_lease(conn: Connection, me: str, ids: Sequence[int], lease_seconds: float) -> int:

@@ -12,6 +12,19 @@ from digest.errors import DigestError
 DELIVERY_MODES = ("at-least-once", "at-most-once")
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DigestError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise DigestError(f"{name} must be positive, got {value}")
+    return value
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -67,6 +80,10 @@ class Settings:
             stagger_seconds=_int(env, "DIGEST_STAGGER_SECONDS", base.stagger_seconds, 0),
             backoff_base_seconds=_int(env, "DIGEST_BACKOFF_BASE", base.backoff_base_seconds, 0),
             backoff_max_seconds=_int(env, "DIGEST_BACKOFF_MAX", base.backoff_max_seconds, 0),
+            watchdog_interval_seconds=_int(
+                env, "DIGEST_WATCHDOG_INTERVAL", base.watchdog_interval_seconds, 1
+            ),
+            poll_interval_seconds=_float(env, "DIGEST_POLL_INTERVAL", base.poll_interval_seconds),
             base_url=env.get("DIGEST_BASE_URL", base.base_url).rstrip("/"),
             from_address=env.get("DIGEST_FROM_ADDRESS", base.from_address),
             from_name=env.get("DIGEST_FROM_NAME", base.from_name),

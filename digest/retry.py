@@ -19,7 +19,7 @@ class RetryDecision:
 
 def backoff(attempt: int, base: float, cap: float, rand: random.Random) -> float:
     """Exponential backoff with full jitter in [0.5, 1.0] x base * 2^(attempt-1), capped."""
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    ceiling: float = min(cap, base * 2.0 ** max(attempt - 1, 0))
     return ceiling * (0.5 + rand.random() / 2)
 
 

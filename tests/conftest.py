@@ -55,13 +55,13 @@ def template_db(server_url: str) -> Iterator[str]:
     """Name of a database migrated once, cloned by every test."""
     name = f"digest_tmpl_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        admin.execute(f'CREATE DATABASE "{name}"')
     engine = make_engine(with_database(server_url, name))
     migrate.upgrade(engine)
     engine.dispose()
     yield name
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -69,10 +69,10 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
     """URL of a fresh, migrated database of this test's own."""
     name = f"digest_t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')  # type: ignore[arg-type]
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     yield with_database(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

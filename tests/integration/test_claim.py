@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from typing import Any
@@ -153,7 +154,7 @@ def test_same_owner_with_a_stale_attempt_is_fenced_too(engine: Engine) -> None:
     """The fence checks the attempt as well as the owner name."""
     run_id = add_run(engine, "u")
     [run] = claim_as(engine, "w")
-    old = ClaimedRun(run.id, run.user_id, run.cadence, run.period_start, run.attempt - 1)
+    old = dataclasses.replace(run, attempt=run.attempt - 1)
     with engine.connect() as conn:
         assert claim.finish_batch(conn, "w", [sent(old)]) == set()
     assert run_row(engine, run_id).status == "processing"

@@ -43,7 +43,7 @@ def runs(
 ) -> list[tuple[str, str, datetime, datetime, str]]:
     with engine.connect() as conn:
         return [
-            tuple(row)  # type: ignore[misc]
+            tuple(row)
             for row in conn.execute(
                 text(
                     "SELECT user_id, cadence, period_start, scheduled_for, status FROM digest_runs"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from digest.retry import backoff, decide
 
-KW = {"max_attempts": 5, "base": 30.0, "cap": 3600.0}
+KW: dict[str, Any] = {"max_attempts": 5, "base": 30.0, "cap": 3600.0}
 
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:

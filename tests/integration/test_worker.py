@@ -1,0 +1,313 @@
+"""The worker end to end on a real database: outcomes, reasons, retries, no dead loops."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from digest.config import Settings
+from digest.scheduler import schedule_once
+from digest.transports.base import OutgoingMessage, SendError, SendResult
+from digest.transports.file import FileTransport
+from digest.worker import Worker
+
+ADD_RECIPIENT = text(
+    "INSERT INTO recipients (user_id, email, name) VALUES (:user_id, :email, :name)"
+)
+ADD_EVENTS = text(
+    """
+    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+                               created_at)
+    SELECT CAST(:user_id AS text), CAST(:category AS text), 'post', 'p' || (g % :entities),
+           'a' || g,
+           jsonb_build_object('title', CAST(:title AS text), 'actor_name', 'Actor ' || g,
+                              'url', 'https://example.com/p/' || (g % :entities)),
+           now() - interval '1 hour' + g * interval '1 millisecond'
+      FROM generate_series(1, :n) g
+    """
+)
+
+
+def add_user(
+    engine: Engine, user_id: str, *, email_addr: str | None = None, name: str = ""
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            ADD_RECIPIENT,
+            {
+                "user_id": user_id,
+                "email": email_addr or f"{user_id}@example.com",
+                "name": name or user_id.title(),
+            },
+        )
+
+
+def add_events(
+    engine: Engine,
+    user_id: str,
+    n: int,
+    *,
+    entities: int = 5,
+    category: str = "comment",
+    title: str = "Trip photos",
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            ADD_EVENTS,
+            {
+                "user_id": user_id,
+                "n": n,
+                "entities": entities,
+                "category": category,
+                "title": title,
+            },
+        )
+
+
+def schedule(engine: Engine) -> int:
+    with engine.begin() as conn:
+        return schedule_once(conn, datetime.now(UTC), 0)
+
+
+def runs(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {
+            row.user_id: row for row in conn.execute(text("SELECT * FROM digest_runs ORDER BY id"))
+        }
+
+
+def make_worker(engine: Engine, tmp_path: Path, transport: Any = None, **settings: Any) -> Worker:
+    settings.setdefault("secret_key", "test-secret")
+    config = Settings(outbox=tmp_path / "outbox", **settings)
+    return Worker(engine, config, transport or FileTransport(config.outbox))
+
+
+class ScriptedTransport:
+    """Fails the way it is told to for given users; sends everyone else."""
+
+    name = "scripted"
+
+    def __init__(self, failures: dict[str, Exception]):
+        self.failures = failures
+        self.sent: list[OutgoingMessage] = []
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        if failure := self.failures.get(message.user_id):
+            raise failure
+        self.sent.append(message)
+        return SendResult(self.name, f"provider-{message.run_id}")
+
+    def close(self) -> None:
+        pass
+
+
+def test_digests_are_sent_and_empty_runs_skipped(
+    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Users with events get one email each; a user with none is skipped, with no email."""
+    for user in ("ana", "ben", "cy"):
+        add_user(engine, user)
+        add_events(engine, user, 12)
+    add_user(engine, "quiet")
+    assert schedule(engine) == 4
+    with caplog.at_level(logging.INFO, logger="digest.worker"):
+        stats = make_worker(engine, tmp_path).run(drain=True)
+    assert (stats.sent, stats.skipped, stats.failed, stats.events) == (3, 1, 0, 36)
+    by_user = runs(engine)
+    assert by_user["quiet"].status == "skipped"
+    assert by_user["quiet"].last_error == "no events"
+    for user in ("ana", "ben", "cy"):
+        run = by_user[user]
+        assert (run.status, run.event_count) == ("sent", 12)
+        eml = tmp_path / "outbox" / f"run-{run.id}.eml"
+        message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+        assert message["To"].addresses[0].addr_spec == f"{user}@example.com"
+        assert message["Message-ID"] == run.message_id
+        assert (tmp_path / "outbox" / f"run-{run.id}.html").exists()
+    outcome_lines = [r.getMessage() for r in caplog.records if "run_outcome" in r.getMessage()]
+    assert len(outcome_lines) == 4
+    assert all("run_id=" in line and "duration_ms=" in line for line in outcome_lines)
+    with engine.connect() as conn:
+        assert (
+            conn.execute(text("SELECT count(*) FROM deliveries WHERE status = 'sent'")).scalar_one()
+            == 3
+        )
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM digest_events WHERE digest_run_id IS NULL")
+            ).scalar_one()
+            == 0
+        )
+
+
+def test_bad_recipients_fail_or_skip_with_a_reason_and_the_queue_moves_on(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """An invalid address fails its run, a suppressed one is skipped; others still go out."""
+    add_user(engine, "bad", email_addr="not an address")
+    add_user(engine, "blocked")
+    add_user(engine, "fine")
+    for user in ("bad", "blocked", "fine"):
+        add_events(engine, user, 3)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO suppressions (email, reason, source) "
+                "VALUES ('blocked@example.com', 'hard bounce', 'ses')"
+            )
+        )
+    schedule(engine)
+    stats = make_worker(engine, tmp_path).run(drain=True)
+    assert (stats.sent, stats.skipped, stats.failed) == (1, 1, 1)
+    by_user = runs(engine)
+    assert by_user["bad"].status == "failed"
+    assert by_user["bad"].last_error.startswith("invalid email address")
+    assert (by_user["blocked"].status, by_user["blocked"].last_error) == (
+        "skipped",
+        "suppressed: hard bounce",
+    )
+    assert by_user["fine"].status == "sent"
+
+
+def test_transient_errors_retry_with_backoff_then_fail_after_max_attempts(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """451-style failures go back to pending with a delay; the last attempt fails, visibly."""
+    add_user(engine, "flaky")
+    add_events(engine, "flaky", 2)
+    schedule(engine)
+    transport = ScriptedTransport({"flaky": SendError("transient", "451 try again later")})
+    worker = make_worker(engine, tmp_path, transport, max_attempts=3)
+    for attempt in (1, 2, 3):
+        worker.run(drain=True)
+        run = runs(engine)["flaky"]
+        assert run.attempt == attempt
+        if attempt < 3:
+            assert run.status == "pending"
+            assert run.scheduled_for > datetime.now(UTC)
+            with engine.begin() as conn:  # time passes
+                conn.execute(text("UPDATE digest_runs SET scheduled_for = now()"))
+    assert run.status == "failed"
+    assert run.last_error == "gave up after 3 attempts: 451 try again later"
+    with engine.connect() as conn:
+        statuses = conn.execute(text("SELECT status FROM deliveries ORDER BY id")).scalars()
+        assert list(statuses) == ["deferred", "deferred", "failed"]
+
+
+def test_permanent_error_and_unexpected_exception_fail_only_their_run(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A 5xx and a transport bug each fail one run with the reason; the batch goes on."""
+    for user in ("gone", "buggy", "ok"):
+        add_user(engine, user)
+        add_events(engine, user, 1)
+    schedule(engine)
+    transport = ScriptedTransport(
+        {
+            "gone": SendError("permanent", "550 5.1.1 no such user"),
+            "buggy": RuntimeError("boom"),
+        }
+    )
+    stats = make_worker(engine, tmp_path, transport).run(drain=True)
+    assert (stats.sent, stats.failed) == (1, 2)
+    by_user = runs(engine)
+    assert by_user["gone"].last_error == "permanent: 550 5.1.1 no such user"
+    assert "internal error" in by_user["buggy"].last_error
+    assert [m.user_id for m in transport.sent] == ["ok"]
+
+
+def test_fatal_transport_error_stops_the_worker_and_keeps_runs(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """An account-level failure stops sending at once; unsent runs stay in the queue."""
+    for user in ("a", "b", "c"):
+        add_user(engine, user)
+        add_events(engine, user, 1)
+    schedule(engine)
+    transport = ScriptedTransport({u: SendError("fatal", "sending paused") for u in "abc"})
+    worker = make_worker(engine, tmp_path, transport)
+    worker.run(drain=True)
+    assert worker.fatal == "sending paused"
+    statuses = sorted(r.status for r in runs(engine).values())
+    assert statuses == ["pending", "pending", "pending"]
+
+
+def test_heavy_user_gets_top_groups_and_exact_more(engine: Engine, tmp_path: Path) -> None:
+    """10,000 events over 300 posts: 50 groups rendered and "250 more" in both parts."""
+    add_user(engine, "heavy")
+    add_events(engine, "heavy", 10_000, entities=300)
+    schedule(engine)
+    make_worker(engine, tmp_path).run(drain=True)
+    run = runs(engine)["heavy"]
+    assert (run.status, run.event_count) == ("sent", 10_000)
+    html = (tmp_path / "outbox" / f"run-{run.id}.html").read_text()
+    eml = email.message_from_bytes(
+        (tmp_path / "outbox" / f"run-{run.id}.eml").read_bytes(), policy=email.policy.default
+    )
+    body = eml.get_body(preferencelist=("plain",))
+    assert body is not None
+    plain = body.get_content()
+    assert "250 more" in html
+    assert "250 more" in plain
+    assert html.count("https://example.com/p/") >= 50
+
+
+def test_html_and_quotes_in_payload_are_escaped(engine: Engine, tmp_path: Path) -> None:
+    """User content cannot inject markup or break out of an attribute."""
+    add_user(engine, "x", name='Eve "<script>"')
+    add_events(engine, "x", 1, title='<script>alert("x")</script> & "quoted"')
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE digest_events SET payload = payload || "
+                '\'{"url": "javascript:alert(1)"}\'::jsonb'
+            )
+        )
+    schedule(engine)
+    make_worker(engine, tmp_path).run(drain=True)
+    run = runs(engine)["x"]
+    html = (tmp_path / "outbox" / f"run-{run.id}.html").read_text()
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "javascript:" not in html
+
+
+def test_a_retry_sends_the_same_bytes(engine: Engine, tmp_path: Path) -> None:
+    """Frozen events and a frozen Date: attempt 2 builds the very message attempt 1 built."""
+    add_user(engine, "r")
+    add_events(engine, "r", 4)
+    schedule(engine)
+    seen: list[bytes] = []
+
+    class FailOnce(ScriptedTransport):
+        def send(self, message: OutgoingMessage) -> SendResult:
+            seen.append(message.mime.as_bytes())
+            if len(seen) == 1:
+                raise SendError("transient", "421 busy")
+            return super().send(message)
+
+    worker = make_worker(engine, tmp_path, FailOnce({}))
+    worker.run(drain=True)
+    add_events(engine, "r", 3)  # arrives between the attempts: waits for the next digest
+    with engine.begin() as conn:  # an hour passes before the retry
+        conn.execute(
+            text(
+                "UPDATE digest_runs SET scheduled_for = now(), "
+                "frozen_at = frozen_at - interval '1 hour'"
+            )
+        )
+    worker.run(drain=True)
+    assert len(seen) == 2
+    first, second = (email.message_from_bytes(b, policy=email.policy.default) for b in seen)
+    # the Date is the run's first attempt, not the moment of the retry
+    assert second["Date"].datetime == runs(engine)["r"].frozen_at.replace(microsecond=0)
+    del first["Date"], second["Date"]
+    assert first.as_bytes() == second.as_bytes()
+    assert runs(engine)["r"].event_count == 4
