@@ -1,0 +1,289 @@
+"""The `digest` command line: one clear line and a non-zero exit for every error."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from digest import db, migrate, stats, watchdog
+from digest.config import Settings
+from digest.errors import DigestError
+
+
+class UserError(click.ClickException):
+    """Shown as `digest: error: <message>`, exit code 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"digest: error: {self.format_message()}", err=True)
+
+
+@dataclass
+class App:
+    """What every command gets: settings, and an engine made on first use."""
+
+    settings: Settings
+    debug: bool = False
+    _engine: Engine | None = field(default=None, repr=False)
+    _url: str | None = field(default=None, repr=False)
+
+    def url(self) -> str:
+        if self._url is None:
+            self._url = db.resolve_url(self.settings.database_url, self.settings.data_dir)
+        return self._url
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = db.make_engine(self.url())
+        return self._engine
+
+
+class DigestGroup(click.Group):
+    """Turns expected failures into one line; `--debug` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            app = ctx.find_object(App)
+            if app is not None and app.debug:
+                raise
+            raise UserError(_describe(exc)) from exc
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, DigestError):
+        return str(exc)
+    if isinstance(exc, OperationalError):
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        return f"database unavailable: {first}"
+    if isinstance(exc, DBAPIError):
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if "digest_runs" in first or "does not exist" in first:
+            return f"{first} (did you run `digest migrate`?)"
+        return f"database error: {first}"
+    return f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
+
+
+def _fail(message: str) -> NoReturn:
+    raise UserError(message)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(cls=DigestGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    envvar="DIGEST_DATABASE_URL",
+    help="PostgreSQL URL. Default: the embedded server under .digest/ (started on demand).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="digest")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
+    """Turn notification events into one well-made email per user per period.
+
+    Typical production use: `digest migrate` once per release, `digest schedule` from cron
+    every few minutes, N long-running `digest work` processes.
+    """
+    try:
+        settings = Settings.from_env()
+    except DigestError as exc:
+        raise UserError(str(exc)) from exc
+    if database_url:
+        settings = settings.with_(database_url=database_url)
+    level = os.environ.get("DIGEST_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=logging.DEBUG if debug else getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    ctx.obj = App(settings=settings, debug=debug)
+    ctx.call_on_close(lambda: ctx.obj._engine.dispose() if ctx.obj._engine else None)
+
+
+@cli.command("migrate")
+@pass_app
+def migrate_cmd(app: App) -> None:
+    """Create or upgrade the schema (alembic upgrade head); safe to run again."""
+    before = migrate.current(app.engine())
+    migrate.upgrade(app.engine())
+    after = migrate.current(app.engine())
+    click.echo(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@cli.group("db")
+def db_group() -> None:
+    """The embedded PostgreSQL server (used when no --database-url is given)."""
+
+
+@db_group.command("url")
+@pass_app
+def db_url(app: App) -> None:
+    """Print the database URL in use (for psql), starting the embedded server if needed."""
+    click.echo(db.libpq_url(app.url()))
+
+
+@db_group.command("stop")
+@pass_app
+def db_stop(app: App) -> None:
+    """Stop the embedded server under the data directory."""
+    stopped = db.stop_embedded(app.settings.data_dir / "pgdata")
+    click.echo("stopped" if stopped else "not running")
+
+
+def _parse_now(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"--now: not an ISO 8601 time: {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@cli.command("schedule")
+@click.option(
+    "--now", "now_text", metavar="ISO8601", help="Schedule as of this time (default: now)."
+)
+@click.option(
+    "--spread",
+    type=click.IntRange(min=0),
+    help="Stagger runs over this many seconds after the send time "
+    "(default DIGEST_STAGGER_SECONDS or 3600; 0 = none).",
+)
+@pass_app
+def schedule_cmd(app: App, now_text: str | None, spread: int | None) -> None:
+    """Create this period's digest run for every subscribed recipient (run it from cron).
+
+    Idempotent and safe to run twice at once; each user gets at most one run per cadence
+    and period, at their local send hour plus a stable per-user stagger.
+    """
+    from digest.scheduler import schedule_once
+
+    now = _parse_now(now_text)
+    spread = app.settings.stagger_seconds if spread is None else spread
+    with app.engine().begin() as conn:
+        created = schedule_once(conn, now, spread)
+    click.echo(f"scheduled {created} new runs as of {now.isoformat()}")
+
+
+@cli.command("work")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Runs claimed per statement (50).")
+@click.option("--drain", is_flag=True, help="Exit when no run is due instead of waiting.")
+@click.option(
+    "--transport",
+    type=click.Choice(["file", "null"]),
+    help="Where mail goes (DIGEST_TRANSPORT; default file).",
+)
+@click.option(
+    "--outbox", type=click.Path(file_okay=False, path_type=Path), help="Folder for `file`."
+)
+@click.option("--lease", type=click.IntRange(min=5), help="Lease seconds per claimed run (300).")
+@pass_app
+def work_cmd(
+    app: App,
+    processes: int,
+    batch_size: int | None,
+    drain: bool,
+    transport: str | None,
+    outbox: Path | None,
+    lease: int | None,
+) -> None:
+    """Claim due runs, render and send digests, and record each outcome.
+
+    Runs the watchdog every few seconds too. SIGTERM or Ctrl-C: stop claiming, finish or
+    release the runs in flight, exit 0.
+    """
+    from digest.worker import work_processes
+
+    changes: dict[str, object] = {}
+    if batch_size:
+        changes["batch_size"] = batch_size
+    if outbox:
+        changes["outbox"] = outbox
+    if lease:
+        changes["lease_seconds"] = lease
+    settings = app.settings.with_(**changes)
+    name = transport or settings.transport
+    started = time.monotonic()
+    total, errors = work_processes(app.url(), settings, name, processes, drain)
+    elapsed = time.monotonic() - started
+    click.echo(
+        f"sent {total.sent}, skipped {total.skipped}, failed {total.failed}, "
+        f"retrying {total.retried}, lease lost {total.lost}, released {total.released}; "
+        f"{total.events} events in {elapsed:.1f}s",
+        err=True,
+    )
+    if errors:
+        _fail("; ".join(errors))
+
+
+@cli.command("watchdog")
+@pass_app
+def watchdog_cmd(app: App) -> None:
+    """Return runs whose lease expired to the queue (or fail them after max attempts)."""
+    with app.engine().connect() as conn:
+        pending, failed = watchdog.reset_expired_once(conn, app.settings.max_attempts)
+    click.echo(f"requeued {pending}, failed {failed}")
+
+
+@cli.command("preview")
+@click.option("--user", "user_id", required=True, help="User id.")
+@click.option("--format", "fmt", type=click.Choice(["html", "text"]), default="html")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
+@pass_app
+def preview_cmd(app: App, user_id: str, fmt: str, out: Path | None) -> None:
+    """Render USER's next digest as it would be sent now, changing nothing."""
+    from digest.preview import preview
+
+    rendered = preview(app.engine(), app.settings, user_id)
+    body = rendered.html if fmt == "html" else f"Subject: {rendered.subject}\n\n{rendered.text}"
+    if out:
+        out.write_text(body, encoding="utf-8")
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(body)
+
+
+@cli.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def stats_cmd(app: App, as_json: bool) -> None:
+    """Runs by status, the oldest due pending run, events waiting."""
+    with app.engine().connect() as conn:
+        report = stats.collect(conn)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        stats.print_report(report)
+
+
+def _register_data_commands() -> None:
+    from digest.cli_data import events, recipients
+
+    cli.add_command(recipients)
+    cli.add_command(events)
+
+
+_register_data_commands()
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="digest")

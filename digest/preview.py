@@ -1,0 +1,39 @@
+"""`digest preview`: a user's next digest as it would be sent now, changing nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from digest import content, unsubscribe
+from digest.config import Settings
+from digest.errors import DigestError
+from digest.render import Recipient, RenderedDigest, Renderer
+from digest.worker import signing_key
+
+
+def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
+    """Render the waiting events of `user_id` with the production templates."""
+    with engine.connect() as conn:
+        recipients = content.load_recipients(conn, [user_id])
+        digest = content.load_unsent_content(conn, user_id, settings.group_cap)
+    row = recipients.get(user_id)
+    if row is None:
+        raise DigestError(f"no recipient with user id {user_id!r}")
+    key = signing_key(settings, "file")
+    return Renderer(settings.templates_dir).render(
+        Recipient(
+            user_id=row.user_id,
+            email=row.email,
+            name=row.name,
+            cadence=row.cadence,
+            timezone=row.timezone,
+            locale=row.locale,
+        ),
+        digest,
+        cadence=row.cadence if row.cadence != "off" else "daily",
+        period_start=datetime.now(UTC),
+        base_url=settings.base_url,
+        unsubscribe_url=unsubscribe.unsubscribe_url(settings.base_url, key, user_id),
+    )
