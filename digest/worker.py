@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from digest import claim, content, message, retry, transports, unsubscribe, watchdog
 from digest.claim import ClaimedRun, Delivery, Outcome
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 # Used to sign unsubscribe links when no DIGEST_SECRET_KEY is set; only the `file` and
 # `null` transports accept it (their mail never reaches a real inbox).
 DEV_SECRET = "digest-development-key-not-for-real-mail"
+
+# Consecutive failed attempts to reach the database before a worker gives up and exits
+# non-zero (with the backoff, about a minute and a half at the default poll interval).
+MAX_OUTAGES = 6
 
 
 def worker_id() -> str:
@@ -144,13 +149,30 @@ class Worker:
         beater = threading.Thread(target=beat.run, name="heartbeat", daemon=True)
         beater.start()
         next_watchdog = 0.0
+        outages = 0
         try:
             while not self.stop.is_set() and self.fatal is None:
-                if time.monotonic() >= next_watchdog:
-                    with self.engine.connect() as conn:
-                        watchdog.reset_expired_once(conn, self.settings.max_attempts)
-                    next_watchdog = time.monotonic() + self.settings.watchdog_interval_seconds
-                claimed = self.run_once(beat.hold)
+                try:
+                    if time.monotonic() >= next_watchdog:
+                        with self.engine.connect() as conn:
+                            watchdog.reset_expired_once(conn, self.settings.max_attempts)
+                        next_watchdog = time.monotonic() + self.settings.watchdog_interval_seconds
+                    claimed = self.run_once(beat.hold)
+                except OperationalError as exc:
+                    # The database went away (restart, failover). Runs in flight come back
+                    # through the watchdog; wait, then try again, but not forever.
+                    outages += 1
+                    if outages > MAX_OUTAGES:
+                        self.fatal = f"database unavailable: {_first_line(exc)}"
+                        log.critical("worker_stopping reason=%r", self.fatal)
+                        break
+                    delay = min(30.0, self.settings.poll_interval_seconds * 2**outages)
+                    log.error(
+                        "database_unavailable retry_in=%.1fs error=%r", delay, _first_line(exc)
+                    )
+                    self.stop.wait(delay)
+                    continue
+                outages = 0
                 if claimed == 0:
                     if drain:
                         break
@@ -350,6 +372,10 @@ class Worker:
             duration_ms,
             f" reason={outcome.error!r}" if outcome.error else "",
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _blocked_reason(recipient: RecipientRow) -> str | None:

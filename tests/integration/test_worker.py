@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from digest import watchdog
 from digest.config import Settings
 from digest.scheduler import schedule_once
 from digest.transports.base import OutgoingMessage, SendError, SendResult
@@ -311,3 +314,55 @@ def test_a_retry_sends_the_same_bytes(engine: Engine, tmp_path: Path) -> None:
     del first["Date"], second["Date"]
     assert first.as_bytes() == second.as_bytes()
     assert runs(engine)["r"].event_count == 4
+
+
+def test_heartbeat_keeps_a_slow_send_from_being_rescued(engine: Engine, tmp_path: Path) -> None:
+    """A send longer than the lease keeps its run: the heartbeat extends the lease."""
+    add_user(engine, "slow")
+    add_events(engine, "slow", 1)
+    schedule(engine)
+    rescued = threading.Event()
+
+    class Slow(ScriptedTransport):
+        def send(self, message: OutgoingMessage) -> SendResult:
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:  # a watchdog runs while the send is slow
+                with engine.connect() as conn:
+                    if watchdog.reset_expired_once(conn, max_attempts=5) != (0, 0):
+                        rescued.set()
+                time.sleep(0.1)
+            return super().send(message)
+
+    stats = make_worker(engine, tmp_path, Slow({}), lease_seconds=1).run(drain=True)
+    assert not rescued.is_set()
+    assert (stats.sent, stats.lost) == (1, 0)
+    assert runs(engine)["slow"].attempt == 1
+
+
+def test_work_runs_the_watchdog_itself(engine: Engine, tmp_path: Path) -> None:
+    """A run left behind by a dead worker is requeued and sent by `work`, no cron needed."""
+    add_user(engine, "orphan")
+    add_events(engine, "orphan", 2)
+    schedule(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE digest_runs SET status = 'processing', attempt = 1, locked_by = 'dead', "
+                "lease_expires_at = now() - interval '1 minute'"
+            )
+        )
+    stats = make_worker(engine, tmp_path).run(drain=True)
+    assert stats.sent == 1
+    run = runs(engine)["orphan"]
+    assert (run.status, run.attempt) == ("sent", 2)
+
+
+def test_lost_database_is_retried_then_reported(tmp_path: Path) -> None:
+    """No database: the worker backs off a few times, then stops with a clear reason."""
+    from digest.db import make_engine
+
+    dead = make_engine("postgresql://nobody@127.0.0.1:1/none")
+    worker = make_worker(dead, tmp_path, poll_interval_seconds=0.01)
+    worker.run(drain=True)
+    assert worker.fatal is not None
+    assert worker.fatal.startswith("database unavailable")
