@@ -90,17 +90,25 @@ pass_app = click.make_pass_decorator(App)
     envvar="DIGEST_DATABASE_URL",
     help="PostgreSQL URL. Default: the embedded server under .digest/ (started on demand).",
 )
+@click.option(
+    "--settings",
+    "settings_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML settings file (or DIGEST_SETTINGS_FILE); the environment overrides it.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(package_name="digest")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
+def cli(
+    ctx: click.Context, database_url: str | None, settings_file: Path | None, debug: bool
+) -> None:
     """Turn notification events into one well-made email per user per period.
 
     Typical production use: `digest migrate` once per release, `digest schedule` from cron
     every few minutes, N long-running `digest work` processes.
     """
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(file=settings_file)
     except DigestError as exc:
         raise UserError(str(exc)) from exc
     if database_url:

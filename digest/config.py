@@ -1,101 +1,168 @@
-"""Settings from the environment: one frozen object, read once at the edge."""
+"""Settings: one frozen object, read once at the edge.
+
+Each setting comes from, in rising priority: its default, the settings file
+(`DIGEST_SETTINGS_FILE` or `digest --settings FILE`, TOML with the field names below as
+top-level keys), the environment (`DIGEST_<NAME>` unless noted), then command-line options.
+Secrets (`secret_key`, `smtp_password`) never appear in a repr or a log line.
+"""
 
 from __future__ import annotations
 
 import os
+import tomllib
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from digest.errors import DigestError
 
 DELIVERY_MODES = ("at-least-once", "at-most-once")
+SMTP_SECURITY = ("starttls", "tls", "none")
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise DigestError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise DigestError(f"{name} must be positive, got {value}")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise DigestError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise DigestError(f"{name} must be at least {minimum}, got {value}")
-    return value
+def setting(
+    default: Any,
+    *,
+    env: str | None = None,
+    minimum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
+) -> Any:
+    """A dataclass field with its environment name, bounds and secrecy."""
+    meta = {"env": env, "minimum": minimum, "choices": choices}
+    return field(default=default, repr=not secret, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything a digest process needs to know, with production-minded defaults."""
 
-    database_url: str | None = None
-    data_dir: Path = Path(".digest")
-    transport: str = "file"
-    outbox: Path = Path("outbox")
-    batch_size: int = 50
-    lease_seconds: int = 300
-    max_attempts: int = 5
-    group_cap: int = 50
-    stagger_seconds: int = 3600
-    backoff_base_seconds: int = 30
-    backoff_max_seconds: int = 3600
-    watchdog_interval_seconds: int = 15
-    poll_interval_seconds: float = 1.0
-    base_url: str = "http://localhost:8000"
-    from_address: str = "digest@localhost"
-    from_name: str = "Digest"
-    secret_key: str | None = field(default=None, repr=False)
-    categories: frozenset[str] | None = None
-    templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
+    database_url: str | None = setting(None, secret=True)
+    data_dir: Path = setting(Path(".digest"))
+    transport: str = setting("file")
+    outbox: Path = setting(Path("outbox"))
+    batch_size: int = setting(50, minimum=1)
+    lease_seconds: int = setting(300, minimum=5)
+    max_attempts: int = setting(5, minimum=1)
+    group_cap: int = setting(50, minimum=1)
+    stagger_seconds: int = setting(3600, minimum=0)
+    backoff_base_seconds: int = setting(30, env="DIGEST_BACKOFF_BASE", minimum=0)
+    backoff_max_seconds: int = setting(3600, env="DIGEST_BACKOFF_MAX", minimum=0)
+    watchdog_interval_seconds: int = setting(15, env="DIGEST_WATCHDOG_INTERVAL", minimum=1)
+    poll_interval_seconds: float = setting(1.0, env="DIGEST_POLL_INTERVAL", minimum=0.001)
+    base_url: str = setting("http://localhost:8000")
+    from_address: str = setting("digest@localhost")
+    from_name: str = setting("Digest")
+    secret_key: str | None = setting(None, secret=True)
+    categories: frozenset[str] | None = setting(None)
+    templates_dir: Path = setting(TEMPLATES, env="DIGEST_TEMPLATES")
+    # delivery
+    delivery: str = setting("at-least-once", choices=DELIVERY_MODES)
+    send_concurrency: int = setting(16, minimum=1)
+    max_send_rate: float | None = setting(None, minimum=0.001)
+    unsubscribe_mailto: str | None = setting(None)
+    # smtp transport
+    smtp_host: str = setting("localhost")
+    smtp_port: int = setting(587, minimum=1)
+    smtp_security: str = setting("starttls", choices=SMTP_SECURITY)
+    smtp_username: str | None = setting(None)
+    smtp_password: str | None = setting(None, secret=True)
+    smtp_ca_file: Path | None = setting(None)
+    smtp_timeout: float = setting(30.0, minimum=0.01)
+    # ses transport (region and credentials otherwise from the standard AWS chain)
+    ses_region: str | None = setting(None)
+    ses_configuration_set: str | None = setting(None)
+    ses_endpoint_url: str | None = setting(None)
+    ses_timeout: float = setting(30.0, minimum=0.01)
+    # web (unsubscribe pages, feedback webhooks)
+    web_host: str = setting("127.0.0.1")
+    web_port: int = setting(8000, minimum=0)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read DIGEST_* variables; a bad value is a one-line DigestError."""
+    def from_env(cls, env: Mapping[str, str] | None = None, file: Path | None = None) -> Settings:
+        """Defaults, then the settings file, then DIGEST_* variables; a bad value is one line."""
         env = os.environ if env is None else env
-        categories = env.get("DIGEST_CATEGORIES")
-        base = cls()
-        return cls(
-            database_url=env.get("DIGEST_DATABASE_URL") or None,
-            data_dir=Path(env.get("DIGEST_DATA_DIR", str(base.data_dir))),
-            transport=env.get("DIGEST_TRANSPORT", base.transport),
-            outbox=Path(env.get("DIGEST_OUTBOX", str(base.outbox))),
-            batch_size=_int(env, "DIGEST_BATCH_SIZE", base.batch_size, 1),
-            lease_seconds=_int(env, "DIGEST_LEASE_SECONDS", base.lease_seconds, 5),
-            max_attempts=_int(env, "DIGEST_MAX_ATTEMPTS", base.max_attempts, 1),
-            group_cap=_int(env, "DIGEST_GROUP_CAP", base.group_cap, 1),
-            stagger_seconds=_int(env, "DIGEST_STAGGER_SECONDS", base.stagger_seconds, 0),
-            backoff_base_seconds=_int(env, "DIGEST_BACKOFF_BASE", base.backoff_base_seconds, 0),
-            backoff_max_seconds=_int(env, "DIGEST_BACKOFF_MAX", base.backoff_max_seconds, 0),
-            watchdog_interval_seconds=_int(
-                env, "DIGEST_WATCHDOG_INTERVAL", base.watchdog_interval_seconds, 1
-            ),
-            poll_interval_seconds=_float(env, "DIGEST_POLL_INTERVAL", base.poll_interval_seconds),
-            base_url=env.get("DIGEST_BASE_URL", base.base_url).rstrip("/"),
-            from_address=env.get("DIGEST_FROM_ADDRESS", base.from_address),
-            from_name=env.get("DIGEST_FROM_NAME", base.from_name),
-            secret_key=env.get("DIGEST_SECRET_KEY") or None,
-            categories=(
-                frozenset(c.strip() for c in categories.split(",") if c.strip())
-                if categories
-                else None
-            ),
-            templates_dir=Path(env.get("DIGEST_TEMPLATES", str(base.templates_dir))),
-        )
+        raw: dict[str, tuple[str, object]] = {}
+        if file is None and env.get("DIGEST_SETTINGS_FILE"):
+            file = Path(env["DIGEST_SETTINGS_FILE"])
+        if file is not None:
+            for key, value in _read_file(file).items():
+                raw[key] = (f"{file}: {key}", value)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise DigestError(f"{file}: unknown setting {unknown[0]!r}")
+        for f in fields(cls):
+            name = f.metadata.get("env") or "DIGEST_" + f.name.upper()
+            if name in env:
+                raw[f.name] = (name, env[name])
+        return cls()._with_raw(raw)
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (command-line options override the environment)."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def _with_raw(self, raw: Mapping[str, tuple[str, object]]) -> Settings:
+        hints = typing.get_type_hints(type(self))
+        values = {
+            f.name: _parse(label, value, hints[f.name], f.metadata)
+            for f in fields(self)
+            if f.name in raw
+            for label, value in [raw[f.name]]
+        }
+        if "base_url" in values and isinstance(values["base_url"], str):
+            values["base_url"] = values["base_url"].rstrip("/")
+        return self.with_(**values)
+
+
+def _read_file(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise DigestError(f"cannot read settings file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DigestError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _parse(label: str, value: object, hint: Any, meta: Mapping[str, Any]) -> object:
+    """Turn a text (environment) or TOML value into the field's type, within its bounds."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in (
+        typing.get_args(hint)
+    )
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    text = value.strip() if isinstance(value, str) else value
+    if optional and text == "":
+        return None
+    try:
+        if base is int:
+            parsed: object = int(text)  # type: ignore[call-overload]
+        elif base is float:
+            parsed = float(text)  # type: ignore[arg-type]
+        elif base is Path:
+            parsed = Path(str(text))
+        elif typing.get_origin(base) is frozenset:
+            items = text.split(",") if isinstance(text, str) else _as_list(text)
+            parsed = frozenset(str(i).strip() for i in items if str(i).strip())
+        else:
+            parsed = str(text)
+    except (TypeError, ValueError):
+        kind = {int: "a whole number", float: "a number"}.get(base, "text")
+        raise DigestError(f"{label} must be {kind}, got {value!r}") from None
+    minimum = meta.get("minimum")
+    if minimum is not None and isinstance(parsed, int | float) and parsed < minimum:
+        raise DigestError(f"{label} must be at least {minimum:g}, got {parsed:g}")
+    choices = meta.get("choices")
+    if choices and parsed not in choices:
+        raise DigestError(f"{label} must be one of {', '.join(choices)}, got {parsed!r}")
+    return parsed
+
+
+def _as_list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return value

@@ -1,0 +1,87 @@
+"""Settings: defaults, then the settings file, then the environment; bad values are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from digest.config import Settings
+from digest.errors import DigestError
+
+
+def test_environment_overrides_file_overrides_default(tmp_path: Path) -> None:
+    """A value in the environment beats the file, which beats the default."""
+    file = tmp_path / "digest.toml"
+    file.write_text('batch_size = 20\nsmtp_host = "mail.example.com"\ncategories = ["a", "b"]\n')
+    settings = Settings.from_env({"DIGEST_BATCH_SIZE": "30"}, file=file)
+    assert settings.batch_size == 30
+    assert settings.smtp_host == "mail.example.com"
+    assert settings.categories == frozenset({"a", "b"})
+    assert settings.lease_seconds == 300
+
+
+def test_settings_file_from_environment(tmp_path: Path) -> None:
+    """DIGEST_SETTINGS_FILE names the file when no --settings is given."""
+    file = tmp_path / "digest.toml"
+    file.write_text('delivery = "at-most-once"\nmax_send_rate = 12.5\n')
+    settings = Settings.from_env({"DIGEST_SETTINGS_FILE": str(file)})
+    assert (settings.delivery, settings.max_send_rate) == ("at-most-once", 12.5)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DIGEST_BATCH_SIZE": "lots"}, "DIGEST_BATCH_SIZE must be a whole number, got 'lots'"),
+        ({"DIGEST_LEASE_SECONDS": "1"}, "DIGEST_LEASE_SECONDS must be at least 5, got 1"),
+        (
+            {"DIGEST_DELIVERY": "maybe"},
+            "DIGEST_DELIVERY must be one of at-least-once, at-most-once",
+        ),
+        (
+            {"DIGEST_SMTP_SECURITY": "ssl"},
+            "DIGEST_SMTP_SECURITY must be one of starttls, tls, none",
+        ),
+        ({"DIGEST_POLL_INTERVAL": "0"}, "DIGEST_POLL_INTERVAL must be at least 0.001"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_name(env: dict[str, str], message: str) -> None:
+    """Each bad value names its variable and what was expected."""
+    with pytest.raises(DigestError, match="^" + message.replace(".", r"\.")):
+        Settings.from_env(env)
+
+
+def test_bad_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Unknown keys, broken TOML and a missing file each give one clear message."""
+    file = tmp_path / "digest.toml"
+    file.write_text("bacth_size = 3\n")
+    with pytest.raises(DigestError, match="unknown setting 'bacth_size'"):
+        Settings.from_env({}, file=file)
+    file.write_text("batch_size = \n")
+    with pytest.raises(DigestError, match="not valid TOML"):
+        Settings.from_env({}, file=file)
+    with pytest.raises(DigestError, match="cannot read settings file"):
+        Settings.from_env({}, file=tmp_path / "missing.toml")
+
+
+def test_secrets_never_show_in_repr() -> None:
+    """Passwords, keys and the database URL stay out of logs that print settings."""
+    settings = Settings.from_env(
+        {
+            "DIGEST_SECRET_KEY": "k3y",
+            "DIGEST_SMTP_PASSWORD": "hunter2",
+            "DIGEST_DATABASE_URL": "postgresql://u:pw@h/db",
+        }
+    )
+    text = repr(settings)
+    assert "k3y" not in text
+    assert "hunter2" not in text
+    assert "pw@" not in text
+    assert settings.smtp_password == "hunter2"
+
+
+def test_empty_optional_means_unset() -> None:
+    """An empty variable for an optional setting is the same as leaving it out."""
+    settings = Settings.from_env({"DIGEST_MAX_SEND_RATE": "", "DIGEST_SECRET_KEY": ""})
+    assert settings.max_send_rate is None
+    assert settings.secret_key is None
