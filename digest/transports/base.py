@@ -38,13 +38,26 @@ class SendError(Exception):
     - permanent: this message will never go (invalid address, 5xx for the recipient);
     - unknown: the provider may or may not have it (reply lost after DATA);
     - fatal: the transport itself cannot send (account paused): stop sending everywhere.
+
+    `down` marks a failure of the service itself, not of this recipient (connection
+    refused, timeout before the message was handed over, 421, a 5xx to MAIL FROM or AUTH):
+    a fallback transport tries the next one. Never set it when the provider may already
+    hold the message.
     """
 
-    def __init__(self, kind: FailureKind, reason: str, *, retry_after: float | None = None):
+    def __init__(
+        self,
+        kind: FailureKind,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        down: bool = False,
+    ):
         super().__init__(reason)
         self.kind: FailureKind = kind
         self.reason = reason
         self.retry_after = retry_after
+        self.down = down
 
 
 class Transport(Protocol):
