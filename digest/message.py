@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
+from email.header import Header
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import SMTP, Policy
@@ -49,8 +50,24 @@ class _UriListHeader(UnstructuredHeader, BaseHeader):
         return f"{self.name}: " + f",{policy.linesep} ".join(self.split(", ")) + policy.linesep
 
 
+class _TextHeader(UnstructuredHeader, BaseHeader):
+    """Non-ASCII text folded by `email.header.Header`, which keeps every space inside the
+    encoded-words; the policy's own folder can leave a space between two encoded-words,
+    where RFC 2047 readers drop it ("🎉 Ünï" came back as "🎉Ünï")."""
+
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        if value.isascii():
+            return super().fold(policy=policy)
+        encoded = Header(value, "utf-8", header_name=self.name).encode(
+            linesep=policy.linesep, maxlinelen=policy.max_line_length or 78
+        )
+        return f"{self.name}: {encoded}{policy.linesep}"
+
+
 _HEADERS = HeaderRegistry()
 _HEADERS.map_to_type("list-unsubscribe", _UriListHeader)
+_HEADERS.map_to_type("subject", _TextHeader)
 POLICY = SMTP.clone(header_factory=_HEADERS)
 
 

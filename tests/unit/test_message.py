@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from typing import Any
@@ -13,12 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from digest.message import (
+    SUBJECT_LIMIT,
     HeaderError,
     build_message,
     idempotency_key,
     make_message_id,
     validate_email,
 )
+from digest.render import clean_text
 
 TOKEN = "NDI.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ" * 2
 DATE = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
@@ -283,3 +286,15 @@ def test_validate_email_never_crashes_and_output_is_clean(address: str) -> None:
     assert result.count("@") == 1
     assert not any(c.isspace() or ord(c) < 32 for c in result)
     assert validate_email(result) == result
+
+
+@pytest.mark.parametrize("subject", ["Ünïcødé 🎉 " * 25, "日本語のテキスト" * 20, "a 🎉 b 🎉 c"])
+def test_long_non_ascii_subjects_keep_every_space(subject: str) -> None:
+    """Folded encoded-words keep their spaces: the subject parses back exactly."""
+    expected = clean_text(subject, SUBJECT_LIMIT)
+    parsed = reparse(message(subject=subject))
+    assert parsed["Subject"] == expected
+    head = message(subject=subject).as_bytes().split(b"\r\n\r\n")[0].decode()
+    folded = head.split("\r\nSubject: ")[1].split("\r\n")
+    subject_lines = [folded[0], *itertools.takewhile(lambda x: x.startswith(" "), folded[1:])]
+    assert all(len(line) <= 78 for line in subject_lines)
