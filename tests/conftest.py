@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
@@ -73,6 +74,21 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
     yield with_database(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def digest_cli(db_url: str, tmp_path: Path) -> Invoke:
+    """Run the real `digest` command group against this test's database."""
+    from digest.cli import cli
+
+    def invoke(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Result:
+        base = {"DIGEST_DATABASE_URL": db_url, "DIGEST_OUTBOX": str(tmp_path / "outbox")}
+        return CliRunner().invoke(cli, list(args), env={**base, **(env or {})}, input=stdin)
+
+    return invoke
 
 
 @pytest.fixture

@@ -2,73 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import Engine, text
 
-from digest.cli_data import events
-from digest.config import Settings
-from digest.db import make_engine
-from digest.errors import DigestError, ValidationError
+from digest.errors import ValidationError
 from digest.events import CHUNK_ROWS, EventIn, record_event, record_events
 
 NASTY = '<script>alert("x")</script> & \'quotes\' "double" <b>bold</b>'
 
 
-@dataclass
-class FakeApp:
-    """The shape the main `digest` group puts on the click context."""
-
-    settings: Settings
-    url: str
-    _engine: Engine | None = field(default=None, repr=False)
-
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = make_engine(self.url)
-        return self._engine
-
-
-class Root(click.Group):
-    """Like the main group: a DigestError becomes `digest: error: ...` and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except DigestError as exc:
-            click.echo(f"digest: error: {exc}", err=True)
-            ctx.exit(1)
+Invoke = Callable[..., Result]
 
 
 @pytest.fixture
-def run(db_url: str) -> Iterator[Any]:
+def run(digest_cli: Invoke) -> Invoke:
     """Invoke `digest events ...` against this test's database."""
-    apps: list[FakeApp] = []
-
-    def invoke(*args: str, settings: Settings | None = None, stdin: bytes | None = None) -> Result:
-        app = FakeApp(settings or Settings(database_url=db_url), db_url)
-        apps.append(app)
-
-        @click.group(cls=Root)
-        @click.pass_context
-        def root(ctx: click.Context) -> None:
-            ctx.obj = app
-
-        root.add_command(events)
-        return CliRunner().invoke(root, ["events", *args], input=stdin)
-
-    yield invoke
-    for app in apps:
-        if app._engine is not None:
-            app._engine.dispose()
+    return functools.partial(digest_cli, "events")
 
 
 def event(i: int, **extra: Any) -> dict[str, Any]:
@@ -237,9 +194,8 @@ def test_skip_bad_loads_the_good_lines(engine: Engine, run: Any, tmp_path: Path)
 
 def test_category_allow_list(engine: Engine, run: Any, tmp_path: Path, db_url: str) -> None:
     """With DIGEST_CATEGORIES set, another category is refused, naming the allowed ones."""
-    settings = Settings(database_url=db_url, categories=frozenset({"comment", "like"}))
     path = write_jsonl(tmp_path / "events.jsonl", [event(1), event(2, category="share")])
-    result = run("import", str(path), settings=settings)
+    result = run("import", str(path), env={"DIGEST_CATEGORIES": "comment,like"})
     assert result.exit_code == 1
     assert f"{path}:2: unknown category 'share' (allowed: comment, like)" in result.stderr
     assert count(engine) == 0

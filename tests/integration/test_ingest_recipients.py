@@ -2,70 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import Engine, text
 
-from digest.cli_data import recipients
-from digest.config import Settings
-from digest.db import make_engine
-from digest.errors import DigestError
 from digest.recipients import BATCH_ROWS, get_recipient, upsert_recipients
 
-
-@dataclass
-class FakeApp:
-    """The shape the main `digest` group puts on the click context."""
-
-    settings: Settings
-    url: str
-    _engine: Engine | None = field(default=None, repr=False)
-
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = make_engine(self.url)
-        return self._engine
-
-
-class Root(click.Group):
-    """Like the main group: a DigestError becomes `digest: error: ...` and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except DigestError as exc:
-            click.echo(f"digest: error: {exc}", err=True)
-            ctx.exit(1)
+Invoke = Callable[..., Result]
 
 
 @pytest.fixture
-def run(db_url: str) -> Iterator[Any]:
+def run(digest_cli: Invoke) -> Invoke:
     """Invoke `digest recipients ...` against this test's database."""
-    apps: list[FakeApp] = []
-
-    def invoke(*args: str, stdin: bytes | None = None) -> Result:
-        app = FakeApp(Settings(database_url=db_url), db_url)
-        apps.append(app)
-
-        @click.group(cls=Root)
-        @click.pass_context
-        def root(ctx: click.Context) -> None:
-            ctx.obj = app
-
-        root.add_command(recipients)
-        return CliRunner().invoke(root, ["recipients", *args], input=stdin)
-
-    yield invoke
-    for app in apps:
-        if app._engine is not None:
-            app._engine.dispose()
+    return functools.partial(digest_cli, "recipients")
 
 
 def write_jsonl(path: Path, rows: list[Any], *, tail: str = "") -> Path:
