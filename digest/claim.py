@@ -31,7 +31,7 @@ RUN_CLAIM_BATCH = text(
              FOR UPDATE SKIP LOCKED) due
      WHERE r.id = due.id
     RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
-              due.frozen_at IS NULL AS fresh
+              r.sending_attempt, due.frozen_at IS NULL AS fresh
     """
 )
 
@@ -85,7 +85,8 @@ RUN_FINISH_MANY = text(
                message_id = coalesce(o.message_id, r.message_id),
                last_error = o.error,
                locked_by = NULL,
-               lease_expires_at = NULL
+               lease_expires_at = NULL,
+               sending_attempt = NULL
           FROM outcome o
          WHERE r.id = o.id AND r.attempt = o.attempt
            AND r.locked_by = :me AND r.status = 'processing'
@@ -108,12 +109,21 @@ RUN_FINISH_MANY = text(
     """
 )
 
+# At-most-once: committed before a batch's messages go out. Still set at the next claim
+# means the attempt died between send and record, and the mail may be out.
+RUN_MARK_SENDING = text(
+    """
+    UPDATE digest_runs SET sending_attempt = attempt
+     WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'processing' AND locked_by = :me
+    """
+)
+
 # Give runs back without spending an attempt (graceful shutdown before they were sent).
 RUN_RELEASE_MANY = text(
     """
     UPDATE digest_runs
        SET status = 'pending', attempt = attempt - 1, locked_by = NULL,
-           lease_expires_at = NULL, last_error = 'released at shutdown'
+           lease_expires_at = NULL, last_error = 'released at shutdown', sending_attempt = NULL
      WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'processing' AND locked_by = :me
     """
 )
@@ -129,6 +139,7 @@ class ClaimedRun:
     period_start: datetime
     attempt: int
     frozen_at: datetime
+    sending_attempt: int | None = None  # set: an earlier attempt reached the send step
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,12 @@ def finish_batch(conn: Connection, me: str, outcomes: Sequence[Outcome]) -> set[
     }
     with conn.begin():
         return {row[0] for row in conn.execute(RUN_FINISH_MANY, params)}
+
+
+def mark_sending(conn: Connection, me: str, runs: Sequence[ClaimedRun]) -> None:
+    """Record that these runs' messages are about to leave (at-most-once delivery)."""
+    with conn.begin():
+        conn.execute(RUN_MARK_SENDING, {"ids": [r.id for r in runs], "me": me})
 
 
 def release(conn: Connection, me: str, ids: Sequence[int]) -> int:

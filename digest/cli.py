@@ -196,13 +196,28 @@ def schedule_cmd(app: App, now_text: str | None, spread: int | None) -> None:
 @click.option("--drain", is_flag=True, help="Exit when no run is due instead of waiting.")
 @click.option(
     "--transport",
-    type=click.Choice(["file", "null"]),
-    help="Where mail goes (DIGEST_TRANSPORT; default file).",
+    metavar="NAME[,NAME...]",
+    help="file, null, smtp, ses, or a fallback list like ses,smtp (DIGEST_TRANSPORT; file).",
 )
 @click.option(
     "--outbox", type=click.Path(file_okay=False, path_type=Path), help="Folder for `file`."
 )
 @click.option("--lease", type=click.IntRange(min=5), help="Lease seconds per claimed run (300).")
+@click.option(
+    "--send-concurrency",
+    type=click.IntRange(min=1),
+    help="Sending threads per process (DIGEST_SEND_CONCURRENCY; 16).",
+)
+@click.option(
+    "--max-send-rate",
+    type=click.FloatRange(min=0.001),
+    help="Messages per second per process, at most (DIGEST_MAX_SEND_RATE; unlimited).",
+)
+@click.option(
+    "--delivery",
+    type=click.Choice(["at-least-once", "at-most-once"]),
+    help="After an unknown outcome: resend, or fail the run (DIGEST_DELIVERY; at-least-once).",
+)
 @pass_app
 def work_cmd(
     app: App,
@@ -212,23 +227,33 @@ def work_cmd(
     transport: str | None,
     outbox: Path | None,
     lease: int | None,
+    send_concurrency: int | None,
+    max_send_rate: float | None,
+    delivery: str | None,
 ) -> None:
     """Claim due runs, render and send digests, and record each outcome.
 
-    Runs the watchdog every few seconds too. SIGTERM or Ctrl-C: stop claiming, finish or
-    release the runs in flight, exit 0.
+    Each process renders on its CPU and sends through a pool of threads, so a slow
+    provider does not serialize a batch. Runs the watchdog every few seconds too.
+    SIGTERM or Ctrl-C: stop claiming, finish the sends in progress, give the rest back
+    to the queue, exit 0. Real transports (smtp, ses) need DIGEST_SECRET_KEY.
     """
-    from digest.worker import work_processes
+    from digest import transports
+    from digest.worker import signing_key, work_processes
 
-    changes: dict[str, object] = {}
-    if batch_size:
-        changes["batch_size"] = batch_size
-    if outbox:
-        changes["outbox"] = outbox
-    if lease:
-        changes["lease_seconds"] = lease
-    settings = app.settings.with_(**changes)
+    options = {
+        "batch_size": batch_size,
+        "outbox": outbox,
+        "lease_seconds": lease,
+        "send_concurrency": send_concurrency,
+        "max_send_rate": max_send_rate,
+        "delivery": delivery,
+    }
+    settings = app.settings.with_(**{k: v for k, v in options.items() if v is not None})
     name = transport or settings.transport
+    # refuse a bad transport or a missing secret here, in one line, before any process starts
+    signing_key(settings, name)
+    transports.make(name, settings).close()
     started = time.monotonic()
     total, errors = work_processes(app.url(), settings, name, processes, drain)
     elapsed = time.monotonic() - started
@@ -282,14 +307,15 @@ def stats_cmd(app: App, as_json: bool) -> None:
         stats.print_report(report)
 
 
-def _register_data_commands() -> None:
+def _register_commands() -> None:
     from digest.cli_data import events, recipients
+    from digest.cli_web import serve, suppress
 
-    cli.add_command(recipients)
-    cli.add_command(events)
+    for command in (recipients, events, serve, suppress):
+        cli.add_command(command)
 
 
-_register_data_commands()
+_register_commands()
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from digest.grouping import DigestContent, Group, actor_name
+from digest.render import Recipient
 
 # The shared body; `{source}` is one of the two fixed predicates below, never user input.
 _GROUPS_SQL = """
@@ -99,6 +100,17 @@ class RecipientRow:
     locale: str
     unsubscribed_at: datetime | None
     suppressed_reason: str | None
+
+    def recipient(self, email: str | None = None) -> Recipient:
+        """Who the digest is for, as the renderer sees it (`email` once normalised)."""
+        return Recipient(
+            user_id=self.user_id,
+            email=email or self.email,
+            name=self.name,
+            cadence=self.cadence,
+            timezone=self.timezone,
+            locale=self.locale,
+        )
 
 
 def _contents(rows: Sequence[Any]) -> dict[int, DigestContent]:

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from digest import content, unsubscribe
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.render import Recipient, RenderedDigest, Renderer
+from digest.render import RenderedDigest, Renderer
 from digest.worker import signing_key
 
 
@@ -23,14 +23,7 @@ def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
         raise DigestError(f"no recipient with user id {user_id!r}")
     key = signing_key(settings, "file")
     return Renderer(settings.templates_dir).render(
-        Recipient(
-            user_id=row.user_id,
-            email=row.email,
-            name=row.name,
-            cadence=row.cadence,
-            timezone=row.timezone,
-            locale=row.locale,
-        ),
+        row.recipient(),
         digest,
         cadence=row.cadence if row.cadence != "off" else "daily",
         period_start=datetime.now(UTC),

@@ -117,6 +117,7 @@ digest_runs = Table(
     Column("message_id", Text),
     Column("last_error", Text),
     Column("created_at", TZ, nullable=False, server_default=NOW),
+    Column("sending_attempt", Integer),
     CheckConstraint(_in("cadence", RUN_CADENCES), name="digest_runs_cadence_check"),
     CheckConstraint(_in("status", RUN_STATUSES), name="digest_runs_status_check"),
     # One live run per user, cadence and period; a cancelled run frees its slot so that a

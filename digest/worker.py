@@ -18,7 +18,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -31,7 +32,8 @@ from digest.config import Settings
 from digest.content import RecipientRow
 from digest.db import make_engine
 from digest.grouping import DigestContent
-from digest.render import Recipient, Renderer
+from digest.ratelimit import TokenBucket
+from digest.render import Renderer
 from digest.transports.base import OutgoingMessage, SendError, Transport
 
 log = logging.getLogger(__name__)
@@ -97,9 +99,13 @@ class _Heartbeat:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def hold(self, ids: list[int]) -> None:
+    def add(self, ids: list[int]) -> None:
         with self.lock:
-            self.in_flight = set(ids)
+            self.in_flight.update(ids)
+
+    def drop(self, ids: list[int]) -> None:
+        with self.lock:
+            self.in_flight.difference_update(ids)
 
     def run(self) -> None:
         interval = max(self.lease_seconds / 3, 0.5)
@@ -113,6 +119,16 @@ class _Heartbeat:
                     claim.extend_lease(conn, self.me, ids, self.lease_seconds)
             except Exception:  # a missed beat is survivable; the next one retries
                 log.exception("heartbeat failed")
+
+
+@dataclass
+class _Batch:
+    """A claimed batch between its claim and its recorded outcomes."""
+
+    runs: list[ClaimedRun]
+    started: float
+    decided: list[Outcome] = field(default_factory=list)
+    sending: list[tuple[ClaimedRun, Future[Outcome | None]]] = field(default_factory=list)
 
 
 class Worker:
@@ -140,14 +156,22 @@ class Worker:
         self.domain = settings.from_address.rpartition("@")[2] or "localhost"
         self.stats = WorkerStats()
         self.fatal: str | None = None
+        self.at_most_once = settings.delivery == "at-most-once"
+        self.limiter = TokenBucket(settings.max_send_rate) if settings.max_send_rate else None
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, *, drain: bool = False) -> WorkerStats:
-        """Process batches until stopped; with `drain`, also stop when nothing is due."""
+        """Process batches until stopped; with `drain`, also stop when nothing is due.
+
+        Batches overlap: while the sending threads work through batch N, this thread
+        claims and renders batch N+1 and queues its sends behind, then records batch N.
+        """
         beat = _Heartbeat(self.engine, self.me, self.settings.lease_seconds)
         beater = threading.Thread(target=beat.run, name="heartbeat", daemon=True)
         beater.start()
+        pool = ThreadPoolExecutor(self.settings.send_concurrency, thread_name_prefix="send")
+        in_flight: deque[_Batch] = deque()
         next_watchdog = 0.0
         outages = 0
         try:
@@ -157,10 +181,15 @@ class Worker:
                         with self.engine.connect() as conn:
                             watchdog.reset_expired_once(conn, self.settings.max_attempts)
                         next_watchdog = time.monotonic() + self.settings.watchdog_interval_seconds
-                    claimed = self.run_once(beat.hold)
+                    batch = self.start_batch(pool, beat)
+                    if batch is not None:
+                        in_flight.append(batch)
+                    while len(in_flight) > (1 if batch is not None else 0):
+                        self.finish_batch(in_flight[0], beat)
+                        in_flight.popleft()
                 except OperationalError as exc:
                     # The database went away (restart, failover). Runs in flight come back
-                    # through the watchdog; wait, then try again, but not forever.
+                    # through the watchdog if it stays away; wait, retry, but not forever.
                     outages += 1
                     if outages > MAX_OUTAGES:
                         self.fatal = f"database unavailable: {_first_line(exc)}"
@@ -173,7 +202,7 @@ class Worker:
                     self.stop.wait(delay)
                     continue
                 outages = 0
-                if claimed == 0:
+                if batch is None:
                     if drain:
                         break
                     # jittered polling: idle workers do not hit the table in lockstep
@@ -181,71 +210,101 @@ class Worker:
                         self.settings.poll_interval_seconds * self.rand.uniform(0.5, 1.5)
                     )
         finally:
+            try:
+                while in_flight:
+                    self.finish_batch(in_flight[0], beat)
+                    in_flight.popleft()
+            except OperationalError as exc:
+                log.error("could not record %d batches: %s", len(in_flight), _first_line(exc))
+            pool.shutdown(wait=True, cancel_futures=True)
             beat.stop.set()
             beater.join()
             self.transport.close()
         return self.stats
 
-    def run_once(self, hold: Callable[[list[int]], None] = lambda ids: None) -> int:
-        """Claim one batch and see it through; returns how many runs were claimed."""
+    # -- one batch ------------------------------------------------------------------------
+
+    def start_batch(self, pool: ThreadPoolExecutor, beat: _Heartbeat) -> _Batch | None:
+        """Claim, load and render a batch, and queue its sends; None when nothing is due."""
         with self.engine.connect() as conn:
             runs = claim.claim_batch(
                 conn, self.me, self.settings.batch_size, self.settings.lease_seconds
             )
-        if not runs:
-            return 0
-        hold([r.id for r in runs])
-        try:
-            self.process(runs)
-        finally:
-            hold([])
-        self.stats.batches += 1
-        return len(runs)
-
-    # -- one batch ------------------------------------------------------------------------
-
-    def process(self, runs: list[ClaimedRun]) -> None:
-        """Load, render and send a claimed batch, then record every outcome at once."""
-        started = time.monotonic()
-        with self.engine.connect() as conn:
+            if not runs:
+                return None
+            beat.add([r.id for r in runs])
             contents = content.load_contents(conn, [r.id for r in runs], self.settings.group_cap)
             recipients = content.load_recipients(conn, [r.user_id for r in runs])
-        outcomes: list[Outcome] = []
-        unsent: list[int] = []
+        batch = _Batch(runs, time.monotonic())
+        outgoing: list[tuple[ClaimedRun, OutgoingMessage, int]] = []
         for run in runs:
+            digest = contents.get(run.id, content.EMPTY)
+            try:
+                prepared = self.prepare(run, recipients.get(run.user_id), digest)
+            except Exception as exc:  # a bug fails the run, never the loop
+                log.exception("run_error run_id=%s", run.id)
+                prepared = Outcome(
+                    run, "failed", digest.total_events, error=f"internal error: {exc!r}"
+                )
+            if isinstance(prepared, Outcome):
+                batch.decided.append(prepared)
+            else:
+                outgoing.append((run, prepared, digest.total_events))
+        if outgoing and self.at_most_once:
+            with self.engine.connect() as conn:
+                claim.mark_sending(conn, self.me, [run for run, _, _ in outgoing])
+        for run, message_, count in outgoing:
+            batch.sending.append((run, pool.submit(self._send_one, run, message_, count)))
+        return batch
+
+    def finish_batch(self, batch: _Batch, beat: _Heartbeat) -> None:
+        """Wait for the batch's sends and record every outcome in one statement."""
+        outcomes = list(batch.decided)
+        unsent: list[int] = []
+        for run, future in batch.sending:
             if self.stop.is_set() or self.fatal is not None:
+                future.cancel()  # not started yet: it goes back to the queue unsent
+            result = None if future.cancelled() else future.result()
+            if result is None:
                 unsent.append(run.id)
-                continue
-            outcomes.append(
-                self.handle(run, recipients.get(run.user_id), contents.get(run.id, content.EMPTY))
-            )
+            else:
+                outcomes.append(result)
         with self.engine.connect() as conn:
             landed = claim.finish_batch(conn, self.me, outcomes)
             self.stats.released += claim.release(conn, self.me, unsent)
-        duration_ms = (time.monotonic() - started) * 1000 / max(len(runs), 1)
+        beat.drop([r.id for r in batch.runs])
+        self.stats.batches += 1
+        duration_ms = (time.monotonic() - batch.started) * 1000 / max(len(batch.runs), 1)
         for outcome in outcomes:
             ok = outcome.run.id in landed
             self.stats.add(outcome, ok)
             self._log(outcome, ok, duration_ms)
 
-    def handle(
-        self, run: ClaimedRun, recipient: RecipientRow | None, digest: DigestContent
-    ) -> Outcome:
-        """Decide, render and send one run; never raises (a bug fails the run, not the loop)."""
+    def _send_one(self, run: ClaimedRun, outgoing: OutgoingMessage, count: int) -> Outcome | None:
+        """In a sending thread: the outcome, or None when the worker stopped before sending."""
+        if self.stop.is_set() or self.fatal is not None:
+            return None
+        if self.limiter is not None and not self.limiter.acquire(self.stop):
+            return None
         try:
-            prepared = self.prepare(run, recipient, digest)
-            if isinstance(prepared, Outcome):
-                return prepared
-            return self.send(run, prepared, digest.total_events)
-        except Exception as exc:
+            return self.send(run, outgoing, count)
+        except Exception as exc:  # a transport bug fails the run, never the loop
             log.exception("run_error run_id=%s", run.id)
-            return Outcome(run, "failed", digest.total_events, error=f"internal error: {exc!r}")
+            return Outcome(run, "failed", count, error=f"internal error: {exc!r}")
 
     def prepare(
         self, run: ClaimedRun, recipient: RecipientRow | None, digest: DigestContent
     ) -> Outcome | OutgoingMessage:
         """The message to send, or the outcome that makes sending pointless."""
         count = digest.total_events
+        if self.at_most_once and run.sending_attempt is not None:
+            # the previous attempt reached the send step and never recorded its outcome
+            return Outcome(
+                run,
+                "failed",
+                count,
+                error=f"unknown_outcome: attempt {run.sending_attempt} may have sent it",
+            )
         if digest.is_empty:
             return Outcome(run, "skipped", 0, error="no events")
         if recipient is None:
@@ -265,24 +324,18 @@ class Worker:
             to_address = message.validate_email(recipient.email)
         except message.HeaderError as exc:
             return Outcome(run, "failed", count, error=f"invalid email address: {exc}")
+        token = unsubscribe.make_token(self.key, recipient.user_id)
+        unsubscribe_url = f"{self.settings.base_url}/u/{token}"
         rendered = self.renderer.render(
-            Recipient(
-                user_id=recipient.user_id,
-                email=to_address,
-                name=recipient.name,
-                cadence=recipient.cadence,
-                timezone=recipient.timezone,
-                locale=recipient.locale,
-            ),
+            recipient.recipient(to_address),
             digest,
             cadence=run.cadence,
             period_start=run.period_start,
             base_url=self.settings.base_url,
-            unsubscribe_url=unsubscribe.unsubscribe_url(
-                self.settings.base_url, self.key, recipient.user_id
-            ),
+            unsubscribe_url=unsubscribe_url,
         )
         message_id = message.make_message_id(run.id, self.domain)
+        mailto = self.settings.unsubscribe_mailto
         mime = message.build_message(
             from_name=self.settings.from_name,
             from_address=self.settings.from_address,
@@ -293,10 +346,10 @@ class Worker:
             text=rendered.text,
             message_id=message_id,
             idempotency_key=message.idempotency_key(run.id),
-            list_unsubscribe_url=unsubscribe.unsubscribe_url(
-                self.settings.base_url, self.key, recipient.user_id
-            ),
-            list_unsubscribe_mailto=None,
+            list_unsubscribe_url=unsubscribe_url,
+            list_unsubscribe_mailto=f"mailto:{mailto}?subject=unsubscribe-{token}"
+            if mailto
+            else None,
             date=run.frozen_at,
         )
         return OutgoingMessage(
@@ -327,6 +380,7 @@ class Worker:
                 cap=self.settings.backoff_max_seconds,
                 retry_after=exc.retry_after,
                 rand=self.rand,
+                at_most_once=self.at_most_once,
             )
             delivery_status = {"pending": "deferred", "failed": "failed"}[decision.status]
             if exc.kind == "unknown":

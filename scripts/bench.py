@@ -31,10 +31,12 @@ from digest.config import Settings  # noqa: E402
 from digest.db import embedded_url, libpq_url, make_engine  # noqa: E402
 from digest.render import Recipient, Renderer  # noqa: E402
 from digest.scheduler import schedule_once  # noqa: E402
+from digest.transports.base import OutgoingMessage, SendResult  # noqa: E402
 from digest.transports.null import NullTransport  # noqa: E402
-from digest.worker import work_processes  # noqa: E402
+from digest.worker import Worker, work_processes  # noqa: E402
 
 DATABASE = "digest_bench"
+SLOW_SECONDS = 0.05
 
 SEED_RECIPIENTS = text(
     """
@@ -106,6 +108,35 @@ def end_to_end(url: str, engine: Engine, settings: Settings, processes: int) -> 
     return Row(
         f"end to end, {processes} process{'es' if processes > 1 else ''}", runs, elapsed, processes
     )
+
+
+class SlowTransport(NullTransport):
+    """A provider that takes `delay` seconds per message (network + API time)."""
+
+    name = "slow"
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        time.sleep(self.delay)
+        return super().send(message)
+
+
+def slow_transport(url: str, engine: Engine, settings: Settings, concurrency: int) -> Row:
+    """One worker process sending through a 50 ms transport with `concurrency` threads."""
+    runs = reset_runs(url, engine)
+    worker = Worker(
+        engine,
+        settings.with_(send_concurrency=concurrency, secret_key="bench"),
+        SlowTransport(SLOW_SECONDS),
+    )
+    started = time.perf_counter()
+    stats = worker.run(drain=True)
+    elapsed = time.perf_counter() - started
+    if stats.sent != runs:
+        raise SystemExit(f"slow-transport run went wrong: sent {stats.sent} of {runs}")
+    return Row(f"50 ms transport, {concurrency} threads, 1 process", runs, elapsed, 1)
 
 
 def naive(url: str, engine: Engine, settings: Settings, limit: int) -> Row:
@@ -193,9 +224,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--events-per-user", type=int, default=10)
     parser.add_argument("--naive-runs", type=int, default=1_000)
+    parser.add_argument("--slow-users", type=int, default=3_000)
+    parser.add_argument("--send-concurrency", type=int, default=16)
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results.json")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=120)
 
     server = embedded_url(ROOT / ".digest" / "pgdata")
     url = fresh_database(server)
@@ -219,6 +252,14 @@ def main() -> None:
         with console.status(f"render only, {processes} processes"):
             rows.append(render_only(engine, settings, processes, min(args.users, 4000)))
     rows.append(base)
+    with console.status("slow transport"):
+        with engine.begin() as conn:  # fewer users: 50 ms each adds up
+            conn.execute(
+                text("DELETE FROM recipients WHERE substr(user_id, 2)::int > :n"),
+                {"n": args.slow_users},
+            )
+        slow = slow_transport(url, engine, settings, args.send_concurrency)
+    rows.append(slow)
     engine.dispose()
 
     ceiling = {r.processes: r.rate for r in rows if r.name.startswith("render only")}
@@ -229,6 +270,8 @@ def main() -> None:
     for column in ("row", "digests", "seconds", "digests/s", "x naive", "of render ceiling"):
         table.add_column(column, justify="left" if column == "row" else "right")
     for row in rows:
+        if row is slow:
+            table.add_section()
         efficiency = (
             f"{row.rate / ceiling[row.processes]:.2f}" if row.name.startswith("end to end") else ""
         )
@@ -241,6 +284,11 @@ def main() -> None:
             efficiency,
         )
     console.print(table)
+    ideal = args.send_concurrency / SLOW_SECONDS
+    console.print(
+        f"50 ms transport: {slow.rate:,.0f} digests/s = {slow.rate / ideal:.2f} of "
+        f"{args.send_concurrency} threads / 0.05 s = {ideal:,.0f}/s"
+    )
 
     by_name = {r.name: r.rate for r in rows}
     results = {
@@ -249,6 +297,8 @@ def main() -> None:
         "render_only_digests_per_s_1p": by_name["render only, 1 process"],
         "render_only_digests_per_s_2p": by_name["render only, 2 processes"],
         "naive_digests_per_s": base.rate,
+        "slow_transport_digests_per_s": slow.rate,
+        "slow_transport_ideal_digests_per_s": args.send_concurrency / SLOW_SECONDS,
         "users": args.users,
         "events_per_user": args.events_per_user,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import logging
@@ -366,3 +367,122 @@ def test_lost_database_is_retried_then_reported(tmp_path: Path) -> None:
     worker.run(drain=True)
     assert worker.fatal is not None
     assert worker.fatal.startswith("database unavailable")
+
+
+def test_sends_run_concurrently_up_to_the_limit(engine: Engine, tmp_path: Path) -> None:
+    """A slow provider does not serialize the batch: up to send_concurrency sends at once."""
+    for i in range(12):
+        add_user(engine, f"c{i}")
+        add_events(engine, f"c{i}", 1)
+    schedule(engine)
+    lock = threading.Lock()
+    active = 0
+    peak = 0
+    everyone_in = threading.Barrier(4, timeout=10)
+
+    class Slow(ScriptedTransport):
+        def send(self, message: OutgoingMessage) -> SendResult:
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                everyone_in.wait()  # only passes when 4 sends are in flight together
+            with lock:
+                active -= 1
+            return super().send(message)
+
+    stats = make_worker(engine, tmp_path, Slow({}), send_concurrency=4).run(drain=True)
+    assert stats.sent == 12
+    assert peak == 4
+
+
+def crash_after_send(engine: Engine, tmp_path: Path, **settings: Any) -> ScriptedTransport:
+    """A worker sends its batch and dies before recording it; its lease then runs out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digest.worker import _Heartbeat
+
+    transport = ScriptedTransport({})
+    doomed = make_worker(engine, tmp_path, transport, **settings)
+    with ThreadPoolExecutor(2) as pool:
+        batch = doomed.start_batch(pool, _Heartbeat(engine, doomed.me, 60))
+    assert batch is not None
+    [(_, future)] = batch.sending
+    assert future.result() is not None  # the mail went out
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE digest_runs SET lease_expires_at = now() - interval '1 s'"))
+    return transport
+
+
+def test_at_most_once_fails_a_run_whose_send_may_have_happened(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """at-most-once: after a crash between send and record, the run fails, never resends."""
+    add_user(engine, "once")
+    add_events(engine, "once", 1)
+    schedule(engine)
+    first = crash_after_send(engine, tmp_path, delivery="at-most-once")
+    second = ScriptedTransport({})
+    make_worker(engine, tmp_path, second, delivery="at-most-once").run(drain=True)
+    run = runs(engine)["once"]
+    assert (run.status, run.last_error) == ("failed", "unknown_outcome: attempt 1 may have sent it")
+    assert (len(first.sent), len(second.sent)) == (1, 0)
+
+
+def test_at_least_once_resends_after_the_same_crash(engine: Engine, tmp_path: Path) -> None:
+    """at-least-once (default): the same crash leads to a resend with the same Message-ID."""
+    add_user(engine, "twice")
+    add_events(engine, "twice", 1)
+    schedule(engine)
+    first = crash_after_send(engine, tmp_path)
+    second = ScriptedTransport({})
+    make_worker(engine, tmp_path, second).run(drain=True)
+    assert runs(engine)["twice"].status == "sent"
+    assert first.sent[0].message_id == second.sent[0].message_id
+
+
+@pytest.mark.parametrize(
+    ("delivery", "status", "error"),
+    [
+        ("at-least-once", "pending", "unknown: reply lost after DATA"),
+        ("at-most-once", "failed", "unknown_outcome: reply lost after DATA"),
+    ],
+)
+def test_unknown_outcome_follows_the_delivery_setting(
+    engine: Engine, tmp_path: Path, delivery: str, status: str, error: str
+) -> None:
+    """A lost reply after DATA is retried (at-least-once) or failed (at-most-once)."""
+    add_user(engine, "u")
+    add_events(engine, "u", 1)
+    schedule(engine)
+    transport = ScriptedTransport({"u": SendError("unknown", "reply lost after DATA")})
+    make_worker(engine, tmp_path, transport, delivery=delivery).run(drain=True)
+    run = runs(engine)["u"]
+    assert (run.status, run.last_error) == (status, error)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM deliveries")).scalar_one() == "unknown"
+
+
+def test_list_unsubscribe_carries_https_and_mailto(engine: Engine, tmp_path: Path) -> None:
+    """RFC 8058 headers: the signed HTTPS link, the mailto when configured, One-Click."""
+    add_user(engine, "h")
+    add_events(engine, "h", 1)
+    schedule(engine)
+    transport = ScriptedTransport({})
+    make_worker(
+        engine,
+        tmp_path,
+        transport,
+        base_url="https://mail.example.com",
+        unsubscribe_mailto="unsubscribe@example.com",
+    ).run(drain=True)
+    mime = transport.sent[0].mime
+    header = str(mime["List-Unsubscribe"])
+    assert header.startswith("<https://mail.example.com/u/")
+    assert "<mailto:unsubscribe@example.com?subject=unsubscribe-" in header
+    assert mime["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert mime["X-Digest-Idempotency-Key"] == f"digest-run-{runs(engine)['h'].id}"
+    html = mime.get_body(preferencelist=("html",))
+    assert html is not None
+    assert "https://mail.example.com/u/" in html.get_content()

@@ -1,0 +1,264 @@
+"""The unsubscribe pages (RFC 8058 one-click) and a health check, as a Starlette app.
+
+Routes:
+- `GET /u/{token}`: a page naming the address, with an Unsubscribe button and
+  daily / weekly / off choices. A GET never changes anything: link scanners follow GETs.
+- `POST /u/{token}`: the body `List-Unsubscribe=One-Click` unsubscribes at once (what mail
+  clients send, and what the page's button sends); `cadence=daily|weekly|off` sets the
+  cadence, and daily or weekly also re-subscribes. urlencoded or multipart/form-data; any
+  other body is a 400. The answer is a 200 page, never a redirect; repeating it is harmless.
+- `GET /healthz`: `ok` (200) when the database answers `SELECT 1`, else 503.
+
+A forged, cut-off or garbage token, or a valid one whose user has no recipient row, gets one
+and the same 404 (body and headers), as does any other unknown path; nothing changes. The
+body of a POST is looked at only after its token's MAC checks out. Tokens never reach a
+log line; the page's forms post back to the page's own URL so the token is not in the page.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import chevron
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from digest.config import Settings
+from digest.errors import DigestError
+from digest.schema import CADENCES
+from digest.unsubscribe import verify_token
+
+log = logging.getLogger(__name__)
+
+SECRET_MISSING = "DIGEST_SECRET_KEY must be set to serve unsubscribe links"
+UNSUBSCRIBE: Final = "unsubscribe"  # the one action that is not a cadence
+ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"
+CADENCE_FIELD = "cadence"
+# A one-click body is 26 bytes; a multipart one a few hundred. Nothing legitimate is larger.
+MAX_BODY_BYTES = 16 * 1024
+MAX_FORM_FIELDS = 20
+
+# Every page: never cached or indexed, no Referer (the URL holds the token), no framing
+# (a hidden Unsubscribe button), nothing loaded or run but our own inline CSS.
+PAGE_HEADERS: Final[Mapping[str, str]] = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+RECIPIENT_GET_PREFERENCES = text(
+    "SELECT user_id, email, name, cadence, unsubscribed_at FROM recipients WHERE user_id = :user_id"
+)
+# The trigger on recipients cancels the user's pending digest runs.
+RECIPIENT_UNSUBSCRIBE = text(
+    """
+    UPDATE recipients
+       SET unsubscribed_at = now(), updated_at = now()
+     WHERE user_id = :user_id AND unsubscribed_at IS NULL
+    RETURNING user_id
+    """
+)
+# daily/weekly re-subscribes; off keeps whatever unsubscribed_at is. A choice that changes
+# nothing writes nothing.
+RECIPIENT_SET_CADENCE = text(
+    """
+    UPDATE recipients
+       SET cadence = CAST(:cadence AS text),
+           unsubscribed_at = CASE WHEN CAST(:cadence AS text) = 'off' THEN unsubscribed_at END,
+           updated_at = now()
+     WHERE user_id = :user_id
+       AND (cadence <> CAST(:cadence AS text)
+            OR (CAST(:cadence AS text) <> 'off' AND unsubscribed_at IS NOT NULL))
+    RETURNING user_id
+    """
+)
+DATABASE_PING = text("SELECT 1")
+
+CADENCE_TEXT = {"daily": "a daily digest", "weekly": "a weekly digest", "off": "no digests"}
+NOTICES = {
+    UNSUBSCRIBE: "You are unsubscribed. No more digest emails will be sent to this address.",
+    "daily": "Saved: you will get a daily digest.",
+    "weekly": "Saved: you will get a weekly digest.",
+    "off": "Saved: digests are off.",
+}
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What the page shows about a recipient."""
+
+    user_id: str
+    email: str
+    name: str | None
+    cadence: str
+    unsubscribed: bool
+
+
+def require_secret(settings: Settings) -> str:
+    """The unsubscribe secret, or the DigestError that says it is missing."""
+    if not settings.secret_key:
+        raise DigestError(SECRET_MISSING)
+    return settings.secret_key
+
+
+def parse_action(form: FormData) -> str | None:
+    """`unsubscribe`, a cadence, or None when the form asks for neither (or for both)."""
+    one_click = form.getlist(ONE_CLICK_FIELD)
+    cadence = form.getlist(CADENCE_FIELD)
+    if one_click and not cadence:
+        return UNSUBSCRIBE if all(value == ONE_CLICK_VALUE for value in one_click) else None
+    if cadence and not one_click and len(cadence) == 1 and cadence[0] in CADENCES:
+        return str(cadence[0])
+    return None
+
+
+def load_preferences(conn: Connection, user_id: str) -> Preferences | None:
+    """The recipient `user_id`, or None."""
+    row = conn.execute(RECIPIENT_GET_PREFERENCES, {"user_id": user_id}).first()
+    if row is None:
+        return None
+    return Preferences(
+        row.user_id, row.email, row.name, row.cadence, row.unsubscribed_at is not None
+    )
+
+
+def apply_action(engine: Engine, user_id: str, action: str) -> tuple[Preferences, bool] | None:
+    """Unsubscribe or set the cadence; the new preferences and whether anything changed.
+
+    None when there is no such recipient (the update then touched no row).
+    """
+    with engine.begin() as conn:
+        if action == UNSUBSCRIBE:
+            result = conn.execute(RECIPIENT_UNSUBSCRIBE, {"user_id": user_id})
+        else:
+            result = conn.execute(RECIPIENT_SET_CADENCE, {"user_id": user_id, "cadence": action})
+        changed = result.first() is not None
+        preferences = load_preferences(conn, user_id)
+    return None if preferences is None else (preferences, changed)
+
+
+class Pages:
+    """The page templates under `templates/web/`, read once."""
+
+    NAMES = ("layout", "manage", "not_found", "bad_request")
+
+    def __init__(self, directory: Path):
+        self.templates: dict[str, str] = {}
+        for name in self.NAMES:
+            path = directory / f"{name}.html"
+            try:
+                self.templates[name] = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise DigestError(f"cannot read page template {path}: {exc.strerror}") from None
+
+    def render(self, name: str, title: str, context: Mapping[str, Any]) -> str:
+        """The page `name` in the layout; every value in `context` is HTML-escaped."""
+        body = str(chevron.render(self.templates[name], dict(context)))
+        return str(chevron.render(self.templates["layout"], {"title": title, "body": body}))
+
+    def manage(self, preferences: Preferences, notice: str | None = None) -> str:
+        """The preferences page, with a notice after a change."""
+        current = None if preferences.unsubscribed else preferences.cadence
+        context = {
+            "notice": notice,
+            "has_name": bool(preferences.name),
+            "name": preferences.name or "",
+            "email": preferences.email,
+            "unsubscribed": preferences.unsubscribed,
+            "cadence_text": CADENCE_TEXT.get(preferences.cadence, preferences.cadence),
+            "is_daily": current == "daily",
+            "is_weekly": current == "weekly",
+            "is_off": current == "off",
+        }
+        return self.render("manage", "Email preferences", context)
+
+
+def create_app(engine: Engine, settings: Settings) -> Starlette:
+    """The web app; DigestError when the secret key is missing or a page template is."""
+    secret = require_secret(settings)
+    pages = Pages(settings.templates_dir / "web")
+    not_found_page = pages.render("not_found", "Link not valid", {})
+    bad_request_page = pages.render("bad_request", "Nothing changed", {})
+
+    def not_found() -> Response:
+        # Built from constants only, so every 404 is byte-for-byte the same.
+        return HTMLResponse(not_found_page, status_code=404, headers=dict(PAGE_HEADERS))
+
+    def page(html: str) -> Response:
+        return HTMLResponse(html, headers=dict(PAGE_HEADERS))
+
+    async def show(request: Request) -> Response:
+        user_id = verify_token(secret, request.path_params["token"])
+        if user_id is None:
+            return not_found()
+        preferences = await run_in_threadpool(_load, engine, user_id)
+        return not_found() if preferences is None else page(pages.manage(preferences))
+
+    async def change(request: Request) -> Response:
+        user_id = verify_token(secret, request.path_params["token"])
+        if user_id is None:
+            return not_found()
+        try:
+            form = await request.form(
+                max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_BODY_BYTES
+            )
+        except HTTPException:  # a malformed multipart body, or one with a file in it
+            form = FormData()
+        action = parse_action(form)
+        if action is None:
+            return HTMLResponse(bad_request_page, status_code=400, headers=dict(PAGE_HEADERS))
+        applied = await run_in_threadpool(apply_action, engine, user_id, action)
+        if applied is None:
+            return not_found()
+        preferences, changed = applied
+        log.info("preferences_changed user_id=%s action=%s changed=%s", user_id, action, changed)
+        return page(pages.manage(preferences, NOTICES[action]))
+
+    async def healthz(request: Request) -> Response:
+        ok = await run_in_threadpool(_ping, engine)
+        return PlainTextResponse("ok" if ok else "database unavailable", 200 if ok else 503)
+
+    async def unknown_path(request: Request, exc: Exception) -> Response:
+        return not_found()
+
+    return Starlette(
+        routes=[
+            Route("/u/{token}", show, methods=["GET"]),
+            Route("/u/{token}", change, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={404: unknown_path},
+        max_body_size=MAX_BODY_BYTES,
+    )
+
+
+def _load(engine: Engine, user_id: str) -> Preferences | None:
+    with engine.connect() as conn:
+        return load_preferences(conn, user_id)
+
+
+def _ping(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(DATABASE_PING)
+    except SQLAlchemyError as exc:
+        log.warning("healthz database unavailable: %s", type(exc).__name__)
+        return False
+    return True

@@ -1,0 +1,509 @@
+"""The unsubscribe pages over a real socket (uvicorn in a thread) on a real database."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from click.testing import CliRunner
+from sqlalchemy import Engine, text
+
+from digest import watchdog
+from digest.cli import cli
+from digest.config import Settings
+from digest.db import make_engine
+from digest.errors import DigestError
+from digest.scheduler import schedule_once
+from digest.transports.file import FileTransport
+from digest.unsubscribe import make_token
+from digest.web import SECRET_MISSING, create_app
+from digest.worker import Worker
+
+SECRET = "test-secret"
+ONE_CLICK = "List-Unsubscribe=One-Click"
+URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}
+BOUNDARY = "digest-test-boundary-7MA4YWxkTrZu0gW"
+MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+ADD_RECIPIENT = text(
+    "INSERT INTO recipients (user_id, email, name) VALUES (:user_id, :email, :name)"
+)
+ADD_EVENTS = text(
+    """
+    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+                               created_at)
+    SELECT CAST(:user_id AS text), 'comment', 'post', 'p1', 'a' || g,
+           jsonb_build_object('title', 'Trip photos', 'actor_name', 'Actor ' || g),
+           now() - interval '1 hour'
+      FROM generate_series(1, 3) g
+    """
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer as the client saw it; `headers` without Date (it ticks)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: str
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name.lower()), None)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A running server and a way to talk to it."""
+
+    port: int
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            data = body.encode() if isinstance(body, str) else body
+            conn.request(method, path, body=data, headers=headers or {})
+            response = conn.getresponse()
+            raw = response.read()
+            kept = tuple((k.lower(), v) for k, v in response.getheaders() if k.lower() != "date")
+            return Reply(response.status, kept, raw.decode("utf-8"))
+        finally:
+            conn.close()
+
+    def one_click(self, token: str) -> Reply:
+        return self.request("POST", f"/u/{token}", ONE_CLICK, URLENCODED)
+
+
+StartSite = Callable[[Engine], Site]
+
+
+@pytest.fixture
+def start_site() -> Iterator[StartSite]:
+    """Starts the app on a free 127.0.0.1 port in a thread; stops every one at teardown."""
+    running: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
+
+    def start(engine: Engine) -> Site:
+        app = create_app(engine, Settings(secret_key=SECRET))
+        listener = socket.create_server(("127.0.0.1", 0))  # bound first: no port race
+        config = uvicorn.Config(app, log_config=None, log_level="warning", ws="none")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+        thread.start()
+        running.append((server, thread, listener))
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive(), "server thread died"
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        return Site(listener.getsockname()[1])
+
+    yield start
+    for server, thread, listener in running:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
+
+
+@pytest.fixture
+def site(engine: Engine, start_site: StartSite) -> Site:
+    return start_site(engine)
+
+
+def add_user(engine: Engine, user_id: str, email: str | None = None, name: str = "") -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            ADD_RECIPIENT,
+            {"user_id": user_id, "email": email or f"{user_id}@example.com", "name": name or None},
+        )
+        conn.execute(ADD_EVENTS, {"user_id": user_id})
+
+
+def schedule(engine: Engine) -> int:
+    with engine.begin() as conn:
+        return schedule_once(conn, datetime.now(UTC), 0)
+
+
+def recipient(engine: Engine, user_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT * FROM recipients WHERE user_id = :u"), {"u": user_id}
+        ).one()
+
+
+def run_statuses(engine: Engine, user_id: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT status FROM digest_runs WHERE user_id = :u ORDER BY id"),
+                {"u": user_id},
+            ).scalars()
+        )
+
+
+def snapshot(engine: Engine) -> list[tuple[Any, ...]]:
+    """Everything a request could change."""
+    with engine.connect() as conn:
+        people = conn.execute(text("SELECT * FROM recipients ORDER BY user_id")).all()
+        runs = conn.execute(text("SELECT * FROM digest_runs ORDER BY id")).all()
+        blocked = conn.execute(text("SELECT * FROM suppressions ORDER BY email")).all()
+    return [tuple(row) for row in (*people, *runs, *blocked)]
+
+
+def multipart(fields: list[tuple[str, str]], filename: str | None = None) -> bytes:
+    parts = []
+    for name, value in fields:
+        disposition = f'form-data; name="{name}"'
+        if filename:
+            disposition += f'; filename="{filename}"'
+        parts.append(f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n{value}\r\n")
+    return ("".join(parts) + f"--{BOUNDARY}--\r\n").encode()
+
+
+def worker(engine: Engine, outbox: Path) -> Worker:
+    settings = Settings(secret_key=SECRET, outbox=outbox)
+    return Worker(engine, settings, FileTransport(outbox))
+
+
+# ---------------------------------------------------------------------------- one click
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [(ONE_CLICK, URLENCODED), (multipart([("List-Unsubscribe", "One-Click")]), MULTIPART)],
+    ids=["urlencoded", "multipart"],
+)
+def test_one_click_post_unsubscribes_at_once_with_200_and_no_redirect(
+    engine: Engine, site: Site, body: bytes | str, headers: dict[str, str]
+) -> None:
+    """RFC 8058: the POST unsubscribes, answers 200 (no redirect) and cancels pending runs."""
+    add_user(engine, "ana")
+    add_user(engine, "ben")
+    assert schedule(engine) == 2
+    reply = site.request("POST", f"/u/{make_token(SECRET, 'ana')}", body, headers)
+    assert reply.status == 200
+    assert reply.header("location") is None
+    assert "You are unsubscribed" in reply.body
+    assert recipient(engine, "ana").unsubscribed_at is not None
+    assert run_statuses(engine, "ana") == ["cancelled"]
+    assert recipient(engine, "ben").unsubscribed_at is None
+    assert run_statuses(engine, "ben") == ["pending"]
+
+
+def test_one_click_is_idempotent(engine: Engine, site: Site) -> None:
+    """A second one-click POST is another 200, keeping the first time; the page then says so."""
+    add_user(engine, "ana")
+    token = make_token(SECRET, "ana")
+    assert site.one_click(token).status == 200
+    first = recipient(engine, "ana").unsubscribed_at
+    again = site.one_click(token)
+    assert again.status == 200
+    assert "You are unsubscribed" in again.body
+    assert recipient(engine, "ana").unsubscribed_at == first
+    page = site.request("GET", f"/u/{token}")
+    assert "This address is unsubscribed" in page.body
+    assert "List-Unsubscribe" not in page.body  # no button for what is done; re-subscribe is
+    assert 'name="cadence" value="daily"' in page.body
+
+
+def test_get_shows_the_page_and_changes_nothing(engine: Engine, site: Site) -> None:
+    """A GET (what link scanners do) shows buttons but never unsubscribes or cancels a run."""
+    add_user(engine, "ana", name="Ana")
+    schedule(engine)
+    before = snapshot(engine)
+    token = make_token(SECRET, "ana")
+    reply = site.request("GET", f"/u/{token}")
+    assert reply.status == 200
+    assert reply.header("content-type") == "text/html; charset=utf-8"
+    assert "Ana" in reply.body
+    assert "ana@example.com" in reply.body
+    assert '<input type="hidden" name="List-Unsubscribe" value="One-Click">' in reply.body
+    for cadence in ("daily", "weekly", "off"):
+        assert f'name="cadence" value="{cadence}"' in reply.body
+    assert 'name="viewport"' in reply.body
+    assert token not in reply.body  # the forms post back to the page's own URL
+    assert reply.header("cache-control") == "no-store"
+    assert reply.header("referrer-policy") == "no-referrer"
+    assert snapshot(engine) == before
+    assert run_statuses(engine, "ana") == ["pending"]
+
+
+def test_page_escapes_the_name_and_address(engine: Engine, site: Site) -> None:
+    """User data on the page is HTML-escaped: a name with <script> stays text."""
+    add_user(engine, "eve", email="tom&jerry@example.com", name='<script>alert("x")</script>')
+    reply = site.request("GET", f"/u/{make_token(SECRET, 'eve')}")
+    assert reply.status == 200
+    assert "<script>" not in reply.body
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in reply.body
+    assert "tom&amp;jerry@example.com" in reply.body
+    assert "script-src" not in (reply.header("content-security-policy") or "")  # none allowed
+
+
+# ---------------------------------------------------------------------------- bad tokens
+
+
+def test_bad_tokens_get_one_identical_404_and_change_nothing(engine: Engine, site: Site) -> None:
+    """Forged, cut-off, garbage and unknown-user tokens: the same 404 for GET and POST."""
+    add_user(engine, "ana")
+    schedule(engine)
+    before = snapshot(engine)
+    good = make_token(SECRET, "ana")
+    paths = {
+        "forged": f"/u/{make_token('some-other-secret', 'ana')}",
+        "truncated": f"/u/{good[:-4]}",
+        "garbage": "/u/garbage!!",
+        "unknown user": f"/u/{make_token(SECRET, 'nobody')}",
+        "empty": "/u/",
+        "extra segment": f"/u/{good}/more",
+    }
+    replies = {}
+    for label, path in paths.items():
+        replies[f"GET {label}"] = site.request("GET", path)
+        replies[f"POST {label}"] = site.request("POST", path, ONE_CLICK, URLENCODED)
+        replies[f"POST cadence {label}"] = site.request("POST", path, "cadence=off", URLENCODED)
+    reference = replies["GET forged"]
+    assert reference.status == 404
+    assert "This link does not work" in reference.body
+    for label, reply in replies.items():
+        assert reply == reference, label
+    assert snapshot(engine) == before
+    assert site.request("GET", f"/u/{good}").status == 200  # the real one still works
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ("", URLENCODED),
+        ("List-Unsubscribe=Yes", URLENCODED),
+        ("cadence=hourly", URLENCODED),
+        ("cadence=daily&cadence=weekly", URLENCODED),
+        ("List-Unsubscribe=One-Click&cadence=daily", URLENCODED),
+        ("unsubscribe=1", URLENCODED),
+        ('{"List-Unsubscribe": "One-Click"}', {"Content-Type": "application/json"}),
+        (multipart([("List-Unsubscribe", "One-Click")], filename="x.txt"), MULTIPART),
+        (b"--broken", MULTIPART),
+        (b"List-Unsubscribe=One-Click\xff", URLENCODED),
+        (b"cadence=\xff\xfe", URLENCODED),
+        (multipart([("cadence", "daily")]).replace(b"daily", b"d\xffaily"), MULTIPART),
+    ],
+)
+def test_other_bodies_are_400_and_change_nothing(
+    engine: Engine, site: Site, body: bytes | str, headers: dict[str, str]
+) -> None:
+    """Only List-Unsubscribe=One-Click or cadence=daily|weekly|off is acted on."""
+    add_user(engine, "ana")
+    schedule(engine)
+    before = snapshot(engine)
+    reply = site.request("POST", f"/u/{make_token(SECRET, 'ana')}", body, headers)
+    assert reply.status == 400
+    assert "Nothing was changed" in reply.body
+    assert snapshot(engine) == before
+
+
+def test_oversized_body_is_refused(engine: Engine, site: Site) -> None:
+    """A body far beyond any form's size is a 413, not read into memory."""
+    add_user(engine, "ana")
+    body = ONE_CLICK + "&pad=" + "x" * 100_000
+    reply = site.request("POST", f"/u/{make_token(SECRET, 'ana')}", body, URLENCODED)
+    assert reply.status == 413
+    assert recipient(engine, "ana").unsubscribed_at is None
+
+
+# ---------------------------------------------------------------------------- cadence
+
+
+def test_cadence_off_weekly_daily_and_resubscribe(engine: Engine, site: Site) -> None:
+    """The cadence buttons set the cadence; daily or weekly after an unsubscribe re-subscribes."""
+    add_user(engine, "ana")
+    schedule(engine)
+    token = make_token(SECRET, "ana")
+
+    def choose(cadence: str) -> Reply:
+        return site.request("POST", f"/u/{token}", f"cadence={cadence}", URLENCODED)
+
+    off = choose("off")
+    assert off.status == 200
+    assert "digests are off" in off.body
+    assert (recipient(engine, "ana").cadence, run_statuses(engine, "ana")) == ("off", ["cancelled"])
+    assert schedule(engine) == 0
+
+    weekly = site.request("POST", f"/u/{token}", multipart([("cadence", "weekly")]), MULTIPART)
+    assert weekly.status == 200
+    assert "weekly digest" in weekly.body
+    assert recipient(engine, "ana").cadence == "weekly"
+
+    assert site.one_click(token).status == 200
+    assert recipient(engine, "ana").unsubscribed_at is not None
+    assert choose("off").status == 200  # off keeps the unsubscribe
+    assert recipient(engine, "ana").unsubscribed_at is not None
+
+    daily = choose("daily")
+    assert daily.status == 200
+    assert "daily digest" in daily.body
+    row = recipient(engine, "ana")
+    assert (row.cadence, row.unsubscribed_at) == ("daily", None)
+    assert schedule(engine) == 1  # subscribed again: the next schedule creates a run
+
+
+def test_changes_are_logged_without_the_token(
+    engine: Engine, site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One log line per change with user id and action; the token is never logged."""
+    add_user(engine, "ana")
+    token = make_token(SECRET, "ana")
+    with caplog.at_level(logging.INFO, logger="digest.web"):
+        site.one_click(token)
+        site.request("POST", f"/u/{token}", "cadence=weekly", URLENCODED)
+    lines = [r.getMessage() for r in caplog.records if r.name == "digest.web"]
+    assert lines == [
+        "preferences_changed user_id=ana action=unsubscribe changed=True",
+        "preferences_changed user_id=ana action=weekly changed=True",
+    ]
+    assert all(token not in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------- no more mail
+
+
+def test_no_email_after_one_click(engine: Engine, site: Site, tmp_path: Path) -> None:
+    """After the one-click POST, schedule + work sends that user nothing; others still get mail."""
+    add_user(engine, "ana")
+    add_user(engine, "ben")
+    schedule(engine)
+    assert site.one_click(make_token(SECRET, "ana")).status == 200
+    schedule(engine)  # creates nothing for ana: she is unsubscribed
+    outbox = tmp_path / "outbox"
+    stats = worker(engine, outbox).run(drain=True)
+    assert (stats.sent, stats.skipped, stats.failed) == (1, 0, 0)
+    assert run_statuses(engine, "ana") == ["cancelled"]
+    sent = [p.read_bytes() for p in outbox.glob("*.eml")]
+    assert len(sent) == 1
+    assert b"ben@example.com" in sent[0]
+    assert b"ana@example.com" not in sent[0]
+
+
+def test_run_already_processing_is_skipped_as_unsubscribed(
+    engine: Engine, site: Site, tmp_path: Path
+) -> None:
+    """A run a worker held during the unsubscribe is not cancelled, but ends skipped, unsent."""
+    add_user(engine, "ana")
+    schedule(engine)
+    with engine.begin() as conn:  # a worker claimed it, then vanished
+        conn.execute(
+            text(
+                "UPDATE digest_runs SET status = 'processing', attempt = 1, locked_by = 'gone', "
+                "lease_expires_at = now() - interval '1 minute'"
+            )
+        )
+    assert site.one_click(make_token(SECRET, "ana")).status == 200
+    assert run_statuses(engine, "ana") == ["processing"]  # the trigger leaves it alone
+    with engine.connect() as conn:
+        assert watchdog.reset_expired_once(conn, 5) == (1, 0)
+    outbox = tmp_path / "outbox"
+    stats = worker(engine, outbox).run(drain=True)
+    assert (stats.sent, stats.skipped) == (0, 1)
+    with engine.connect() as conn:
+        run = conn.execute(text("SELECT status, last_error FROM digest_runs")).one()
+    assert tuple(run) == ("skipped", "unsubscribed")
+    assert list(outbox.glob("*.eml")) == []
+
+
+# ---------------------------------------------------------------------------- health, setup
+
+
+def test_healthz_says_ok_when_the_database_answers(site: Site) -> None:
+    """GET /healthz is 200 `ok` while SELECT 1 works."""
+    reply = site.request("GET", "/healthz")
+    assert (reply.status, reply.body) == (200, "ok")
+
+
+def test_healthz_is_503_without_a_database(start_site: StartSite) -> None:
+    """GET /healthz is 503 when the database cannot be reached."""
+    dead = make_engine("postgresql://nobody@127.0.0.1:1/none")
+    try:
+        reply = start_site(dead).request("GET", "/healthz")
+    finally:
+        dead.dispose()
+    assert reply.status == 503
+
+
+def test_app_needs_the_secret_key(engine: Engine) -> None:
+    """Without DIGEST_SECRET_KEY the app refuses to start rather than serve unverifiable links."""
+    with pytest.raises(DigestError, match=SECRET_MISSING):
+        create_app(engine, Settings())
+
+
+def test_serve_errors_are_one_line(db_url: str) -> None:
+    """`digest serve` without a secret, or on a busy port: one clear line, exit 1."""
+    runner = CliRunner()
+    env = {"DIGEST_DATABASE_URL": db_url, "DIGEST_SECRET_KEY": ""}
+    missing = runner.invoke(cli, ["serve"], env=env)
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == f"digest: error: {SECRET_MISSING}"
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        env["DIGEST_SECRET_KEY"] = SECRET
+        taken = runner.invoke(cli, ["serve", "--port", str(port)], env=env)
+    assert taken.exit_code == 1
+    lines = taken.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"digest: error: cannot listen on 127.0.0.1:{port}:")
+
+
+def test_serve_command_serves_and_stops_on_sigterm(engine: Engine, db_url: str) -> None:
+    """The real `digest serve` process answers, logs no token, and exits 0 on SIGTERM."""
+    add_user(engine, "ana")
+    token = make_token(SECRET, "ana")
+    env = {**os.environ, "DIGEST_DATABASE_URL": db_url, "DIGEST_SECRET_KEY": SECRET}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digest", "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("serving unsubscribe pages on http://127.0.0.1:"), first
+        port = int(first.split("http://127.0.0.1:")[1].split()[0])
+        site = Site(port)
+        deadline = time.monotonic() + 10
+        while True:  # the socket listens before uvicorn's loop runs: connections queue
+            try:
+                health = site.request("GET", "/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert (health.status, health.body) == (200, "ok")
+        assert site.one_click(token).status == 200
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert token not in stderr
+    assert "preferences_changed user_id=ana action=unsubscribe" in stderr
+    assert recipient(engine, "ana").unsubscribed_at is not None
