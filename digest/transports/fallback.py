@@ -34,26 +34,27 @@ class FallbackTransport:
         self.name = ",".join(t.name for t in self.transports)
         self.cooldown = cooldown
         self.clock = clock
-        self._down_until: dict[str, float] = {}
+        self._down_until: dict[int, float] = {}  # by position: two may share a name
         self._lock = threading.Lock()
 
-    def _order(self) -> list[Transport]:
+    def _order(self) -> list[tuple[int, Transport]]:
         now = self.clock()
+        every = list(enumerate(self.transports))
         with self._lock:
-            up = [t for t in self.transports if self._down_until.get(t.name, 0.0) <= now]
-        return up or self.transports
+            up = [(i, t) for i, t in every if self._down_until.get(i, 0.0) <= now]
+        return up or every
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Send through the first transport that is up."""
         failures: list[str] = []
-        for transport in self._order():
+        for index, transport in self._order():
             try:
                 return transport.send(message)
             except SendError as exc:
                 if not exc.down:
                     raise
                 with self._lock:
-                    self._down_until[transport.name] = self.clock() + self.cooldown
+                    self._down_until[index] = self.clock() + self.cooldown
                 log.warning("transport_down transport=%s reason=%r", transport.name, exc.reason)
                 failures.append(f"{transport.name}: {exc.reason}")
         raise SendError(

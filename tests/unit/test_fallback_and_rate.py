@@ -111,3 +111,13 @@ def test_token_bucket_acquire_gives_up_when_stopped() -> None:
     assert bucket.acquire(stop)
     stop.set()
     assert not bucket.acquire(stop)
+
+
+def test_two_transports_of_one_kind_keep_separate_cooldowns() -> None:
+    """Two SMTP relays: the broken one cools down, the working one keeps delivering."""
+    clock = Clock()
+    broken, working = Fake("smtp", SendError("transient", "refused", down=True)), Fake("smtp")
+    fallback = FallbackTransport([broken, working], cooldown=30, clock=clock)
+    for _ in range(3):
+        assert fallback.send(MESSAGE).provider_message_id == "smtp-id"
+    assert (broken.calls, working.calls) == (1, 3)

@@ -28,9 +28,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from digest import transports
 from digest.config import Settings
 from digest.message import build_message, idempotency_key, make_message_id, validate_email
 from digest.transports.base import OutgoingMessage, SendError
+from digest.transports.fallback import FallbackTransport
 from digest.transports.smtp import SmtpTransport
 
 SENDER = "digest@example.com"
@@ -680,3 +682,50 @@ def test_unusual_headers_and_bodies_arrive_intact() -> None:
     body = parsed.get_body(("plain",))
     assert body is not None
     assert body.get_content().replace("\r\n", "\n") == text
+
+
+# -- fallback over real peers ---------------------------------------------------------------
+
+
+def test_ses_down_falls_back_to_smtp_and_records_which_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ses,smtp` with SES unreachable: the SMTP server gets the mail, the result says smtp."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }.items():
+        monkeypatch.setenv(name, value)
+    handler = Handler()
+    with serve(handler) as port:
+        config = settings(
+            port,
+            ses_region="eu-west-1",
+            ses_endpoint_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+            ses_timeout=2.0,
+        )
+        transport = transports.make("ses,smtp", config)
+        try:
+            first = transport.send(outgoing(1))
+            second = transport.send(outgoing(2))
+        finally:
+            transport.close()
+    assert first.transport == second.transport == "smtp"
+    assert len(handler.delivered) == 2
+
+
+def test_recipient_refused_by_smtp_is_not_resent_elsewhere() -> None:
+    """A 550 from the first transport is final: the second transport never sees the mail."""
+    refusing, accepting = Handler(), Handler()
+    refusing.script["RCPT"] = ["550 5.1.1 no such user"]
+    with serve(refusing) as first, serve(accepting) as second:
+        transport = FallbackTransport(
+            [SmtpTransport(settings(first)), SmtpTransport(settings(second))]
+        )
+        with pytest.raises(SendError) as raised:
+            transport.send(outgoing(1))
+        transport.close()
+    assert raised.value.kind == "permanent"
+    assert accepting.delivered == []
