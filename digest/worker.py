@@ -46,6 +46,10 @@ DEV_SECRET = "digest-development-key-not-for-real-mail"
 # non-zero (with the backoff, about a minute and a half at the default poll interval).
 MAX_OUTAGES = 6
 
+# Batches whose sends may be queued or in progress while the next one is claimed and
+# rendered: two keep the sending threads busy through a claim, a render and a commit.
+BATCHES_AHEAD = 2
+
 
 def worker_id() -> str:
     """host:pid:random, unique per worker process and readable in `locked_by`."""
@@ -164,8 +168,9 @@ class Worker:
     def run(self, *, drain: bool = False) -> WorkerStats:
         """Process batches until stopped; with `drain`, also stop when nothing is due.
 
-        Batches overlap: while the sending threads work through batch N, this thread
-        claims and renders batch N+1 and queues its sends behind, then records batch N.
+        Batches overlap: while the sending threads work through earlier batches, this
+        thread claims and renders the next one and queues its sends behind them, then
+        records the oldest once more than BATCHES_AHEAD are outstanding.
         """
         beat = _Heartbeat(self.engine, self.me, self.settings.lease_seconds)
         beater = threading.Thread(target=beat.run, name="heartbeat", daemon=True)
@@ -184,7 +189,7 @@ class Worker:
                     batch = self.start_batch(pool, beat)
                     if batch is not None:
                         in_flight.append(batch)
-                    while len(in_flight) > (1 if batch is not None else 0):
+                    while len(in_flight) > (BATCHES_AHEAD if batch is not None else 0):
                         self.finish_batch(in_flight[0], beat)
                         in_flight.popleft()
                 except OperationalError as exc:
