@@ -161,6 +161,8 @@ class Worker:
         self.stats = WorkerStats()
         self.fatal: str | None = None
         self.at_most_once = settings.delivery == "at-most-once"
+        # local transports (file, null) gain nothing from threads: call them in line
+        self.inline_sends = bool(getattr(transport, "inline", False))
         self.limiter = TokenBucket(settings.max_send_rate) if settings.max_send_rate else None
 
     # -- the loop -------------------------------------------------------------------------
@@ -259,7 +261,12 @@ class Worker:
             with self.engine.connect() as conn:
                 claim.mark_sending(conn, self.me, [run for run, _, _ in outgoing])
         for run, message_, count in outgoing:
-            batch.sending.append((run, pool.submit(self._send_one, run, message_, count)))
+            if self.inline_sends:
+                done: Future[Outcome | None] = Future()
+                done.set_result(self._send_one(run, message_, count))
+                batch.sending.append((run, done))
+            else:
+                batch.sending.append((run, pool.submit(self._send_one, run, message_, count)))
         return batch
 
     def finish_batch(self, batch: _Batch, beat: _Heartbeat) -> None:

@@ -114,6 +114,7 @@ class SlowTransport(NullTransport):
     """A provider that takes `delay` seconds per message (network + API time)."""
 
     name = "slow"
+    inline = False  # it stands for a network provider: sends go through the pool
 
     def __init__(self, delay: float):
         self.delay = delay

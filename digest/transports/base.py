@@ -61,7 +61,12 @@ class SendError(Exception):
 
 
 class Transport(Protocol):
-    """Sends one message at a time; may keep a connection open between sends."""
+    """Sends one message at a time; may keep a connection open between sends.
+
+    Sends come from a pool of threads, concurrently. A transport that does no network
+    I/O may set a class attribute `inline = True` to be called from the worker's own
+    thread instead.
+    """
 
     name: str
 

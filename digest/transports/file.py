@@ -11,6 +11,7 @@ from digest.transports.base import OutgoingMessage, SendError, SendResult
 class FileTransport:
     """Writes messages atomically (temp file + rename): a retry overwrites, never duplicates."""
 
+    inline = True  # no network: the worker calls it directly, not through its send pool
     name = "file"
 
     def __init__(self, outbox: Path):

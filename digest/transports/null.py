@@ -8,6 +8,7 @@ from digest.transports.base import OutgoingMessage, SendResult
 class NullTransport:
     """Drops messages; still builds them fully, so a benchmark measures the real work."""
 
+    inline = True  # no network: the worker calls it directly, not through its send pool
     name = "null"
 
     def send(self, message: OutgoingMessage) -> SendResult:
