@@ -31,6 +31,7 @@ from digest.claim import ClaimedRun, Delivery, Outcome
 from digest.config import Settings
 from digest.content import RecipientRow
 from digest.db import make_engine
+from digest.errors import DigestError
 from digest.grouping import DigestContent
 from digest.ratelimit import TokenBucket
 from digest.render import Renderer
@@ -62,8 +63,6 @@ def signing_key(settings: Settings, transport_name: str) -> str:
         return settings.secret_key
     if transport_name in ("file", "null"):
         return DEV_SECRET
-    from digest.errors import DigestError
-
     raise DigestError(f"DIGEST_SECRET_KEY must be set to send real mail ({transport_name})")
 
 
@@ -347,6 +346,7 @@ class Worker:
             unsubscribe_url=unsubscribe_url,
         )
         message_id = message.make_message_id(run.id, self.domain)
+        idempotency_key = message.idempotency_key(run.id)
         mailto = self.settings.unsubscribe_mailto
         mime = message.build_message(
             from_name=self.settings.from_name,
@@ -357,7 +357,7 @@ class Worker:
             html=rendered.html,
             text=rendered.text,
             message_id=message_id,
-            idempotency_key=message.idempotency_key(run.id),
+            idempotency_key=idempotency_key,
             list_unsubscribe_url=unsubscribe_url,
             list_unsubscribe_mailto=f"mailto:{mailto}?subject=unsubscribe-{token}"
             if mailto
@@ -370,19 +370,26 @@ class Worker:
             user_id=run.user_id,
             to_address=to_address,
             message_id=message_id,
-            idempotency_key=message.idempotency_key(run.id),
+            idempotency_key=idempotency_key,
             mime=mime,
             html=rendered.html,
         )
 
-    def send(self, run: ClaimedRun, outgoing: OutgoingMessage, event_count: int) -> Outcome:
-        """Hand the message to the transport and classify what happened."""
+    def send(
+        self, run: ClaimedRun, outgoing: OutgoingMessage, event_count: int
+    ) -> Outcome | None:
+        """Hand the message to the transport and classify what happened.
+
+        None: the transport cannot send at all (an account paused, no credentials). The
+        worker stops, and the run goes back to the queue without spending its attempt.
+        """
         try:
             result = self.transport.send(outgoing)
         except SendError as exc:
             if exc.kind == "fatal":
                 self.fatal = exc.reason
                 log.critical("transport_fatal transport=%s reason=%s", self.transport.name, exc)
+                return None
             decision = retry.decide(
                 exc.kind,
                 exc.reason,

@@ -230,7 +230,7 @@ def test_permanent_error_and_unexpected_exception_fail_only_their_run(
 def test_fatal_transport_error_stops_the_worker_and_keeps_runs(
     engine: Engine, tmp_path: Path
 ) -> None:
-    """An account-level failure stops sending at once; unsent runs stay in the queue."""
+    """An account-level failure stops sending at once; every run stays queued, unspent."""
     for user in ("a", "b", "c"):
         add_user(engine, user)
         add_events(engine, user, 1)
@@ -239,8 +239,8 @@ def test_fatal_transport_error_stops_the_worker_and_keeps_runs(
     worker = make_worker(engine, tmp_path, transport)
     worker.run(drain=True)
     assert worker.fatal == "sending paused"
-    statuses = sorted(r.status for r in runs(engine).values())
-    assert statuses == ["pending", "pending", "pending"]
+    assert {(r.status, r.attempt) for r in runs(engine).values()} == {("pending", 0)}
+    assert len(transport.sent) == 0
 
 
 def test_heavy_user_gets_top_groups_and_exact_more(engine: Engine, tmp_path: Path) -> None:
