@@ -375,9 +375,7 @@ class Worker:
             html=rendered.html,
         )
 
-    def send(
-        self, run: ClaimedRun, outgoing: OutgoingMessage, event_count: int
-    ) -> Outcome | None:
+    def send(self, run: ClaimedRun, outgoing: OutgoingMessage, event_count: int) -> Outcome | None:
         """Hand the message to the transport and classify what happened.
 
         None: the transport cannot send at all (an account paused, no credentials). The
