@@ -15,7 +15,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine, text
@@ -513,6 +513,9 @@ def read_jsonl(lines: Iterable[bytes]) -> Iterator[tuple[int, object, str | None
             yield number, None, f"invalid JSON: {exc}"
 
 
+T = TypeVar("T")
+
+
 class BadLines:
     """Collects an import's bad lines: counts all, keeps the first few, reports as asked."""
 
@@ -534,6 +537,30 @@ class BadLines:
         """The all-or-nothing failure for these bad lines."""
         return BadInputError(self.source, self.shown, self.count)
 
+    def valid(
+        self,
+        records: Iterable[tuple[int, object, str | None]],
+        validate: Callable[[object], T],
+        *,
+        skip_bad: bool,
+    ) -> Iterator[T]:
+        """The records that validate, each bad one recorded with its line number.
+
+        Once the file is known to fail (all or nothing), reading goes on only to count and
+        list the bad lines.
+        """
+        for number, value, reason in records:
+            if reason is not None:
+                self.add(number, reason)
+                continue
+            try:
+                row = validate(value)
+            except ValidationError as exc:
+                self.add(number, str(exc))
+                continue
+            if skip_bad or not self.count:
+                yield row
+
 
 def import_events(
     target: Connection | Engine,
@@ -553,22 +580,13 @@ def import_events(
     allowed = _allow_list(categories)
     bad = BadLines(source, on_bad if skip_bad else None)
 
-    def validated() -> Iterator[EventRow]:
-        for number, value, reason in read_jsonl(lines):
-            if reason is not None:
-                bad.add(number, reason)
-                continue
-            try:
-                row = validate_event(value, allowed=allowed)
-            except ValidationError as exc:
-                bad.add(number, str(exc))
-                continue
-            # Once the file is known to fail, keep reading only to count and list bad lines.
-            if skip_bad or not bad.count:
-                yield row
-
     with atomic(target) as conn:
-        inserted, ignored = store_rows(conn, validated())
+        rows = bad.valid(
+            read_jsonl(lines),
+            lambda value: validate_event(value, allowed=allowed),
+            skip_bad=skip_bad,
+        )
+        inserted, ignored = store_rows(conn, rows)
         if bad.count and not skip_bad:
             raise bad.error()
     return EventImport(loaded=inserted, duplicates=ignored, skipped=bad.count)

@@ -417,21 +417,9 @@ def import_recipients(
     bad = BadLines(source, on_bad if skip_bad else None)
     records = read_jsonl(lines) if fmt == "jsonl" else read_csv(lines, source)
 
-    def validated() -> Iterator[RecipientIn]:
-        for number, value, reason in records:
-            if reason is not None:
-                bad.add(number, reason)
-                continue
-            try:
-                row = validate_recipient(value)
-            except ValidationError as exc:
-                bad.add(number, str(exc))
-                continue
-            if skip_bad or not bad.count:
-                yield row
-
     with atomic(target) as conn:
-        count, created, updated = _store(conn, validated())
+        valid = bad.valid(records, validate_recipient, skip_bad=skip_bad)
+        count, created, updated = _store(conn, valid)
         if bad.count and not skip_bad:
             raise bad.error()
     return RecipientImport(rows=count, created=created, updated=updated, skipped=bad.count)
