@@ -309,9 +309,10 @@ def stats_cmd(app: App, as_json: bool) -> None:
 
 def _register_commands() -> None:
     from digest.cli_data import events, recipients
+    from digest.cli_support import deliveries, why
     from digest.cli_web import serve, suppress
 
-    for command in (recipients, events, serve, suppress):
+    for command in (recipients, events, serve, suppress, deliveries, why):
         cli.add_command(command)
 
 

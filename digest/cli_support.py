@@ -1,0 +1,127 @@
+"""`digest deliveries` and `digest why`: answers for a support ticket.
+
+The main `digest` group registers both; it puts an object with `settings` and `engine()` on
+the click context and turns a DigestError into `digest: error: ...`, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from digest import support
+from digest.cli_data import AppContext
+from digest.schema import DELIVERY_STATUSES
+
+
+@click.command("deliveries")
+@click.option("--user", "user_id", help="Only this user id.")
+@click.option("--email", help="Only this recipient address (any letter case).")
+@click.option("--status", type=click.Choice(DELIVERY_STATUSES), help="Only this status.")
+@click.option(
+    "--since",
+    metavar="ISO8601|7d|24h",
+    help="Only deliveries from this time on, or this long ago (d, h, m).",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def deliveries(
+    app: AppContext,
+    user_id: str | None,
+    email: str | None,
+    status: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Messages handed to a transport and what became of them, newest first."""
+    since_at = support.parse_since(since, datetime.now(UTC)) if since else None
+    with app.engine().connect() as conn:
+        rows = support.list_deliveries(
+            conn, user_id=user_id, email=email, status=status, since=since_at, limit=limit
+        )
+    if as_json:
+        click.echo(json.dumps([_record(asdict(row)) for row in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no deliveries match")
+        return
+    table = Table(show_header=True)
+    for column in (
+        "time",
+        "run",
+        "user",
+        "recipient",
+        "transport",
+        "status",
+        "provider message id",
+        "reason",
+    ):
+        table.add_column(column, overflow="fold", justify="right" if column == "run" else "left")
+    for row in rows:
+        # Text, not str: addresses and provider reasons are data, not rich markup.
+        table.add_row(
+            row.created_at.astimezone(UTC).isoformat(sep=" ", timespec="seconds"),
+            str(row.run_id),
+            Text(row.user_id),
+            Text(row.recipient),
+            Text(row.transport),
+            Text(row.status, style=_STATUS_STYLES.get(row.status, "")),
+            Text(row.provider_message_id or ""),
+            Text(row.reason or ""),
+        )
+    Console(highlight=False).print(table)
+
+
+_STATUS_STYLES = {
+    "delivered": "green",
+    "sent": "green",
+    "bounced": "red",
+    "complained": "red",
+    "rejected": "red",
+    "failed": "red",
+    "suppressed": "yellow",
+    "deferred": "yellow",
+    "unknown": "yellow",
+}
+
+
+@click.command("why")
+@click.option("--user", "user_id", required=True, help="User id.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def why(app: AppContext, user_id: str, as_json: bool) -> None:
+    """Explain in plain words what happened to USER's last digest and what comes next."""
+    with app.engine().connect() as conn:
+        facts, sentences = support.why(conn, user_id)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"user_id": user_id, "explanation": sentences, "facts": _record(asdict(facts))},
+                indent=2,
+            )
+        )
+        return
+    for sentence in sentences:
+        click.echo(sentence)  # plain lines: pasted into tickets, grepped, never wrapped
+
+
+def _record(value: Any) -> Any:
+    """`value` with datetimes as ISO 8601 text, for JSON."""
+    if isinstance(value, dict):
+        return {key: _record(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_record(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

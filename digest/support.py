@@ -1,0 +1,400 @@
+"""Support queries: `digest deliveries` (what was sent to whom) and `digest why` (in words).
+
+The SQL is named here; `explain` is a pure function of the facts one user's few queries
+return, so every sentence it can say is testable without a database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Connection, text
+
+from digest.errors import DigestError, ValidationError
+
+RECENT_RUNS = 3
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+# Every filter is optional: a NULL parameter switches it off. LIMIT NULL is no limit.
+DELIVERY_LIST = text(
+    """
+    SELECT id, created_at, run_id, user_id, recipient, transport, status,
+           provider_message_id, reason
+      FROM deliveries
+     WHERE (CAST(:user_id AS text) IS NULL OR user_id = :user_id)
+       AND (CAST(:email AS text) IS NULL OR lower(recipient) = lower(:email))
+       AND (CAST(:status AS text) IS NULL OR status = :status)
+       AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+     ORDER BY created_at DESC, id DESC
+     LIMIT CAST(:limit AS bigint)
+    """
+)
+
+RECIPIENT_GET_FOR_WHY = text(
+    """
+    SELECT r.user_id, r.email, r.cadence, r.timezone, r.send_hour, r.weekly_day,
+           r.unsubscribed_at,
+           r.timezone IN (SELECT name FROM pg_timezone_names) AS timezone_known
+      FROM recipients r
+     WHERE r.user_id = :user_id
+    """
+)
+
+SUPPRESSION_GET_FOR_ADDRESS = text(
+    "SELECT email, reason, source, created_at FROM suppressions WHERE email = lower(:email)"
+)
+
+# The earliest pending run is the next digest; the others are history, newest first.
+RUN_GET_NEXT_PENDING = text(
+    """
+    SELECT id, cadence, status, scheduled_for, attempt, locked_by, lease_expires_at,
+           completed_at, last_error, event_count
+      FROM digest_runs
+     WHERE user_id = :user_id AND status = 'pending'
+     ORDER BY scheduled_for, id
+     LIMIT 1
+    """
+)
+RUN_LIST_RECENT_FINISHED = text(
+    """
+    SELECT id, cadence, status, scheduled_for, attempt, locked_by, lease_expires_at,
+           completed_at, last_error, event_count
+      FROM digest_runs
+     WHERE user_id = :user_id AND status <> 'pending'
+     ORDER BY id DESC
+     LIMIT :limit
+    """
+)
+
+DELIVERY_GET_LAST_FOR_USER = text(
+    """
+    SELECT id, created_at, run_id, user_id, recipient, transport, status,
+           provider_message_id, reason
+      FROM deliveries
+     WHERE user_id = :user_id
+     ORDER BY created_at DESC, id DESC
+     LIMIT 1
+    """
+)
+
+EVENT_COUNT_WAITING_FOR_USER = text(
+    """
+    SELECT count(*) AS events, min(created_at) AS oldest
+      FROM digest_events
+     WHERE user_id = :user_id AND digest_run_id IS NULL
+    """
+)
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One message handed to a transport, and what became of it."""
+
+    id: int
+    created_at: datetime
+    run_id: int
+    user_id: str
+    recipient: str
+    transport: str
+    status: str
+    provider_message_id: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RecipientFacts:
+    """The preferences that decide when a user's digest goes out."""
+
+    user_id: str
+    email: str
+    cadence: str
+    timezone: str
+    send_hour: int
+    weekly_day: int
+    unsubscribed_at: datetime | None
+    timezone_known: bool
+
+
+@dataclass(frozen=True)
+class SuppressionFacts:
+    """Why an address is never mailed."""
+
+    email: str
+    reason: str
+    source: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One digest run as the queue holds it."""
+
+    id: int
+    cadence: str
+    status: str
+    scheduled_for: datetime
+    attempt: int
+    locked_by: str | None
+    lease_expires_at: datetime | None
+    completed_at: datetime | None
+    last_error: str | None
+    event_count: int | None
+
+
+@dataclass(frozen=True)
+class UserFacts:
+    """Everything `explain` needs to say about one user's digest."""
+
+    user_id: str
+    recipient: RecipientFacts | None
+    suppression: SuppressionFacts | None
+    next_run: RunFacts | None
+    recent_runs: tuple[RunFacts, ...]  # newest first, pending ones excluded
+    last_delivery: DeliveryRow | None
+    events_waiting: int
+    oldest_event_at: datetime | None
+
+    @property
+    def is_unknown(self) -> bool:
+        """No recipient and no trace of one: nothing to explain."""
+        return (
+            self.recipient is None
+            and self.next_run is None
+            and not self.recent_runs
+            and self.last_delivery is None
+            and self.events_waiting == 0
+        )
+
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([dhm])\s*$", re.IGNORECASE)
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """`7d`, `24h`, `30m` before `now`, or an ISO 8601 time (UTC when it names no zone)."""
+    if match := _RELATIVE.match(value):
+        amount, unit = int(match.group(1)), match.group(2).lower()
+        return now - timedelta(**{_UNITS[unit]: amount})
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(
+            f"--since: expected an ISO 8601 time or a span like 7d, 24h, 30m: {value!r}"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def list_deliveries(
+    conn: Connection,
+    *,
+    user_id: str | None = None,
+    email: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    limit: int | None = 50,
+) -> list[DeliveryRow]:
+    """Deliveries matching every given filter, newest first."""
+    params = {
+        "user_id": user_id,
+        "email": email.strip() if email else None,
+        "status": status,
+        "since": since,
+        "limit": limit,
+    }
+    return [DeliveryRow(**row._asdict()) for row in conn.execute(DELIVERY_LIST, params)]
+
+
+def load_facts(conn: Connection, user_id: str) -> UserFacts:
+    """The facts about `user_id`'s digest, read in a handful of small queries."""
+    params: dict[str, Any] = {"user_id": user_id}
+    recipient_row = conn.execute(RECIPIENT_GET_FOR_WHY, params).one_or_none()
+    recipient = RecipientFacts(**recipient_row._asdict()) if recipient_row else None
+    suppression = None
+    if recipient is not None:
+        found = conn.execute(SUPPRESSION_GET_FOR_ADDRESS, {"email": recipient.email.strip()})
+        row = found.one_or_none()
+        suppression = SuppressionFacts(**row._asdict()) if row else None
+    pending = conn.execute(RUN_GET_NEXT_PENDING, params).one_or_none()
+    recent = conn.execute(RUN_LIST_RECENT_FINISHED, {**params, "limit": RECENT_RUNS})
+    last = conn.execute(DELIVERY_GET_LAST_FOR_USER, params).one_or_none()
+    waiting = conn.execute(EVENT_COUNT_WAITING_FOR_USER, params).one()
+    return UserFacts(
+        user_id=user_id,
+        recipient=recipient,
+        suppression=suppression,
+        next_run=RunFacts(**pending._asdict()) if pending else None,
+        recent_runs=tuple(RunFacts(**row._asdict()) for row in recent),
+        last_delivery=DeliveryRow(**last._asdict()) if last else None,
+        events_waiting=int(waiting.events),
+        oldest_event_at=waiting.oldest,
+    )
+
+
+def why(conn: Connection, user_id: str) -> tuple[UserFacts, list[str]]:
+    """The facts and their explanation, or DigestError when the user is unknown."""
+    facts = load_facts(conn, user_id)
+    if facts.is_unknown:
+        raise DigestError(f"no recipient with user id {user_id}")
+    return facts, explain(facts)
+
+
+# -- the explanation (pure) -------------------------------------------------------------
+
+
+def explain(facts: UserFacts) -> list[str]:
+    """One plain-language sentence per fact about the user's last expected digest."""
+    recipient = facts.recipient
+    zone = _zone(recipient)
+    sentences: list[str] = []
+    if recipient is None:
+        sentences.append(f"There is no recipient with user id {facts.user_id}.")
+    else:
+        sentences.extend(_recipient_sentences(recipient, zone))
+    if facts.suppression is not None:
+        s = facts.suppression
+        sentences.append(
+            f"The address {s.email} is suppressed since {_when(s.created_at, zone)} "
+            f"(reason: {s.reason}; source: {s.source}), so it is never mailed; "
+            f"remove with `digest suppress remove {s.email}`."
+        )
+    sentences.append(_next_run_sentence(facts, zone))
+    sentences.extend(_run_sentence(run, zone) for run in facts.recent_runs)
+    sentences.append(_delivery_sentence(facts.last_delivery, zone))
+    sentences.append(_events_sentence(facts, zone))
+    return sentences
+
+
+def _zone(recipient: RecipientFacts | None) -> ZoneInfo:
+    if recipient is None or not recipient.timezone_known:
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(recipient.timezone)
+    except (ZoneInfoNotFoundError, ValueError):  # PostgreSQL knows it, Python does not
+        return ZoneInfo("UTC")
+
+
+def _when(moment: datetime, zone: ZoneInfo) -> str:
+    """`2026-11-24 12:00 UTC (21:00 Asia/Tokyo)`, or just UTC for UTC users."""
+    utc = moment.astimezone(UTC)
+    shown = f"{utc:%Y-%m-%d %H:%M} UTC"
+    if zone.key == "UTC":
+        return shown
+    local = moment.astimezone(zone)
+    same_day = local.date() == utc.date()
+    local_text = f"{local:%H:%M}" if same_day else f"{local:%Y-%m-%d %H:%M}"
+    return f"{shown} ({local_text} {zone.key})"
+
+
+def _recipient_sentences(recipient: RecipientFacts, zone: ZoneInfo) -> list[str]:
+    who = f"User {recipient.user_id} ({recipient.email})"
+    hour = f"{recipient.send_hour:02d}:00"
+    if recipient.cadence == "weekly":
+        day = WEEKDAY_NAMES[recipient.weekly_day - 1]
+        schedule = f"a weekly digest on {day}s at {hour} {recipient.timezone} local time"
+    elif recipient.cadence == "daily":
+        schedule = f"a daily digest at {hour} {recipient.timezone} local time"
+    else:
+        schedule = f"cadence {recipient.cadence} (time zone {recipient.timezone}, send hour {hour})"
+    sentences = [f"{who} has {schedule}."]
+    if not recipient.timezone_known:
+        sentences.append(
+            f"PostgreSQL does not know the time zone {recipient.timezone!r}, "
+            "so `digest schedule` leaves this user out."
+        )
+    if recipient.cadence == "off":
+        sentences.append("Their cadence is off, so no digests are scheduled.")
+    if recipient.unsubscribed_at is not None:
+        sentences.append(
+            f"They unsubscribed at {_when(recipient.unsubscribed_at, zone)}, "
+            "so no digests are scheduled or sent."
+        )
+    return sentences
+
+
+def _next_run_sentence(facts: UserFacts, zone: ZoneInfo) -> str:
+    run = facts.next_run
+    if run is not None:
+        return (
+            f"The next digest is run {run.id} ({run.cadence}), pending and due at "
+            f"{_when(run.scheduled_for, zone)}."
+        )
+    recipient = facts.recipient
+    if recipient is not None and (recipient.cadence == "off" or recipient.unsubscribed_at):
+        return "No digest run is pending, and none will be while that stays so."
+    if not facts.recent_runs:
+        return "Never scheduled yet — `digest schedule` runs from cron and creates the first run."
+    return (
+        "No digest run is pending; the next `digest schedule` (from cron) creates one "
+        "at the next send time."
+    )
+
+
+def _run_sentence(run: RunFacts, zone: ZoneInfo) -> str:
+    # A finished run says when it finished; one without that time says when it was due.
+    if run.completed_at:
+        head, at = f"Run {run.id} ({run.cadence})", f" at {_when(run.completed_at, zone)}"
+    else:
+        head, at = f"Run {run.id} ({run.cadence}), due at {_when(run.scheduled_for, zone)},", ""
+    attempt = f"attempt {run.attempt}"
+    reason = run.last_error or "no reason recorded"
+    if run.status == "sent":
+        events = f" with {run.event_count} events" if run.event_count is not None else ""
+        return f"{head} was sent{at}{events} ({attempt})."
+    if run.status == "skipped":
+        why = "there was nothing new to send" if run.last_error == "no events" else reason
+        return f"{head} was skipped{at} ({attempt}): {why}."
+    if run.status == "failed":
+        return f"{head} failed{at} ({attempt}): {reason}."
+    if run.status == "processing":
+        until = _when(run.lease_expires_at, zone) if run.lease_expires_at else "an unknown time"
+        return (
+            f"{head} is being processed ({attempt}): worker {run.locked_by or '?'} "
+            f"holds the lease until {until}."
+        )
+    if run.status == "cancelled":
+        return f"{head} was cancelled{at} because the user's preferences changed."
+    return f"{head} is {run.status} ({attempt})."
+
+
+_DELIVERY_OUTCOMES = {
+    "sent": "was accepted by the provider; no delivery report has arrived yet",
+    "delivered": "was delivered to the mailbox",
+    "bounced": "bounced",
+    "complained": "was reported as spam by the recipient",
+    "rejected": "was rejected by the provider",
+    "failed": "failed",
+    "suppressed": "was not sent because the address is blocked",
+    "deferred": "was deferred by the receiving server and may still arrive",
+    "unknown": "has an unknown outcome",
+}
+
+
+def _delivery_sentence(delivery: DeliveryRow | None, zone: ZoneInfo) -> str:
+    if delivery is None:
+        return "No delivery has been recorded for this user."
+    outcome = _DELIVERY_OUTCOMES.get(delivery.status, f"has status {delivery.status}")
+    provider_id = (
+        f", provider message id {delivery.provider_message_id}"
+        if delivery.provider_message_id
+        else ""
+    )
+    reason = f": {delivery.reason}" if delivery.reason else ""
+    return (
+        f"The last delivery (run {delivery.run_id}, to {delivery.recipient} via "
+        f"{delivery.transport} at {_when(delivery.created_at, zone)}{provider_id}) "
+        f"{outcome}{reason}."
+    )
+
+
+def _events_sentence(facts: UserFacts, zone: ZoneInfo) -> str:
+    if facts.events_waiting == 0 or facts.oldest_event_at is None:
+        return "No events are waiting for the next digest."
+    noun = "event is" if facts.events_waiting == 1 else "events are"
+    return (
+        f"{facts.events_waiting} {noun} waiting for the next digest, the oldest from "
+        f"{_when(facts.oldest_event_at, zone)}."
+    )
