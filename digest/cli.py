@@ -307,6 +307,31 @@ def stats_cmd(app: App, as_json: bool) -> None:
         stats.print_report(report)
 
 
+@cli.command("purge")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="AGE",
+    help="Age such as 90d, 12h or 30m: finished runs completed before then go.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True)
+@pass_app
+def purge_cmd(app: App, older_than: str, batch_size: int) -> None:
+    """Delete events of finished runs, deliveries and finished runs older than AGE.
+
+    Works in small batches (short transactions, safe beside running workers). Events still
+    waiting for a digest, pending or processing runs, and suppressions are never purged.
+    """
+    from digest.purge import parse_age, purge
+
+    cutoff = datetime.now(UTC) - parse_age(older_than)
+    result = purge(app.engine(), cutoff, batch_size)
+    click.echo(
+        f"purged {result.events} events, {result.deliveries} deliveries, {result.runs} runs "
+        f"finished before {cutoff.isoformat(timespec='seconds')}"
+    )
+
+
 def _register_commands() -> None:
     from digest.cli_data import events, recipients
     from digest.cli_support import deliveries, why

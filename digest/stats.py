@@ -34,6 +34,28 @@ RECIPIENT_COUNT_UNSCHEDULABLE = text(
     """
 )
 
+# Messages a provider accepted, whatever feedback said about them afterwards.
+DELIVERY_RATES_BY_DAY = text(
+    """
+    SELECT date_trunc('day', created_at AT TIME ZONE 'UTC')::date AS day,
+           count(*) FILTER (WHERE status IN ('sent', 'delivered', 'bounced', 'complained'))
+               AS sent,
+           count(*) FILTER (WHERE status = 'delivered') AS delivered,
+           count(*) FILTER (WHERE status = 'bounced') AS bounced,
+           count(*) FILTER (WHERE status = 'complained') AS complained
+      FROM deliveries
+     WHERE created_at >= now() - interval '7 days'
+     GROUP BY 1
+     ORDER BY 1
+    """
+)
+
+# Gmail and Yahoo ask bulk senders to stay under 0.3% complaints; SES reviews accounts
+# over 0.1% complaints or 5% bounces. Warn before that.
+COMPLAINT_WARN = 0.001
+BOUNCE_WARN = 0.04
+
+RATE_KEYS = ("sent", "delivered", "bounced", "complained")
 STATUSES = ("pending", "processing", "sent", "skipped", "failed", "cancelled")
 
 
@@ -43,7 +65,28 @@ def collect(conn: Connection) -> dict[str, Any]:
     by_status.update({row.status: row.count for row in conn.execute(RUN_COUNT_BY_STATUS)})
     oldest = conn.execute(RUN_OLDEST_DUE).one()
     waiting = conn.execute(EVENT_COUNT_WAITING).one()
+    days = [
+        {"day": row.day.isoformat(), **{k: int(getattr(row, k)) for k in RATE_KEYS}}
+        for row in conn.execute(DELIVERY_RATES_BY_DAY)
+    ]
+    sent = sum(d["sent"] for d in days)
+    complaint_rate = sum(d["complained"] for d in days) / sent if sent else 0.0
+    bounce_rate = sum(d["bounced"] for d in days) / sent if sent else 0.0
+    warnings = []
+    if complaint_rate > COMPLAINT_WARN:
+        warnings.append(
+            f"complaint rate over the last 7 days is {complaint_rate:.2%} "
+            f"(above {COMPLAINT_WARN:.1%})"
+        )
+    if bounce_rate > BOUNCE_WARN:
+        warnings.append(
+            f"bounce rate over the last 7 days is {bounce_rate:.2%} (above {BOUNCE_WARN:.0%})"
+        )
     return {
+        "deliveries_by_day": days,
+        "complaint_rate_7d": complaint_rate,
+        "bounce_rate_7d": bounce_rate,
+        "warnings": warnings,
         "runs": by_status,
         "due_now": oldest.due,
         "oldest_due_pending": oldest.oldest_due.isoformat() if oldest.oldest_due else None,
@@ -73,6 +116,20 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         f"events waiting: {report['events_waiting']} "
         f"for {report['users_with_events_waiting']} users"
     )
+    if report["deliveries_by_day"]:
+        rates = Table(title="deliveries, last 7 days (UTC)")
+        rates.add_column("day")
+        for key in RATE_KEYS:
+            rates.add_column(key, justify="right")
+        for day in report["deliveries_by_day"]:
+            rates.add_row(day["day"], *(str(day[key]) for key in RATE_KEYS))
+        console.print(rates)
+        console.print(
+            f"complaint rate {report['complaint_rate_7d']:.2%}, "
+            f"bounce rate {report['bounce_rate_7d']:.2%} (7 days)"
+        )
+    for warning in report["warnings"]:
+        console.print(f"[bold red]warning:[/] {warning}")
     if report["recipients_with_unknown_timezone"]:
         console.print(
             f"[yellow]warning:[/] {report['recipients_with_unknown_timezone']} recipients have a "

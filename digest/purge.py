@@ -1,0 +1,83 @@
+"""`digest purge`: retention. Deletes old finished work in small batches, keeps suppressions.
+
+Each batch is its own short transaction, so a purge of millions of rows never holds locks
+or a snapshot for long (which would slow the queue's SKIP LOCKED scans and vacuum).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, text
+
+from digest.errors import DigestError
+
+FINISHED = "('sent', 'skipped', 'failed', 'cancelled')"
+
+# Events of runs finished before the cutoff (the run's outcome is what counts, not the
+# event's own age: an old event still waiting for a digest is never purged).
+EVENT_PURGE_BATCH = text(
+    f"""
+    DELETE FROM digest_events
+     WHERE id IN (SELECT e.id FROM digest_events e
+                    JOIN digest_runs r ON r.id = e.digest_run_id
+                   WHERE r.status IN {FINISHED} AND r.completed_at < :cutoff
+                   LIMIT :batch)
+    """
+)
+DELIVERY_PURGE_BATCH = text(
+    """
+    DELETE FROM deliveries
+     WHERE id IN (SELECT id FROM deliveries WHERE created_at < :cutoff LIMIT :batch)
+    """
+)
+# A run goes once its events and deliveries are gone.
+RUN_PURGE_BATCH = text(
+    f"""
+    DELETE FROM digest_runs
+     WHERE id IN (SELECT r.id FROM digest_runs r
+                   WHERE r.status IN {FINISHED} AND r.completed_at < :cutoff
+                     AND NOT EXISTS (SELECT 1 FROM digest_events e WHERE e.digest_run_id = r.id)
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id)
+                   LIMIT :batch)
+    """
+)
+
+
+@dataclass
+class PurgeResult:
+    """Rows deleted per table."""
+
+    events: int = 0
+    deliveries: int = 0
+    runs: int = 0
+
+
+def parse_age(value: str) -> timedelta:
+    """`90d`, `12h`, `30m` -> a timedelta; anything else is a one-line error."""
+    match = re.fullmatch(r"\s*(\d+)\s*([dhm])\s*", value)
+    if not match:
+        raise DigestError(
+            f"--older-than: expected a number and d, h or m (e.g. 90d), got {value!r}"
+        )
+    amount, unit = int(match[1]), match[2]
+    return timedelta(**{{"d": "days", "h": "hours", "m": "minutes"}[unit]: amount})
+
+
+def purge(engine: Engine, cutoff: datetime, batch: int = 10_000) -> PurgeResult:
+    """Delete events of finished runs, deliveries and finished runs older than `cutoff`."""
+    result = PurgeResult()
+    for field, statement in (
+        ("events", EVENT_PURGE_BATCH),
+        ("deliveries", DELIVERY_PURGE_BATCH),
+        ("runs", RUN_PURGE_BATCH),
+    ):
+        while True:
+            with engine.begin() as conn:
+                deleted = conn.execute(statement, {"cutoff": cutoff, "batch": batch}).rowcount
+            setattr(result, field, getattr(result, field) + deleted)
+            if deleted < batch:
+                break
+    return result

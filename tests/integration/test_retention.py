@@ -1,0 +1,101 @@
+"""Retention and delivery health: `digest purge` and the rates in `digest stats`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from click.testing import Result
+from sqlalchemy import Engine, text
+
+Invoke = Callable[..., Result]
+
+SEED = """
+INSERT INTO digest_runs (id, user_id, cadence, period_start, scheduled_for, status,
+                         completed_at)
+VALUES (1, 'u', 'daily', now() - interval '100 days', now() - interval '100 days', 'sent',
+        now() - interval '100 days'),
+       (2, 'u', 'daily', now() - interval '2 days', now() - interval '2 days', 'sent',
+        now() - interval '2 days'),
+       (3, 'u', 'daily', now() - interval '120 days', now() - interval '120 days', 'pending',
+        NULL);
+INSERT INTO digest_events (user_id, category, entity_type, entity_id, created_at,
+                           digest_run_id)
+SELECT 'u', 'like', 'post', 'p', now() - interval '101 days', run
+  FROM (VALUES (1), (1), (1), (2), (3), (NULL)) AS r(run);
+INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status, created_at)
+VALUES (1, 'u', 'u@example.com', 'ses', 1, 'sent', now() - interval '100 days'),
+       (2, 'u', 'u@example.com', 'ses', 1, 'delivered', now() - interval '2 days');
+INSERT INTO suppressions (email, reason, source, created_at)
+VALUES ('old@example.com', 'hard bounce', 'ses', now() - interval '400 days');
+"""
+
+
+def counts(engine: Engine) -> tuple[int, ...]:
+    with engine.connect() as conn:
+        return tuple(
+            conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in ("digest_events", "deliveries", "digest_runs", "suppressions")
+        )
+
+
+def test_purge_removes_old_finished_work_and_keeps_the_rest(
+    engine: Engine, digest_cli: Invoke
+) -> None:
+    """Old sent runs go with their events and deliveries; waiting work and suppressions stay."""
+    with engine.begin() as conn:
+        for statement in SEED.split(";")[:-1]:
+            conn.execute(text(statement))
+    result = digest_cli("purge", "--older-than", "90d", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "purged 3 events, 1 deliveries, 1 runs" in result.output
+    # events: run 2's, the pending run's and the unattached one; runs 2 and 3; 1 delivery
+    assert counts(engine) == (3, 1, 2, 1)
+    again = digest_cli("purge", "--older-than", "90d")
+    assert "purged 0 events, 0 deliveries, 0 runs" in again.output
+
+
+def test_purge_refuses_a_bad_age(digest_cli: Invoke) -> None:
+    """A malformed age is one clear line and exit 1."""
+    result = digest_cli("purge", "--older-than", "three months")
+    assert result.exit_code == 1
+    assert "--older-than: expected a number and d, h or m" in result.stderr
+
+
+def test_stats_reports_rates_and_warns_on_complaints_and_bounces(
+    engine: Engine, digest_cli: Invoke
+) -> None:
+    """7-day complaint rate above 0.1% or bounce rate above 4% prints a warning."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status)
+                SELECT g, 'u' || g, 'u' || g || '@example.com', 'ses', 1,
+                       CASE WHEN g <= 5 THEN 'bounced' WHEN g = 6 THEN 'complained'
+                            ELSE 'delivered' END
+                  FROM generate_series(1, 100) g
+                """
+            )
+        )
+    report = json.loads(digest_cli("stats", "--json").output)
+    assert report["bounce_rate_7d"] == 0.05
+    assert report["complaint_rate_7d"] == 0.01
+    assert report["deliveries_by_day"][0]["sent"] == 100
+    assert len(report["warnings"]) == 2
+    human = digest_cli("stats").output
+    assert "complaint rate over the last 7 days is 1.00%" in human
+    assert "bounce rate over the last 7 days is 5.00%" in human
+
+
+def test_stats_is_quiet_when_rates_are_healthy(engine: Engine, digest_cli: Invoke) -> None:
+    """No warning below the thresholds."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status) "
+                "SELECT g, 'u', 'u@example.com', 'ses', 1, 'delivered' "
+                "FROM generate_series(1, 50) g"
+            )
+        )
+    assert json.loads(digest_cli("stats", "--json").output)["warnings"] == []
