@@ -334,10 +334,11 @@ def purge_cmd(app: App, older_than: str, batch_size: int) -> None:
 
 def _register_commands() -> None:
     from digest.cli_data import events, recipients
+    from digest.cli_feedback import feedback
     from digest.cli_support import deliveries, why
     from digest.cli_web import serve, suppress
 
-    for command in (recipients, events, serve, suppress, deliveries, why):
+    for command in (recipients, events, serve, suppress, deliveries, why, feedback):
         cli.add_command(command)
 
 

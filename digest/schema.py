@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Identity,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
@@ -172,4 +174,42 @@ suppressions = Table(
     Column("reason", Text, nullable=False),
     Column("source", Text, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=NOW),
+)
+
+FEEDBACK_EVENT_TYPES = ("Bounce", "Complaint", "Delivery", "Reject", "DeliveryDelay", "Send")
+
+# Every SES event received, matched to its delivery or kept as an orphan. The SNS MessageId
+# is unique: an SNS retry of the same message finds its row and changes nothing.
+feedback_events = Table(
+    "feedback_events",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("sns_message_id", Text),
+    Column("event_type", Text, nullable=False),
+    Column("provider_message_id", Text),
+    Column("run_id", BigInteger),
+    Column("delivery_id", BigInteger),
+    Column("recipient", Text),
+    Column("bounce_type", Text),
+    Column("reason", Text),
+    Column("raw", JSONB, nullable=False),
+    Column("orphan", Boolean, nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=NOW),
+    CheckConstraint(_in("event_type", FEEDBACK_EVENT_TYPES), name="feedback_events_type_check"),
+    UniqueConstraint("sns_message_id", name="feedback_events_sns_message_id_key"),
+    Index(
+        "feedback_events_provider_message_idx",
+        "provider_message_id",
+        postgresql_where=text("provider_message_id IS NOT NULL"),
+    ),
+    Index("feedback_events_orphan_idx", "created_at", postgresql_where=text("orphan")),
+)
+
+# Transient bounces in a row per address (suppression key form); a Delivery resets it.
+bounce_streaks = Table(
+    "bounce_streaks",
+    metadata,
+    Column("email", Text, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("updated_at", TZ, nullable=False, server_default=NOW),
 )

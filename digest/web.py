@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from digest.config import Settings
 from digest.errors import DigestError
+from digest.feedback import ses_webhook_route
 from digest.schema import CADENCES
 from digest.unsubscribe import verify_token
 
@@ -243,6 +244,7 @@ def create_app(engine: Engine, settings: Settings) -> Starlette:
             Route("/u/{token}", show, methods=["GET"]),
             Route("/u/{token}", change, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            ses_webhook_route(engine, settings),
         ],
         exception_handlers={404: unknown_path},
         max_body_size=MAX_BODY_BYTES,

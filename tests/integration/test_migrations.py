@@ -9,7 +9,15 @@ from sqlalchemy import Engine, inspect
 from digest import migrate
 from digest.schema import metadata
 
-TABLES = {"recipients", "digest_events", "digest_runs", "deliveries", "suppressions"}
+TABLES = {
+    "recipients",
+    "digest_events",
+    "digest_runs",
+    "deliveries",
+    "suppressions",
+    "feedback_events",
+    "bounce_streaks",
+}
 
 
 def test_upgrade_downgrade_upgrade(engine: Engine) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import signal
@@ -507,3 +508,12 @@ def test_serve_command_serves_and_stops_on_sigterm(engine: Engine, db_url: str) 
     assert token not in stderr
     assert "preferences_changed user_id=ana action=unsubscribe" in stderr
     assert recipient(engine, "ana").unsubscribed_at is not None
+
+
+def test_ses_webhook_is_served_and_refuses_unsigned_posts(engine: Engine, site: Site) -> None:
+    """`digest serve` mounts /webhooks/ses; an unsigned notification gets 403 and no effect."""
+    before = snapshot(engine)
+    body = json.dumps({"Type": "Notification", "MessageId": "m1", "Message": "{}"})
+    reply = site.request("POST", "/webhooks/ses", body, {"Content-Type": "text/plain"})
+    assert reply.status == 403
+    assert snapshot(engine) == before
