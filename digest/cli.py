@@ -327,7 +327,8 @@ def purge_cmd(app: App, older_than: str, batch_size: int) -> None:
     cutoff = datetime.now(UTC) - parse_age(older_than)
     result = purge(app.engine(), cutoff, batch_size)
     click.echo(
-        f"purged {result.events} events, {result.deliveries} deliveries, {result.runs} runs "
+        f"purged {result.events} events, {result.deliveries} deliveries, "
+        f"{result.feedback} feedback events, {result.runs} runs "
         f"finished before {cutoff.isoformat(timespec='seconds')}"
     )
 

@@ -33,6 +33,13 @@ DELIVERY_PURGE_BATCH = text(
      WHERE id IN (SELECT id FROM deliveries WHERE created_at < :cutoff LIMIT :batch)
     """
 )
+# Feedback events are evidence for support; they age out with the deliveries they explain.
+FEEDBACK_PURGE_BATCH = text(
+    """
+    DELETE FROM feedback_events
+     WHERE id IN (SELECT id FROM feedback_events WHERE created_at < :cutoff LIMIT :batch)
+    """
+)
 # A run goes once its events and deliveries are gone.
 RUN_PURGE_BATCH = text(
     f"""
@@ -52,6 +59,7 @@ class PurgeResult:
 
     events: int = 0
     deliveries: int = 0
+    feedback: int = 0
     runs: int = 0
 
 
@@ -67,11 +75,13 @@ def parse_age(value: str) -> timedelta:
 
 
 def purge(engine: Engine, cutoff: datetime, batch: int = 10_000) -> PurgeResult:
-    """Delete events of finished runs, deliveries and finished runs older than `cutoff`."""
+    """Delete events of finished runs, deliveries, feedback events and finished runs older
+    than `cutoff`; suppressions and bounce streaks stay."""
     result = PurgeResult()
     for field, statement in (
         ("events", EVENT_PURGE_BATCH),
         ("deliveries", DELIVERY_PURGE_BATCH),
+        ("feedback", FEEDBACK_PURGE_BATCH),
         ("runs", RUN_PURGE_BATCH),
     ):
         while True:

@@ -26,6 +26,9 @@ SELECT 'u', 'like', 'post', 'p', now() - interval '101 days', run
 INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status, created_at)
 VALUES (1, 'u', 'u@example.com', 'ses', 1, 'sent', now() - interval '100 days'),
        (2, 'u', 'u@example.com', 'ses', 1, 'delivered', now() - interval '2 days');
+INSERT INTO feedback_events (event_type, raw, orphan, created_at)
+VALUES ('Delivery', '{}', true, now() - interval '100 days'),
+       ('Delivery', '{}', true, now() - interval '1 day');
 INSERT INTO suppressions (email, reason, source, created_at)
 VALUES ('old@example.com', 'hard bounce', 'ses', now() - interval '400 days');
 """
@@ -35,7 +38,13 @@ def counts(engine: Engine) -> tuple[int, ...]:
     with engine.connect() as conn:
         return tuple(
             conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
-            for table in ("digest_events", "deliveries", "digest_runs", "suppressions")
+            for table in (
+                "digest_events",
+                "deliveries",
+                "digest_runs",
+                "suppressions",
+                "feedback_events",
+            )
         )
 
 
@@ -48,11 +57,11 @@ def test_purge_removes_old_finished_work_and_keeps_the_rest(
             conn.execute(text(statement))
     result = digest_cli("purge", "--older-than", "90d", "--batch-size", "2")
     assert result.exit_code == 0, result.output
-    assert "purged 3 events, 1 deliveries, 1 runs" in result.output
+    assert "purged 3 events, 1 deliveries, 1 feedback events, 1 runs" in result.output
     # events: run 2's, the pending run's and the unattached one; runs 2 and 3; 1 delivery
-    assert counts(engine) == (3, 1, 2, 1)
+    assert counts(engine) == (3, 1, 2, 1, 1)
     again = digest_cli("purge", "--older-than", "90d")
-    assert "purged 0 events, 0 deliveries, 0 runs" in again.output
+    assert "purged 0 events, 0 deliveries, 0 feedback events, 0 runs" in again.output
 
 
 def test_purge_refuses_a_bad_age(digest_cli: Invoke) -> None:
