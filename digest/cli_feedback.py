@@ -16,7 +16,7 @@ import click
 
 from digest.cli_data import AppContext
 from digest.errors import DigestError
-from digest.feedback import TRANSIENT_LIMIT, FeedbackError, ingest, parse_event, unwrap
+from digest.feedback import FeedbackError, ingest, parse_event, unwrap
 
 
 @click.group("feedback")
@@ -29,12 +29,10 @@ def feedback() -> None:
 @click.option(
     "--transient-limit",
     type=click.IntRange(min=1),
-    default=TRANSIENT_LIMIT,
-    show_default=True,
-    help="Transient bounces in a row that suppress an address.",
+    help="Transient bounces in a row that suppress an address (DIGEST_TRANSIENT_BOUNCE_LIMIT; 3).",
 )
 @click.pass_obj
-def feedback_ingest(app: AppContext, source: IO[bytes], transient_limit: int) -> None:
+def feedback_ingest(app: AppContext, source: IO[bytes], transient_limit: int | None) -> None:
     """Apply SES events from FILE (or - for stdin): one JSON document, or JSON Lines.
 
     Each document is an SNS Notification envelope or a bare SES event.
@@ -42,8 +40,9 @@ def feedback_ingest(app: AppContext, source: IO[bytes], transient_limit: int) ->
     documents = parse_documents(source.read())
     counts = {"new": 0, "replays": 0, "orphans": 0, "suppressed": 0}
     engine = app.engine()
+    limit = transient_limit or app.settings.transient_bounce_limit
     for _, document in documents:
-        result = ingest(engine, document, transient_limit=transient_limit)
+        result = ingest(engine, document, transient_limit=limit)
         counts["replays" if result.replay else "new"] += 1
         counts["orphans"] += result.orphan
         counts["suppressed"] += len(result.suppressed)

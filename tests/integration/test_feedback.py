@@ -548,3 +548,27 @@ def test_webhook_confirms_subscriptions_on_sns_hosts_only(engine: Engine, site: 
     assert site.post(elsewhere)[0] == 403
     assert site.confirmed == [SUBSCRIBE_URL]
     assert feedback_rows(engine) == []
+
+
+def test_webhook_accepts_signature_version_1(engine: Engine, site: Site) -> None:
+    """A SHA1withRSA (version 1) signature from the right certificate is accepted."""
+    _, delivery_id = sent(engine, "ana", "ses-1")
+    message = envelope(ses_event("Delivery", "ses-1", "ana@example.com"), "sns-v1")
+    raw = KEY.sign(canonical_string(message), padding.PKCS1v15(), hashes.SHA1())
+    signed = {**message, "SignatureVersion": "1", "Signature": base64.b64encode(raw).decode()}
+    assert site.post(signed) == (200, "ok\n")
+    assert status(engine, delivery_id)[0] == "delivered"
+
+
+def test_webhook_refuses_a_certificate_from_another_host(engine: Engine, site: Site) -> None:
+    """A signing certificate URL off the SNS host pattern is refused before any fetch."""
+    sent(engine, "ana", "ses-1")
+    before = snapshot(engine)
+    for url in (
+        "https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-ab12.pem",
+        "https://evil.example/SimpleNotificationService-ab12.pem",
+        "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-ab12.pem",
+    ):
+        message = envelope(ses_event("Bounce", "ses-1", "ana@example.com"), "sns-x")
+        assert site.post(sign({**message, "SigningCertURL": url}))[0] == 403
+    assert snapshot(engine) == before
