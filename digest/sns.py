@@ -36,26 +36,19 @@ HASHES: Final[Mapping[str, Callable[[], hashes.HashAlgorithm]]] = {
     "2": hashes.SHA256,
 }
 # The signed fields, in the order they are signed; `Subject` only when present.
+_CONFIRMATION_FIELDS = (
+    "Message",
+    "MessageId",
+    "SubscribeURL",
+    "Timestamp",
+    "Token",
+    "TopicArn",
+    "Type",
+)
 SIGNED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
-    "SubscriptionConfirmation": (
-        "Message",
-        "MessageId",
-        "SubscribeURL",
-        "Timestamp",
-        "Token",
-        "TopicArn",
-        "Type",
-    ),
-    "UnsubscribeConfirmation": (
-        "Message",
-        "MessageId",
-        "SubscribeURL",
-        "Timestamp",
-        "Token",
-        "TopicArn",
-        "Type",
-    ),
+    "SubscriptionConfirmation": _CONFIRMATION_FIELDS,
+    "UnsubscribeConfirmation": _CONFIRMATION_FIELDS,
 }
 OPTIONAL_FIELDS: Final = frozenset({"Subject"})
 MAX_CERT_BYTES = 64 * 1024  # an SNS certificate is about 2 KB

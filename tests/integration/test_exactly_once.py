@@ -234,6 +234,26 @@ worker.run(drain=True)
 """
 
 
+def slow_worker_mid_batch(
+    engine: Engine, db_url: str, outbox: Path, children: list[subprocess.Popen[str]]
+) -> subprocess.Popen[str]:
+    """Start SLOW_WORKER and return once a batch has landed and the next one is in flight."""
+    victim = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WORKER, db_url],
+        env=env_for(db_url, outbox),
+        cwd=ROOT,
+        text=True,
+        stderr=subprocess.DEVNULL,
+    )
+    children.append(victim)
+    wait_for(
+        engine,
+        "SELECT count(*) FILTER (WHERE status = 'sent') >= 50 "
+        "AND count(*) FILTER (WHERE status = 'processing') > 0 FROM digest_runs",
+    )
+    return victim
+
+
 def seed_backlog(engine: Engine, users: int, per_user: int) -> int:
     add_recipients(engine, users)
     with engine.begin() as conn:
@@ -257,20 +277,7 @@ def test_sigkilled_worker_runs_are_recovered_by_watchdog(
     """SIGKILL mid-batch: the watchdog returns its runs, another worker completes them once."""
     inserted = seed_backlog(engine, users=300, per_user=4)
     env = env_for(db_url, outbox)
-    victim = subprocess.Popen(
-        [sys.executable, "-c", SLOW_WORKER, db_url],
-        env=env,
-        cwd=ROOT,
-        text=True,
-        stderr=subprocess.DEVNULL,
-    )
-    stop_children.append(victim)
-    # a batch has landed and the next one is in flight
-    wait_for(
-        engine,
-        "SELECT count(*) FILTER (WHERE status = 'sent') >= 50 "
-        "AND count(*) FILTER (WHERE status = 'processing') > 0 FROM digest_runs",
-    )
+    victim = slow_worker_mid_batch(engine, db_url, outbox, stop_children)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     with engine.connect() as conn:
@@ -331,19 +338,7 @@ def test_sigterm_finishes_in_flight_and_releases_the_rest(
 ) -> None:
     """SIGTERM mid-batch: exit 0, nothing left processing, unsent runs back to pending."""
     inserted = seed_backlog(engine, users=300, per_user=2)
-    victim = subprocess.Popen(
-        [sys.executable, "-c", SLOW_WORKER, db_url],
-        env=env_for(db_url, outbox),
-        cwd=ROOT,
-        text=True,
-        stderr=subprocess.DEVNULL,
-    )
-    stop_children.append(victim)
-    wait_for(
-        engine,
-        "SELECT count(*) FILTER (WHERE status = 'sent') >= 50 "
-        "AND count(*) FILTER (WHERE status = 'processing') > 0 FROM digest_runs",
-    )
+    victim = slow_worker_mid_batch(engine, db_url, outbox, stop_children)
     victim.send_signal(signal.SIGTERM)
     assert victim.wait(timeout=30) == 0
     with engine.connect() as conn:
