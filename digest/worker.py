@@ -348,7 +348,7 @@ class Worker:
         message_id = message.make_message_id(run.id, self.domain)
         idempotency_key = message.idempotency_key(run.id)
         mailto = self.settings.unsubscribe_mailto
-        mime = message.build_message(
+        data = message.build_message(
             from_name=self.settings.from_name,
             from_address=self.settings.from_address,
             to_name=recipient.name,
@@ -371,7 +371,7 @@ class Worker:
             to_address=to_address,
             message_id=message_id,
             idempotency_key=idempotency_key,
-            mime=mime,
+            data=data,
             html=rendered.html,
         )
 

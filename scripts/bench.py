@@ -184,7 +184,7 @@ def _build(rendered: Any, recipient: Recipient) -> None:
         list_unsubscribe_url="https://localhost/u/x",
         list_unsubscribe_mailto=None,
         date=datetime.now(UTC),
-    ).as_bytes()
+    )
 
 
 def render_only(engine: Engine, settings: Settings, processes: int, count: int) -> Row:

@@ -76,7 +76,7 @@ def drain(
             unsubscribe_url=url,
         )
         message_id = message.make_message_id(run.id, "localhost")
-        mime = message.build_message(
+        mime = message.build_email_message(
             from_name=settings.from_name,
             from_address=settings.from_address,
             to_name=recipient.name,
@@ -90,9 +90,10 @@ def drain(
             list_unsubscribe_mailto=None,
             date=datetime.now(UTC),
         )
+        data = mime.as_bytes()
         transport.send(
             OutgoingMessage(
-                run.id, 1, run.user_id, recipient.email, message_id, "", mime, rendered.html
+                run.id, 1, run.user_id, recipient.email, message_id, "", data, rendered.html
             )
         )
         with engine.begin() as conn:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import Literal, Protocol
 
 FailureKind = Literal["transient", "permanent", "unknown", "fatal"]
@@ -11,7 +10,7 @@ FailureKind = Literal["transient", "permanent", "unknown", "fatal"]
 
 @dataclass(frozen=True)
 class OutgoingMessage:
-    """A rendered digest ready to leave: the MIME message plus what tracking needs."""
+    """A rendered digest ready to leave: the MIME message's bytes plus what tracking needs."""
 
     run_id: int
     attempt: int
@@ -19,7 +18,7 @@ class OutgoingMessage:
     to_address: str
     message_id: str
     idempotency_key: str
-    mime: EmailMessage
+    data: bytes
     html: str
 
 

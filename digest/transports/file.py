@@ -26,7 +26,7 @@ class FileTransport:
         stem = self.outbox / f"run-{message.run_id}"
         try:
             _write_atomic(stem.with_suffix(".html"), message.html.encode())
-            _write_atomic(stem.with_suffix(".eml"), message.mime.as_bytes())
+            _write_atomic(stem.with_suffix(".eml"), message.data)
         except OSError as exc:
             raise SendError("transient", f"cannot write to {self.outbox}: {exc}") from exc
         return SendResult(self.name, str(stem.with_suffix(".eml")))

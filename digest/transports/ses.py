@@ -90,7 +90,7 @@ class SesTransport:
             # message's own From header is what recipients see.
             "FromEmailAddress": self.from_address,
             "Destination": {"ToAddresses": [message.to_address]},
-            "Content": {"Raw": {"Data": message.mime.as_bytes()}},
+            "Content": {"Raw": {"Data": message.data}},
             # Tags come back in every SES event for this message: feedback finds its run.
             "EmailTags": [
                 {"Name": "run_id", "Value": str(message.run_id)},

@@ -77,7 +77,7 @@ class SmtpTransport:
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Hand `message` to the server (MAIL, RCPT, DATA) or raise a classified `SendError`."""
-        payload = _data_payload(message.mime.as_bytes())
+        payload = _data_payload(message.data)
         conn, reused = self._connection()
         try:
             return self._deliver(conn, message, payload)
@@ -243,10 +243,7 @@ class SmtpTransport:
                 " the server may have accepted it",
             ) from exc
         self._expect(conn, _END_OF_DATA, (code, text), 250)
-        header = message.mime["Message-ID"]
-        return SendResult(
-            self.name, _queue_id(text) or (str(header) if header else message.message_id)
-        )
+        return SendResult(self.name, _queue_id(text) or message.message_id)
 
     def _expect(self, conn: smtplib.SMTP, step: str, reply: tuple[int, bytes], *ok: int) -> None:
         """Return if `reply` has one of the `ok` codes, otherwise raise it classified."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from email.message import EmailMessage
 
 import pytest
 
@@ -39,7 +38,7 @@ class Fake:
         self.closed = True
 
 
-MESSAGE = OutgoingMessage(1, 1, "u", "u@example.com", "<m@x>", "k", EmailMessage(), "")
+MESSAGE = OutgoingMessage(1, 1, "u", "u@example.com", "<m@x>", "k", b"", "")
 
 
 def test_next_transport_takes_over_when_one_is_down() -> None:

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,7 @@ def settings(**overrides: Any) -> Settings:
 
 def outgoing(run_id: int = 42, attempt: int = 3) -> OutgoingMessage:
     """A fully built digest message for run `run_id`."""
-    mime: EmailMessage = build_message(
+    data = build_message(
         from_name="Digest",
         from_address=SENDER,
         to_name="Ana",
@@ -101,7 +100,7 @@ def outgoing(run_id: int = 42, attempt: int = 3) -> OutgoingMessage:
         to_address="ana@example.org",
         message_id=make_message_id(run_id, "example.com"),
         idempotency_key=idempotency_key(run_id),
-        mime=mime,
+        data=data,
         html="<p>Hello Ana</p>",
     )
 
@@ -230,7 +229,7 @@ def test_raw_message_arrives_with_every_header_and_provider_id() -> None:
         [sent] = ses_backends[DEFAULT_ACCOUNT_ID][REGION].sent_messages
 
     assert result == SendResult("ses", sent.id)
-    assert sent.raw_data.encode() == message.mime.as_bytes()
+    assert sent.raw_data.encode() == message.data
     received = email.message_from_string(sent.raw_data, policy=email.policy.default)
     assert received["Message-ID"] == "<digest.run-42@example.com>"
     assert received["From"] == "Digest <digest@example.com>"
@@ -261,7 +260,7 @@ def expected_params(message: OutgoingMessage, **extra: Any) -> dict[str, Any]:
     return {
         "FromEmailAddress": SENDER,
         "Destination": {"ToAddresses": ["ana@example.org"]},
-        "Content": {"Raw": {"Data": message.mime.as_bytes()}},
+        "Content": {"Raw": {"Data": message.data}},
         "EmailTags": [{"Name": "run_id", "Value": "42"}, {"Name": "attempt", "Value": "3"}],
         **extra,
     }

@@ -179,7 +179,7 @@ def outgoing(
     address = validate_email(to_address)
     message_id = make_message_id(run_id, "example.com")
     html = f"<p>{text}</p>"
-    mime = build_message(
+    data = build_message(
         from_name="Digest",
         from_address=SENDER,
         to_name=to_name,
@@ -200,7 +200,7 @@ def outgoing(
         to_address=address,
         message_id=message_id,
         idempotency_key=idempotency_key(run_id),
-        mime=mime,
+        data=data,
         html=html,
     )
 
@@ -337,7 +337,7 @@ def test_plain_delivery_keeps_envelope_bytes_and_headers() -> None:
 
     [got] = handler.delivered
     assert (got.mail_from, got.rcpt_tos) == (SENDER, ["ana@example.com"])
-    assert got.data == message.mime.as_bytes()
+    assert got.data == message.data
     parsed = parse(got.data)
     assert parsed["From"] == "Digest <digest@example.com>"
     assert parsed["To"] == "Ana <ana@example.com>"
@@ -620,7 +620,7 @@ def test_no_reply_after_the_final_dot_is_unknown() -> None:
 
     assert (error.kind, error.down) == ("unknown", False)
     assert "may have accepted" in error.reason
-    assert [r.data for r in handler.received] == [message.mime.as_bytes()]
+    assert [r.data for r in handler.received] == [message.data]
 
 
 @pytest.mark.parametrize("hang_up", ["close", "421 4.4.2 Idle timeout, closing connection"])
@@ -670,10 +670,10 @@ def test_unusual_headers_and_bodies_arrive_intact() -> None:
 
     [got] = handler.delivered
     assert got.rcpt_tos == ["Ana@xn--bcher-kva.example"]
-    assert got.data == message.mime.as_bytes()
+    assert got.data == message.data
     # Compared with the built bytes parsed back, not the in-memory header: the stdlib folder
     # can put the space between two encoded words outside them, where parsers drop it.
-    parsed, built = parse(got.data), parse(message.mime.as_bytes())
+    parsed, built = parse(got.data), parse(message.data)
     assert parsed["Subject"] == built["Subject"]
     assert parsed["Subject"].startswith("Ünïcødé 🎉")
     assert parsed["To"].addresses[0].display_name == built["To"].addresses[0].display_name
