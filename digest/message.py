@@ -243,7 +243,33 @@ def _header(name: str, value: str | Address) -> str:
         line = f"{name}: {plain}\r\n"
         if len(line) <= MAX_LINE + 2:
             return line
+    elif name == "Subject" and isinstance(value, str):
+        return _encoded_words(name, value)
     return str(POLICY.header_factory(name, value).fold(policy=POLICY))
+
+
+# UTF-8 bytes per encoded-word: 42 bytes -> 56 base64 characters -> a 68-character word,
+# which fits after "Subject: " in 78 characters and is under RFC 2047's 75 per word.
+_WORD_BYTES = 42
+
+
+def _encoded_words(name: str, value: str) -> str:
+    """`Name: =?utf-8?b?...?=`, one encoded-word per line, every character (spaces too)
+    inside a word so that no reader can drop one, and no character's bytes split.
+
+    Most subjects are non-ASCII (curly quotes, names); `email.header.Header` spent ~0.6 ms
+    per subject choosing between Q and B encodings, more than rendering the whole digest.
+    """
+    data = value.encode()
+    words = []
+    start = 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            end -= 1
+        words.append(f"=?utf-8?b?{binascii.b2a_base64(data[start:end], newline=False).decode()}?=")
+        start = end
+    return f"{name}: " + "\r\n ".join(words) + "\r\n"
 
 
 def _quoted_printable(body: str) -> bytes:
@@ -251,7 +277,12 @@ def _quoted_printable(body: str) -> bytes:
     lines = body.replace("\r\n", "\n").replace("\r", "\n")
     if not lines.endswith("\n"):
         lines += "\n"
-    return binascii.b2a_qp(lines.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    encoded = binascii.b2a_qp(lines.encode("utf-8"), istext=True).split(b"\n")
+    # b2a_qp can leave a line of 77 or 78 that ends in whitespace it encoded (=20 or =09)
+    # after filling the line; RFC 2045 allows 76: move that last =XX to a line of its own.
+    return b"\r\n".join(
+        line if len(line) <= 76 else line[:-3] + b"=\r\n" + line[-3:] for line in encoded
+    )
 
 
 def _normalise_address(address: str, *, require_dot: bool) -> str:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 import itertools
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from digest.message import (
@@ -28,23 +30,25 @@ TOKEN = "NDI.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ" * 2
 DATE = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
 
 
+DEFAULTS: dict[str, Any] = {
+    "from_name": "Digest",
+    "from_address": "digest@example.com",
+    "to_name": "Ana",
+    "to_address": "ana@example.com",
+    "subject": "Ana commented on “Trip photos” and 12 more updates",
+    "html": "<p>Hello <b>Ana</b> — ünïcödé</p>",
+    "text": "Hello Ana — ünïcödé\n",
+    "message_id": make_message_id(7, "example.com"),
+    "idempotency_key": idempotency_key(7),
+    "list_unsubscribe_url": f"https://app.example.com/u/{TOKEN}",
+    "list_unsubscribe_mailto": f"mailto:unsubscribe@example.com?subject={TOKEN}",
+    "date": DATE,
+}
+
+
 def message(**overrides: Any) -> bytes:
     """A message with sensible defaults."""
-    args: dict[str, Any] = {
-        "from_name": "Digest",
-        "from_address": "digest@example.com",
-        "to_name": "Ana",
-        "to_address": "ana@example.com",
-        "subject": "Ana commented on “Trip photos” and 12 more updates",
-        "html": "<p>Hello <b>Ana</b> — ünïcödé</p>",
-        "text": "Hello Ana — ünïcödé\n",
-        "message_id": make_message_id(7, "example.com"),
-        "idempotency_key": idempotency_key(7),
-        "list_unsubscribe_url": f"https://app.example.com/u/{TOKEN}",
-        "list_unsubscribe_mailto": f"mailto:unsubscribe@example.com?subject={TOKEN}",
-        "date": DATE,
-    }
-    return build_message(**{**args, **overrides})
+    return build_message(**{**DEFAULTS, **overrides})
 
 
 def reparse(raw: bytes) -> EmailMessage:
@@ -326,6 +330,8 @@ _BODY = st.lists(_TYPED | st.text(max_size=80), max_size=120).map("".join)
     text=_BODY,
     mailto=st.booleans(),
 )
+# b2a_qp fills a line, then encodes its trailing space as =20: 78 characters
+@example(from_name="", to_name=None, subject="", html="", text="a" * 75 + " \n", mailto=False)
 def test_direct_bytes_read_the_same_as_the_stdlib_message(
     from_name: str, to_name: str | None, subject: str, html: str, text: str, mailto: bool
 ) -> None:
@@ -353,3 +359,19 @@ def test_direct_bytes_read_the_same_as_the_stdlib_message(
     assert all(len(line) <= 998 for line in head.split(b"\r\n"))  # RFC 5322 MUST
     assert all(len(line) <= 76 for line in body.split(b"\r\n"))
     assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+@given(subject=_ANY_TEXT | st.text(min_size=1, max_size=400))
+def test_every_encoded_word_stands_alone(subject: str) -> None:
+    """RFC 2047: each encoded-word is at most 75 characters and decodes on its own (no
+    character's bytes split between two words), and every Subject line fits in 78."""
+    head = build_message(**{**DEFAULTS, "subject": subject}).split(b"\r\n\r\n")[0].decode()
+    for word in re.findall(r"=\?[^?]+\?[bBqQ]\?[^?]*\?=", head):
+        assert len(word) <= 75
+        charset, encoding, payload = word[2:-2].split("?")
+        if encoding in "bB":
+            binascii.a2b_base64(payload).decode(charset)  # raises on a split character
+    lines = head.split("\r\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("Subject: "))
+    folded = [lines[start], *itertools.takewhile(lambda x: x.startswith(" "), lines[start + 1 :])]
+    assert all(len(line) <= 78 for line in folded)
