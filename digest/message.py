@@ -280,9 +280,11 @@ def _quoted_printable(body: str) -> bytes:
     encoded = binascii.b2a_qp(lines.encode("utf-8"), istext=True).split(b"\n")
     # b2a_qp can leave a line of 77 or 78 that ends in whitespace it encoded (=20 or =09)
     # after filling the line; RFC 2045 allows 76: move that last =XX to a line of its own.
-    return b"\r\n".join(
-        line if len(line) <= 76 else line[:-3] + b"=\r\n" + line[-3:] for line in encoded
-    )
+    if max(map(len, encoded)) > 76:
+        encoded = [
+            line if len(line) <= 76 else line[:-3] + b"=\r\n" + line[-3:] for line in encoded
+        ]
+    return b"\r\n".join(encoded)
 
 
 def _normalise_address(address: str, *, require_dot: bool) -> str:
