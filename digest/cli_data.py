@@ -142,7 +142,8 @@ def recipients_import(app: AppContext, file: str, fmt: Format | None, skip_bad: 
     changes nothing. A changed cadence, timezone, send_hour or weekly_day cancels that
     user's pending digest runs; the next `digest schedule` creates the right one.
 
-    A user_id listed more than once: the last row wins.
+    A user_id listed more than once: the rows apply in order, as if imported one after
+    another, so each field ends with the value of the last row that gives it.
 
     All or nothing: the file is imported in one transaction. If any line is bad, nothing
     is written and the command fails, listing the bad lines (first 20) with their numbers.

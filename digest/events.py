@@ -28,7 +28,8 @@ from digest.errors import DigestError, ValidationError
 MAX_TEXT: Final = 1000
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 CATEGORY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls and the Unicode line/paragraph separators: line breaks in all but name.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 EVENT_FIELDS: Final = (
     "user_id",
     "category",
@@ -45,6 +46,9 @@ CHUNK_ROWS: Final = 20_000
 # How many bad lines an all-or-nothing failure lists (the rest are counted).
 BAD_LINES_SHOWN: Final = 20
 UTF8_BOM: Final = b"\xef\xbb\xbf"
+# created_at must fall in this range: anything PostgreSQL and Python can both read back.
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
 
 EVENT_INSERT = text(
     """
@@ -166,6 +170,15 @@ def _show(value: object) -> str:
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
+def unknown_fields(unknown: Iterable[object], known: Iterable[str]) -> str:
+    """The reason for unknown fields: at most three names, each shortened, then the known."""
+    names = sorted(str(k) for k in unknown)
+    shown = ", ".join(_show(name) for name in names[:3])
+    if len(names) > 3:
+        shown += f" and {len(names) - 3} more"
+    return f"unknown field {shown} (known: {', '.join(known)})"
+
+
 def text_field(name: str, value: object) -> str:
     """A required, non-empty identifier-like string (ints become strings), or ValidationError."""
     if type(value) is str:
@@ -195,6 +208,8 @@ def _checked_text(name: str, value: str) -> str:
         raise ValidationError(f"{name} contains a NUL character")
     if _CONTROL.search(value):
         raise ValidationError(f"{name} contains a control character: {_show(value)}")
+    if "\ufeff" in value:  # a BOM from a concatenated file: "\ufeff42" would never match 42
+        raise ValidationError(f"{name} contains a byte order mark (U+FEFF): {_show(value)}")
     # " 42" would never match recipient "42": refuse it rather than lose the event.
     if value[0].isspace() or value[-1].isspace():
         raise ValidationError(f"{name} has leading or trailing whitespace: {_show(value)}")
@@ -292,7 +307,15 @@ def _created_at(value: object) -> datetime | None:
     else:
         raise ValidationError(f"created_at must be an ISO 8601 string, got {_json_type(value)}")
     # A time without an offset is taken as UTC, never as the server's local time.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    # PostgreSQL would store year 1 at +14:00 (1 BC in UTC), and every later read of the
+    # user's events would fail: Python's datetime stops at years 1 and 9999.
+    if not EARLIEST <= moment < LATEST:
+        raise ValidationError(
+            f"created_at must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC), "
+            f"got {_show(value if isinstance(value, str) else moment.isoformat())}"
+        )
+    return moment
 
 
 def event_row(
@@ -338,10 +361,7 @@ def validate_event(event: object, *, allowed: frozenset[str] | None = None) -> E
         raise ValidationError(f"an event must be a JSON object, got {_json_type(event)}")
     if not event.keys() <= _EVENT_FIELD_SET:
         # A typo like "payoad" would otherwise silently drop data.
-        unknown = sorted(str(k) for k in event.keys() - _EVENT_FIELD_SET)
-        raise ValidationError(
-            f"unknown field {', '.join(map(repr, unknown))} (known: {', '.join(EVENT_FIELDS)})"
-        )
+        raise ValidationError(unknown_fields(event.keys() - _EVENT_FIELD_SET, EVENT_FIELDS))
     get = event.get
     return event_row(
         get("user_id"),
@@ -508,7 +528,9 @@ def read_jsonl(lines: Iterable[bytes]) -> Iterator[tuple[int, object, str | None
         try:
             yield number, json.loads(decoded), None
         except json.JSONDecodeError as exc:
-            yield number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+            # JSON strings cannot hold a raw CR: here it can only be a line end.
+            hint = "; bare CR line ends? use LF or CRLF" if "\r" in decoded else ""
+            yield number, None, f"invalid JSON: {exc.msg} (column {exc.colno}{hint})"
         except (ValueError, RecursionError) as exc:  # huge integers, deep nesting
             yield number, None, f"invalid JSON: {exc}"
 

@@ -70,8 +70,12 @@ class DigestContent:
 
 
 def actor_name(actor_id: str | None, payload: Mapping[str, Any]) -> str | None:
-    """The display name of an event's actor: `payload.actor_name` if it is a non-empty string."""
-    name = payload.get("actor_name")
+    """The display name of an event's actor: `payload.actor_name` if it is a non-empty string.
+
+    A payload that is not a mapping (the database only stores objects, but a caller of the
+    pure functions may pass anything) has no name in it.
+    """
+    name = payload.get("actor_name") if isinstance(payload, Mapping) else None
     if isinstance(name, str) and name.strip():
         return name
     return actor_id

@@ -27,6 +27,7 @@ from digest.events import (
     atomic,
     read_jsonl,
     text_field,
+    unknown_fields,
 )
 from digest.message import HeaderError, validate_email
 from digest.schema import CADENCES
@@ -53,7 +54,9 @@ WEEKDAYS: Final = {
 # times with `AT TIME ZONE`, so such a recipient would never be scheduled).
 _HOST_ONLY_ZONES: Final = frozenset({"localtime", "posixrules"})
 LOCALE_PATTERN: Final = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls and the Unicode line/paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ENCODED_WORD = re.compile(r"=\?.*\?=", re.S)
 # Rows per upsert statement: big enough to amortise the round trips, small enough to keep
 # memory and each statement's lock set modest.
 BATCH_ROWS: Final = 20_000
@@ -196,6 +199,10 @@ def _name(value: object) -> str | None:
     # The name goes into the To: header; line breaks there are header injection.
     if _CONTROL.search(value):
         raise ValidationError(f"name contains a line break or control character: {_show(value)}")
+    # "=?utf-8?q?=0D=0ABcc:...?=" is an RFC 2047 encoded-word: mail code that parses the
+    # To: header would decode it into a line break. No real name contains one.
+    if _ENCODED_WORD.search(value):
+        raise ValidationError(f"name looks like MIME-encoded text (=?...?=): {_show(value)}")
     return value or None
 
 
@@ -273,8 +280,7 @@ def validate_recipient(row: object, *, require_email: bool = True) -> RecipientI
     if type(row) is not dict and not isinstance(row, Mapping):
         raise ValidationError("a recipient must be a JSON object")
     if not row.keys() <= _FIELD_SET:
-        unknown = ", ".join(sorted(repr(str(k)) for k in row.keys() - _FIELD_SET))
-        raise ValidationError(f"unknown field {unknown} (known: {', '.join(RECIPIENT_FIELDS)})")
+        raise ValidationError(unknown_fields(row.keys() - _FIELD_SET, RECIPIENT_FIELDS))
     email = row.get("email")
     given = ["email"] if require_email or email is not None else []
     person = RecipientIn(
@@ -312,9 +318,12 @@ def _store(conn: Connection, rows: Iterable[RecipientIn]) -> tuple[int, int, int
     batch: dict[str, RecipientIn] = {}
     for row in rows:
         count += 1
-        # A user_id repeated in one batch: the later row wins (a statement cannot update
-        # the same row twice); across batches the later statement wins the same way.
-        batch[row.user_id] = row
+        # A user_id repeated in one batch becomes one row (a statement cannot update the
+        # same row twice): the later row's given fields over the earlier's, exactly what
+        # two statements do when the repeat falls in the next batch. Either way the rows
+        # apply in file order, and each field ends with the last value given for it.
+        earlier = batch.get(row.user_id)
+        batch[row.user_id] = row if earlier is None else _merged(earlier, row)
         if len(batch) >= BATCH_ROWS:
             c, u = _upsert_batch(conn, batch)
             created, updated, batch = created + c, updated + u, {}
@@ -322,6 +331,15 @@ def _store(conn: Connection, rows: Iterable[RecipientIn]) -> tuple[int, int, int
         c, u = _upsert_batch(conn, batch)
         created, updated = created + c, updated + u
     return count, created, updated
+
+
+def _merged(earlier: RecipientIn, later: RecipientIn) -> RecipientIn:
+    """One row with the effect of upserting `earlier`, then `later`."""
+    merged = RecipientIn(later.user_id, later.email, given=earlier.given | later.given)
+    for name in RECIPIENT_FIELDS[1:]:
+        source = later if name in later.given else earlier
+        setattr(merged, name, getattr(source, name))
+    return merged
 
 
 def upsert_recipients(
@@ -344,17 +362,25 @@ def upsert_recipients(
     return RecipientImport(rows=count, created=created, updated=updated, skipped=0)
 
 
+# A CR not followed by LF ends a line too: "CSV (Macintosh)" files from Excel use bare CRs.
+_BARE_CR = re.compile("(?<=\r)(?!\n)")
+
+
 def _decoded(lines: Iterable[bytes], source: str) -> Iterator[str]:
     for number, line in enumerate(lines, 1):
         if number == 1 and line.startswith(UTF8_BOM):
             line = line[3:]
         try:
-            yield line.decode()
+            text = line.decode()
         except UnicodeDecodeError as exc:
             # A CSV record can span lines, so a broken line cannot be skipped on its own.
             raise DigestError(
                 f"{source}:{number}: not valid UTF-8 (byte {exc.start + 1})"
             ) from None
+        if "\r" in text[:-2]:
+            yield from (part for part in _BARE_CR.split(text) if part)
+        else:
+            yield text
 
 
 def read_csv(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, object, str | None]]:
@@ -364,16 +390,17 @@ def read_csv(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, object,
     column fails the whole file, before anything is written.
     """
     reader = csv.reader(_decoded(lines, source))
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise DigestError(f"{source}:{reader.line_num}: bad CSV header: {exc}") from None
     if header is None:
         return
     columns = [cell.strip().lower() for cell in header]
     unknown = [c for c in columns if c not in _FIELD_SET]
     if unknown:
-        raise DigestError(
-            f"{source}:1: unknown column {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(RECIPIENT_FIELDS)})"
-        )
+        reason = unknown_fields(unknown, RECIPIENT_FIELDS).replace("field", "column", 1)
+        raise DigestError(f"{source}:1: {reason}")
     missing = [c for c in ("user_id", "email") if c not in columns]
     if missing or len(set(columns)) != len(columns):
         raise DigestError(

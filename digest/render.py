@@ -26,6 +26,11 @@ content (never between `<tr>` rows), where any HTML parser leaves them in place;
 fails if premailer moved a tag. Sections only test booleans or lists of dicts: a string
 as a section scope would let `{{title}}` resolve to `str.title` in chevron.
 
+Size: Gmail clips a message over 102 KB. `render` shows as many of the digest's groups as
+fit `BODY_BUDGET` as sent (at least one) and counts the rest in "…and N more". Each item
+costs ~1.3 KB of inlined markup before any text: 50 groups with short titles fit, ~40 with
+titles and excerpts at their limits, and 50 groups of emoji at every limit would take 1 MB.
+
 Payload keys used: `title`, `url` (absolute http/https only), `excerpt` (else `text`);
 actor names come from grouping (`actor_name`). Anything else in a payload is ignored, and
 values that are not strings or numbers count as missing.
@@ -33,7 +38,9 @@ values that are not strings or numbers count as missing.
 
 from __future__ import annotations
 
+import binascii
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,7 +63,13 @@ TITLE_LIMIT = 140
 SUBJECT_TITLE_LIMIT = 50
 EXCERPT_LIMIT = 280
 NAME_LIMIT = 40
-URL_LIMIT = 2048
+URL_LIMIT = 2048  # of the URL as written into the email (ASCII, percent-encoded)
+# Gmail clips a message over 102 KB ("[Message clipped]", the footer with the unsubscribe
+# link hidden). The two bodies as sent (UTF-8 quoted-printable, CRLF line ends) get 94 KiB;
+# the headers (at most ~4 KB: subject, names and addresses are length-limited) get the
+# rest. A digest whose bodies would not fit shows fewer groups and counts the rest in
+# "…and N more" (see `Renderer.render`).
+BODY_BUDGET = 94 * 1024
 CSS_MARKER = "/* digest.css */"
 
 HTML_TEMPLATE = "digest.html.mustache"
@@ -132,7 +145,13 @@ class RenderedDigest:
 
 
 def clean_text(value: object, limit: int) -> str:
-    """`value` as one safe line: scalars coerced, controls dropped, truncated to `limit`."""
+    """`value` as one safe line: scalars coerced, controls dropped, truncated to `limit`.
+
+    Control characters (CR/LF included), line and paragraph separators, bidi overrides and
+    lone surrogates become spaces; runs of whitespace become one space. Longer values are
+    cut by `truncate` and end with "…". A value that would show no visible character (only
+    spaces and format characters such as U+200B before the cut) becomes "".
+    """
     text = _scalar(value)
     if text is None:
         return ""
@@ -140,20 +159,72 @@ def clean_text(value: object, limit: int) -> str:
     # and already single-spaced.
     if len(text) <= limit and text.isprintable() and "  " not in text and text == text.strip():
         return text
-    # Bound the work on huge values before the regex and split run over them.
-    text = _UNSAFE_CHARS.sub(" ", text[: limit * 4 + 16])
-    return truncate(" ".join(text.split()), limit)
+    # Bound the work on huge values before the regex and split run over them; a value made
+    # mostly of whitespace or controls may need all of it to fill `limit`.
+    bound = limit * 4 + 16
+    line = _one_line(text[:bound])
+    if len(text) > bound and len(line) <= limit:
+        line = _one_line(text)
+    shown = truncate(line, limit)
+    kept = shown if len(line) <= limit else shown[:-1]  # without the …
+    if not any(unicodedata.category(c) not in _INVISIBLE for c in kept):
+        return ""
+    return shown
+
+
+def _one_line(text: str) -> str:
+    return " ".join(_UNSAFE_CHARS.sub(" ", text).split())
 
 
 def truncate(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` characters, on a word boundary when one is near, with …."""
+    """`text` cut to at most `limit` characters, on a word boundary when one is near, with ….
+
+    The cut is at the last space when that keeps at least 60% of `limit`; otherwise
+    mid-word, but never inside a user-perceived character: a base letter keeps its
+    combining marks, variation selectors and skin-tone modifiers, an emoji ZWJ sequence and
+    a flag (a pair of regional indicators) stay whole or go whole. (One "character" longer
+    than the whole limit, like a letter under hundreds of combining marks, is cut anyway,
+    losing marks only.) Trailing punctuation, spaces and ZWJs before the … are dropped.
+    """
     if len(text) <= limit:
         return text
-    cut = text[: limit - 1]
-    space = cut.rfind(" ")
+    end = limit - 1  # leaves room for the …
+    space = text.rfind(" ", 0, end + 1)
     if space >= limit * 0.6:  # a word boundary not too far back; else cut mid-word
-        cut = cut[:space]
-    return cut.rstrip(" ,.;:-–—") + "…"
+        end = space
+    else:
+        end = _cluster_start(text, end) or _cluster_start(text, end, marks=False) or end
+    return text[:end].rstrip(" ,.;:-–—\u200d") + "…"
+
+
+_ZWJ = "\u200d"
+# Grapheme_Cluster_Break=Extend besides the general categories M*: the zero-width
+# non-joiner, emoji modifiers (skin tones) and tag characters (subdivision flags).
+_EXTEND_EXTRA = re.compile("[\u200c\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f]")
+_REGIONAL = re.compile("[\U0001f1e6-\U0001f1ff]")
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
+
+
+def _cluster_start(text: str, end: int, *, marks: bool = True) -> int:
+    """The nearest index at or before `end` where cutting keeps whole graphemes (approximately
+    UAX #29: no break before Extend or after a ZWJ, regional indicators in pairs).
+
+    With `marks=False`, combining marks may be cut off their base (the fallback for one
+    grapheme longer than the limit); ZWJ sequences and flags still are not split.
+    """
+    while end > 0:
+        char, before = text[end], text[end - 1]
+        joined = before == _ZWJ or char == _ZWJ or _EXTEND_EXTRA.match(char)
+        if joined or (marks and unicodedata.category(char)[0] == "M"):
+            end -= 1
+        elif _REGIONAL.match(char) and _REGIONAL.match(before):
+            run = end  # regional indicators pair up from the start of their run
+            while run > 0 and _REGIONAL.match(text[run - 1]):
+                run -= 1
+            return end if (end - run) % 2 == 0 else end - 1
+        else:
+            return end
+    return 0
 
 
 def safe_url(value: object) -> str | None:
@@ -187,7 +258,10 @@ def safe_url(value: object) -> str | None:
     # Host, port and IPv6 brackets only: no user-info (it hides the real host), no quotes.
     if not _NETLOC.fullmatch(netloc):
         return None
-    return f"{scheme}://{netloc}{quote(url[len(prefix) :], safe=_URL_SAFE)}"
+    # Percent-encoding can make a URL 12 times longer (an emoji is 4 bytes, `%F0%9F%98%80`):
+    # the limit applies to what goes into the email.
+    safe = f"{scheme}://{netloc}{quote(url[len(prefix) :], safe=_URL_SAFE)}"
+    return safe if len(safe) <= URL_LIMIT else None
 
 
 def actor_phrase(names: tuple[str, ...], actor_count: int) -> str:
@@ -381,6 +455,15 @@ class CompiledTemplate:
 
     def render(self, ctx: dict[str, Any]) -> str:
         """The template rendered against `ctx`."""
+        parts = self.parts(ctx)
+        if parts is None:
+            return _chevron(self.tokens, [ctx])
+        head, items, tail = parts
+        return head + "".join(items) + tail
+
+    def parts(self, ctx: dict[str, Any]) -> tuple[str, list[str], str] | None:
+        """The rendering split into what comes before the loop, each item, and the rest;
+        None when the template or `ctx` does not have the unrolled shape."""
         items = ctx.get(self.loop)
         flags = [flag for flag, _ in self.branches]
         if (
@@ -391,15 +474,17 @@ class CompiledTemplate:
                 for item in items
             )
         ):
-            return _chevron(self.tokens, [ctx])
-        parts = [_chevron(self.head, [ctx])]
+            return None
+        rendered = []
         for item in items:
-            for flag, block in self.branches:
-                if item[flag]:
-                    # chevron would also push the flag (True) as a scope; it resolves no key.
-                    parts.append(_chevron(block, [item, ctx]))
-        parts.append(_chevron(self.tail, [ctx]))
-        return "".join(parts)
+            # chevron would also push the flag (True) as a scope; it resolves no key.
+            blocks = [_chevron(block, [item, ctx]) for flag, block in self.branches if item[flag]]
+            rendered.append("".join(blocks))
+        return _chevron(self.head, [ctx]), rendered, self.tail_of(ctx)
+
+    def tail_of(self, ctx: dict[str, Any]) -> str:
+        """What follows the loop, rendered against `ctx` (unrolled templates only)."""
+        return _chevron(self.tail, [ctx])
 
 
 def _chevron(tokens: list[Token], scopes: list[Any]) -> str:
@@ -485,18 +570,40 @@ class Renderer:
         base_url: str,
         unsubscribe_url: str,
     ) -> RenderedDigest:
-        """Subject, HTML (CSS already inlined) and text of one digest."""
-        ctx = self.context(
+        """Subject, HTML (CSS already inlined) and text of one digest.
+
+        The bodies fit `BODY_BUDGET` as sent: when all of `content`'s groups would not, the
+        first groups that do (at least one) are shown and the rest join "…and N more"
+        (`shown_content` tells which).
+        """
+        return self._fitted(
             recipient,
             content,
             cadence=cadence,
             period_start=period_start,
             base_url=base_url,
             unsubscribe_url=unsubscribe_url,
-        )
-        return RenderedDigest(
-            subject=ctx["subject"], html=self._html.render(ctx), text=self._text.render(ctx)
-        )
+        )[1]
+
+    def shown_content(
+        self,
+        recipient: Recipient,
+        content: DigestContent,
+        *,
+        cadence: str,
+        period_start: datetime,
+        base_url: str,
+        unsubscribe_url: str,
+    ) -> DigestContent:
+        """`content` as `render` shows it: its groups cut to fit `BODY_BUDGET`, if needed."""
+        return self._fitted(
+            recipient,
+            content,
+            cadence=cadence,
+            period_start=period_start,
+            base_url=base_url,
+            unsubscribe_url=unsubscribe_url,
+        )[0]
 
     def render_naive(
         self,
@@ -508,21 +615,110 @@ class Renderer:
         base_url: str,
         unsubscribe_url: str,
     ) -> RenderedDigest:
-        """The reference: plain chevron on the raw template, then premailer on this one email."""
-        ctx = self.context(
-            recipient,
-            content,
-            cadence=cadence,
-            period_start=period_start,
-            base_url=base_url,
-            unsubscribe_url=unsubscribe_url,
-        )
+        """The reference: plain chevron on the raw template, then premailer on this one email
+        (of the groups `render` shows)."""
+        kw: dict[str, Any] = {
+            "cadence": cadence,
+            "period_start": period_start,
+            "base_url": base_url,
+            "unsubscribe_url": unsubscribe_url,
+        }
+        ctx = self.context(recipient, self.shown_content(recipient, content, **kw), **kw)
         raw_html = chevron.render(self._sources.html, ctx, partials_path=None)
         return RenderedDigest(
             subject=ctx["subject"],
             html=_inline(raw_html, HTML_TEMPLATE),
             text=chevron.render(self._sources.text, ctx, partials_path=None),
         )
+
+    def _fitted(
+        self, recipient: Recipient, content: DigestContent, **kw: Any
+    ) -> tuple[DigestContent, RenderedDigest]:
+        """The most groups (at least one) whose rendering fits `BODY_BUDGET`, rendered."""
+
+        def attempt(shown: DigestContent) -> RenderedDigest:
+            ctx = self.context(recipient, shown, **kw)
+            return RenderedDigest(ctx["subject"], self._html.render(ctx), self._text.render(ctx))
+
+        ctx = self.context(recipient, content, **kw)
+        html_parts, text_parts = self._html.parts(ctx), self._text.parts(ctx)
+        rendered = RenderedDigest(
+            ctx["subject"],
+            _joined(html_parts) if html_parts else self._html.render(ctx),
+            _joined(text_parts) if text_parts else self._text.render(ctx),
+        )
+        count = len(content.groups)
+        if _fits(rendered) or count <= 1:
+            return content, rendered
+        if html_parts and text_parts:
+            # Items end with a line break, so their sizes as sent add up. Count as many as
+            # fit beside the head and the largest tail ("…and N more" with N at its top).
+            more = max(content.total_groups, count)
+            worst = {**ctx, "has_more": True, "more": more, "more_label": f"{more} more updates"}
+            html_fixed = html_parts[0] + self._html.tail_of(worst)
+            used = sent_size(html_fixed) + sent_size(text_parts[0] + self._text.tail_of(worst))
+            count = 0
+            for html_item, text_item in zip(html_parts[1], text_parts[1], strict=True):
+                used += sent_size(html_item) + sent_size(text_item)
+                if used > BODY_BUDGET:
+                    break
+                count += 1
+            shown = _first(content, max(count, 1))
+            result = attempt(shown)
+            if _fits(result) or count <= 1:
+                return shown, result
+        # Otherwise: size grows with the number of groups shown, so binary search for the
+        # most that fit.
+        best = _first(content, 1)
+        best_rendered = attempt(best)
+        low, high = 2, count - 1
+        while low <= high:
+            middle = (low + high) // 2
+            shown = _first(content, middle)
+            result = attempt(shown)
+            if _fits(result):
+                best, best_rendered, low = shown, result, middle + 1
+            else:
+                high = middle - 1
+        return best, best_rendered
+
+
+def _joined(parts: tuple[str, list[str], str]) -> str:
+    head, items, tail = parts
+    return head + "".join(items) + tail
+
+
+def _first(content: DigestContent, count: int) -> DigestContent:
+    """`content` showing only its first `count` groups (the others count as more)."""
+    return DigestContent(content.groups[:count], content.total_groups, content.total_events)
+
+
+def sent_size(body: str) -> int:
+    """Bytes of `body` in the message as `digest.message` writes it: UTF-8 quoted-printable
+    (3 bytes for `=` and for each byte outside printable ASCII, soft line breaks at 76)
+    with CRLF line ends (and one added at the end)."""
+    encoded = binascii.b2a_qp(body.encode(), istext=True)
+    return len(encoded) + encoded.count(b"\n") + 2
+
+
+def _fits(rendered: RenderedDigest) -> bool:
+    """Whether both bodies together fit BODY_BUDGET as sent."""
+    html, text = rendered.html, rendered.text
+    if _size_bound(html) + _size_bound(text) <= BODY_BUDGET:  # most digests; 10x cheaper
+        return True
+    return sent_size(html) + sent_size(text) <= BODY_BUDGET
+
+
+def _size_bound(body: str) -> int:
+    """An upper bound of `sent_size(body)`: every byte outside printable ASCII, every `=`
+    and every space, tab or dot before a line end escaped (3 bytes), a soft line break (3 bytes)
+    per 73 encoded bytes and per line, a CR per line."""
+    size = len(body.encode())
+    escaped = size - len(body.encode("ascii", "ignore")) + body.count("=")
+    escaped += body.count(" \n") + body.count("\t\n") + body.count(".\n") + 1
+    encoded = size + 2 * escaped
+    lines = body.count("\n") + 1
+    return encoded + 3 * (encoded // 73 + lines) + lines + 2
 
 
 def _read(path: Path) -> str:

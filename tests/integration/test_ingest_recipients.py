@@ -151,7 +151,11 @@ def test_missing_field_keeps_the_stored_value(engine: Engine, run: Any, tmp_path
 
 
 def test_repeated_user_id_last_row_wins(engine: Engine, run: Any, tmp_path: Path) -> None:
-    """A user_id listed twice in one file ends with the values of its last row."""
+    """A user_id listed twice: rows apply in order, each field ends with its last given value.
+
+    (The cadence of the first row stays: the second row leaves cadence out, and a missing
+    field keeps what is stored, whether the repeat lands in the same upsert batch or not.)
+    """
     path = write_jsonl(
         tmp_path / "p.jsonl",
         [
@@ -161,7 +165,7 @@ def test_repeated_user_id_last_row_wins(engine: Engine, run: Any, tmp_path: Path
     )
     assert run("import", str(path)).exit_code == 0
     row = stored(engine)["1"]
-    assert (row["email"], row["cadence"]) == ("last@example.com", "daily")
+    assert (row["email"], row["cadence"]) == ("last@example.com", "off")
 
 
 def test_upsert_api_in_several_batches(engine: Engine) -> None:
