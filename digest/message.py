@@ -234,16 +234,26 @@ def _header(name: str, value: str | Address) -> str:
     """One header field with its CRLF: as is when it is one short ASCII line that no reader
     could take for an encoded-word, else folded and encoded by the stdlib's header class."""
     plain = value
-    if isinstance(value, Address):  # written here only when the name needs no quoting
+    if isinstance(value, Address):
         if not value.display_name:
             plain = value.addr_spec
-        elif _PLAIN_NAME.fullmatch(value.display_name):
+        elif _PLAIN_NAME.fullmatch(value.display_name) and "=?" not in value.display_name:
             plain = f"{value.display_name} <{value.addr_spec}>"
+        else:
+            # Every other name goes into encoded-words whole. The stdlib's address header
+            # would decode an encoded-word the user typed ("=?utf-8?q?=0D=0ABcc:...?=")
+            # and write its CR/LF out raw: a header injection.
+            # One encoded-word, as the stdlib writes it (a name is at most 100 characters):
+            # readers such as Python's keep a space between the words of a display name.
+            word = binascii.b2a_base64(value.display_name.encode(), newline=False).decode()
+            return f"{name}: =?utf-8?b?{word}?= <{value.addr_spec}>\r\n"
     if isinstance(plain, str) and plain.isascii() and "=?" not in plain:
         line = f"{name}: {plain}\r\n"
         if len(line) <= MAX_LINE + 2:
             return line
-    elif name == "Subject" and isinstance(value, str):
+    if name == "Subject" and isinstance(value, str):
+        # also a long ASCII subject: the stdlib folds one that starts with a long word
+        # (a URL) so that it reads back with a leading space
         return _encoded_words(name, value)
     return str(POLICY.header_factory(name, value).fold(policy=POLICY))
 
