@@ -238,7 +238,25 @@ class Worker:
             )
             if not runs:
                 return None
-            beat.add([r.id for r in runs])
+        ids = [r.id for r in runs]
+        beat.add(ids)
+        try:
+            return self._prepare_batch(runs, pool)
+        except BaseException:
+            # Nothing of the batch was handed to a transport: give it back now rather than
+            # keep its leases alive with the heartbeat (a database restart between the
+            # claim and the load left such batches held until the worker stopped).
+            beat.drop(ids)
+            try:
+                with self.engine.connect() as conn:
+                    claim.release(conn, self.me, ids)
+            except Exception:  # the database is still away: the leases run out instead
+                log.warning("release_failed runs=%d: the watchdog will recover them", len(ids))
+            raise
+
+    def _prepare_batch(self, runs: list[ClaimedRun], pool: ThreadPoolExecutor) -> _Batch:
+        """Load, render and (at most once) mark a claimed batch, then queue its sends."""
+        with self.engine.connect() as conn:
             contents = content.load_contents(conn, [r.id for r in runs], self.settings.group_cap)
             recipients = content.load_recipients(conn, [r.user_id for r in runs])
         batch = _Batch(runs, time.monotonic())

@@ -488,3 +488,33 @@ def test_list_unsubscribe_carries_https_and_mailto(engine: Engine, tmp_path: Pat
     html = mime.get_body(preferencelist=("html",))
     assert html is not None
     assert "https://mail.example.com/u/" in html.get_content()
+
+
+def test_a_batch_whose_load_fails_goes_back_to_the_queue(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database drops between the claim and loading the batch: the worker gives the
+    batch back at once (the heartbeat no longer keeps its leases) and sends it later."""
+    from sqlalchemy.exc import OperationalError
+
+    from digest import content
+
+    for user in ("a", "b"):
+        add_user(engine, user)
+        add_events(engine, user, 2)
+    schedule(engine)
+    real = content.load_contents
+    calls = 0
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(content, "load_contents", flaky)
+    worker = make_worker(engine, tmp_path, poll_interval_seconds=0.01, lease_seconds=60)
+    worker.run(drain=True)
+    assert {user: row.status for user, row in runs(engine).items()} == {"a": "sent", "b": "sent"}
+    assert {row.attempt for row in runs(engine).values()} == {1}
