@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick venv clean
+.PHONY: demo test lint chaos bench bench-quick venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python scripts/bench.py --quick
+
+# Faults with nothing lost; CI runs `make chaos ARGS=--quick` (about a minute).
+chaos: $(STAMP)
+	$(BIN)/python scripts/chaos.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .digest outbox
