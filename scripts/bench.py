@@ -53,10 +53,11 @@ SEED_RECIPIENTS = text(
     INSERT INTO recipients (user_id, email, name, timezone)
     SELECT 'u' || g, 'user' || g || '@example.com', 'User ' || g,
            (ARRAY['UTC', 'America/New_York', 'Europe/Berlin', 'Asia/Tokyo'])[1 + g % 4]
-      FROM generate_series(1, :users) g
+      FROM generate_series(CAST(:first AS int), CAST(:last AS int)) g
     """
 )
-# `per_user` events per user over 5 entities: 5 groups each, popular posts shared widely.
+# `per_user` events per user over 5 entities: 5 groups each, popular posts shared widely;
+# 1 hour to 1 minute old. Both statements seed users `first`..`last` (scripts/chaos.py too).
 SEED_EVENTS = text(
     """
     INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
@@ -67,8 +68,9 @@ SEED_EVENTS = text(
                               'actor_name', 'Actor ' || ((u + e) % 1000),
                               'url', 'https://example.com/p/' || ((u * 7 + e % 5) % 500),
                               'excerpt', 'Nice one! I would add a few words about it.'),
-           now() - interval '1 hour' + e * interval '1 second'
-      FROM generate_series(1, :users) u, generate_series(1, :per_user) e
+           now() - interval '1 hour' + (e % 3540) * interval '1 second'
+      FROM generate_series(CAST(:first AS int), CAST(:last AS int)) u,
+           generate_series(1, :per_user) e
     """
 )
 RESET = (
@@ -325,8 +327,9 @@ def main() -> None:
         console.status(f"seeding {sizes.users} users x {args.events_per_user} events"),
         engine.begin() as conn,
     ):
-        conn.execute(SEED_RECIPIENTS, {"users": sizes.users})
-        conn.execute(SEED_EVENTS, {"users": sizes.users, "per_user": args.events_per_user})
+        users = {"first": 1, "last": sizes.users}
+        conn.execute(SEED_RECIPIENTS, users)
+        conn.execute(SEED_EVENTS, {**users, "per_user": args.events_per_user})
     settings = Settings(transport="null", database_url=url)
 
     rows: list[Row] = []

@@ -86,6 +86,8 @@ from sqlalchemy.exc import SQLAlchemyError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import SEED_EVENTS, SEED_RECIPIENTS  # noqa: E402  (scripts/ is on sys.path)
+
 from digest import db, migrate  # noqa: E402
 from digest.events import record_event  # noqa: E402
 from digest.scheduler import schedule_once  # noqa: E402
@@ -115,30 +117,6 @@ PG_RESTART_GAP = 6.0  # seconds at least between two PostgreSQL restarts
 # Fewer due or in-flight runs than this during the faults: add users (a new backlog).
 LOW_WATER = 300
 
-SEED_RECIPIENTS = text(
-    """
-    INSERT INTO recipients (user_id, email, name, timezone)
-    SELECT 'u' || g, 'user' || g || '@example.com', 'User ' || g,
-           (ARRAY['UTC', 'America/New_York', 'Europe/Berlin', 'Asia/Tokyo'])[1 + g % 4]
-      FROM generate_series(CAST(:first AS int), CAST(:last AS int)) g
-    """
-)
-# Events 1 hour to 1 minute old, over 5 entities per user: 5 groups each.
-SEED_EVENTS = text(
-    """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
-                               created_at)
-    SELECT 'u' || u, (ARRAY['comment', 'like', 'mention', 'follow', 'share'])[1 + e % 5],
-           'post', 'p' || ((u * 7 + e % 5) % 500), 'a' || ((u + e) % 1000),
-           jsonb_build_object('title', 'A post about ' || ((u * 7 + e % 5) % 500),
-                              'actor_name', 'Actor ' || ((u + e) % 1000),
-                              'url', 'https://example.com/p/' || ((u * 7 + e % 5) % 500),
-                              'excerpt', 'Nice one! I would add a few words about it.'),
-           now() - interval '1 hour' + (e % 3540) * interval '1 second'
-      FROM generate_series(CAST(:first AS int), CAST(:last AS int)) u,
-           generate_series(1, :per_user) e
-    """
-)
 # Recipients whose runs are skipped: no events at all, or a suppressed address.
 SEED_EXTRAS = (
     """
