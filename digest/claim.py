@@ -13,45 +13,45 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
-# One statement claims a batch: the subquery walks the small partial index of pending
-# runs in due order and skips rows other workers hold.
+# One statement claims a batch and freezes its events. The subquery walks the small partial
+# index of pending runs in due order and skips rows other workers hold.
+#
+# Freeze once: a run's first attempt attaches the user's waiting events to it before anything
+# is sent, so a retry renders the same events. Rows are attached by identity, not by an id
+# range, so an event whose transaction commits later (ids are not committed in order) is
+# simply not visible yet and waits for the next run; concurrent freezes for the same user
+# re-check `digest_run_id IS NULL` under the row lock and never attach an event twice. The
+# claim stamps `frozen_at` on a run's first attempt only; that stamp is also the message's
+# Date, so a retry sends the same bytes.
 RUN_CLAIM_BATCH = text(
     """
-    UPDATE digest_runs r
-       SET status = 'processing',
-           attempt = r.attempt + 1,
-           locked_by = :me,
-           lease_expires_at = now() + make_interval(secs => :lease),
-           started_at = now(),
-           frozen_at = coalesce(r.frozen_at, now())
-      FROM (SELECT id, frozen_at FROM digest_runs
-             WHERE status = 'pending' AND scheduled_for <= now()
-             ORDER BY scheduled_for
-             LIMIT :n
-             FOR UPDATE SKIP LOCKED) due
-     WHERE r.id = due.id
-    RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
-              r.sending_attempt, due.frozen_at IS NULL AS fresh
-    """
-)
-
-# Freeze once: attach the user's waiting events to the run before anything is sent, so a
-# retry renders the same events. Rows are attached by identity, not by an id range, so an
-# event whose transaction commits later (ids are not committed in order) is simply not
-# visible yet and waits for the next run; concurrent freezes for the same user re-check
-# `digest_run_id IS NULL` under the row lock and never attach an event twice. The claim
-# stamps `frozen_at` on a run's first attempt only; that stamp is also the message's Date,
-# so a retry sends the same bytes.
-RUN_FREEZE_EVENTS = text(
-    """
-    UPDATE digest_events e
-       SET digest_run_id = r.id
-      FROM digest_runs r
-     WHERE r.id = ANY(CAST(:ids AS bigint[]))
-       AND r.status = 'processing' AND r.locked_by = :me
-       AND e.user_id = r.user_id
-       AND e.digest_run_id IS NULL
-       AND e.created_at <= now()
+    WITH claimed AS (
+        UPDATE digest_runs r
+           SET status = 'processing',
+               attempt = r.attempt + 1,
+               locked_by = :me,
+               lease_expires_at = now() + make_interval(secs => :lease),
+               started_at = now(),
+               frozen_at = coalesce(r.frozen_at, now())
+          FROM (SELECT id, frozen_at FROM digest_runs
+                 WHERE status = 'pending' AND scheduled_for <= now()
+                 ORDER BY scheduled_for
+                 LIMIT :n
+                 FOR UPDATE SKIP LOCKED) due
+         WHERE r.id = due.id
+        RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
+                  r.sending_attempt, due.frozen_at IS NULL AS fresh
+    ), frozen AS (
+        UPDATE digest_events e
+           SET digest_run_id = c.id
+          FROM claimed c
+         WHERE c.fresh
+           AND e.user_id = c.user_id
+           AND e.digest_run_id IS NULL
+           AND e.created_at <= now()
+    )
+    SELECT id, user_id, cadence, period_start, attempt, frozen_at, sending_attempt
+      FROM claimed
     """
 )
 
@@ -168,13 +168,10 @@ class Outcome:
 
 
 def claim_batch(conn: Connection, me: str, n: int, lease_seconds: float) -> list[ClaimedRun]:
-    """Claim up to `n` due runs and freeze their events, in one transaction."""
-    with conn.begin():
-        rows = conn.execute(RUN_CLAIM_BATCH, {"me": me, "n": n, "lease": lease_seconds}).all()
-        fresh = [row.id for row in rows if row.fresh]
-        if fresh:
-            conn.execute(RUN_FREEZE_EVENTS, {"ids": fresh, "me": me})
-    return [ClaimedRun(*row[:-1]) for row in rows]
+    """Claim up to `n` due runs and freeze their events (in the caller's transaction: the
+    claim holds once it commits)."""
+    rows = conn.execute(RUN_CLAIM_BATCH, {"me": me, "n": n, "lease": lease_seconds})
+    return [ClaimedRun(*row) for row in rows]
 
 
 def extend_lease(conn: Connection, me: str, ids: Sequence[int], lease_seconds: float) -> int:

@@ -51,13 +51,18 @@ _GROUPS_SQL = """
     )
     SELECT r.run_id, r.category, r.entity_type, r.entity_id, r.event_count, r.actor_count,
            r.latest_at, r.last_event_id, last.payload,
-           ARRAY(SELECT jsonb_build_array(a.actor_id, a.payload -> 'actor_name')
-                   FROM unnest(r.actor_events) WITH ORDINALITY AS u(id, ord)
-                   JOIN digest_events a ON a.id = u.id
-                  ORDER BY u.ord) AS actors,
+           coalesce(actors.ids, '{{}}') AS actor_ids, coalesce(actors.names, '{{}}') AS actor_names,
            r.total_groups, r.total_events
       FROM ranked r
       JOIN digest_events last ON last.id = r.last_event_id
+      -- text arrays, not JSON, to decode: a name that is not a JSON string is NULL here
+      LEFT JOIN LATERAL (
+          SELECT array_agg(a.actor_id ORDER BY u.ord) AS ids,
+                 array_agg(CASE WHEN jsonb_typeof(a.payload -> 'actor_name') = 'string'
+                                THEN a.payload ->> 'actor_name' END ORDER BY u.ord) AS names
+            FROM unnest(r.actor_events) WITH ORDINALITY AS u(id, ord)
+            JOIN digest_events a ON a.id = u.id
+      ) actors ON true
      WHERE r.rank <= :cap
      ORDER BY r.run_id, r.rank
 """
@@ -119,7 +124,7 @@ def _contents(rows: Sequence[Any]) -> dict[int, DigestContent]:
     for row in rows:
         names = tuple(
             actor_name(actor_id, {"actor_name": raw_name}) or ""
-            for actor_id, raw_name in row.actors
+            for actor_id, raw_name in zip(row.actor_ids, row.actor_names, strict=True)
         )
         by_run.setdefault(row.run_id, []).append(
             Group(

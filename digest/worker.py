@@ -7,6 +7,7 @@ outcomes of the whole batch commit afterwards in one fenced statement.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -16,6 +17,7 @@ import random
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -50,6 +52,9 @@ MAX_OUTAGES = 6
 # Batches whose sends may be queued or in progress while the next one is claimed and
 # rendered: two keep the sending threads busy through a claim, a render and a commit.
 BATCHES_AHEAD = 2
+
+# The GIL switch interval of a worker process (see `work_in_process`).
+GIL_SWITCH_SECONDS = 0.001
 
 
 def worker_id() -> str:
@@ -125,13 +130,24 @@ class _Heartbeat:
 
 
 @dataclass
+class _Claimed:
+    """A claimed batch with what its digests need, loaded but not yet rendered."""
+
+    runs: list[ClaimedRun]
+    contents: dict[int, DigestContent]
+    recipients: dict[str, RecipientRow]
+    started: float
+
+
+@dataclass
 class _Batch:
-    """A claimed batch between its claim and its recorded outcomes."""
+    """A claimed batch between its rendering and its recorded outcomes."""
 
     runs: list[ClaimedRun]
     started: float
     decided: list[Outcome] = field(default_factory=list)
     sending: list[tuple[ClaimedRun, Future[Outcome | None]]] = field(default_factory=list)
+    unsent: list[int] = field(default_factory=list)
 
 
 class Worker:
@@ -169,33 +185,49 @@ class Worker:
     def run(self, *, drain: bool = False) -> WorkerStats:
         """Process batches until stopped; with `drain`, also stop when nothing is due.
 
-        Batches overlap: while the sending threads work through earlier batches, this
-        thread claims and renders the next one and queues its sends behind them, then
-        records the oldest once more than BATCHES_AHEAD are outstanding.
+        Work overlaps three ways: a loader thread claims and loads the next batch while this
+        thread renders the current one; the sending threads work through earlier batches
+        while this thread renders; and the oldest batch is recorded only once more than
+        BATCHES_AHEAD are outstanding.
         """
         beat = _Heartbeat(self.engine, self.me, self.settings.lease_seconds)
         beater = threading.Thread(target=beat.run, name="heartbeat", daemon=True)
         beater.start()
         pool = ThreadPoolExecutor(self.settings.send_concurrency, thread_name_prefix="send")
+        # One thread does the batch's database work in order: records finished batches and
+        # claims and loads the next, while this thread renders.
+        db = ThreadPoolExecutor(1, thread_name_prefix="db")
+        ahead: Future[_Claimed | None] | None = None
         in_flight: deque[_Batch] = deque()
+        recording: deque[tuple[_Batch, Future[None]]] = deque()
         next_watchdog = 0.0
         outages = 0
         try:
             while not self.stop.is_set() and self.fatal is None:
                 try:
+                    _recorded(recording, in_flight)
                     if time.monotonic() >= next_watchdog:
                         with self.engine.connect() as conn:
                             watchdog.reset_expired_once(conn, self.settings.max_attempts)
                         next_watchdog = time.monotonic() + self.settings.watchdog_interval_seconds
-                    batch = self.start_batch(pool, beat)
-                    if batch is not None:
-                        in_flight.append(batch)
-                    while len(in_flight) > (BATCHES_AHEAD if batch is not None else 0):
-                        self.finish_batch(in_flight[0], beat)
-                        in_flight.popleft()
+                    if ahead is None:
+                        ahead = db.submit(self.claim_batch, beat)
+                    claimed = ahead.result()
+                    ahead = None
+                    if claimed is not None:
+                        if not self.stop.is_set():
+                            ahead = db.submit(self.claim_batch, beat)
+                        in_flight.append(self.start_batch(claimed, pool, beat))
+                    while len(in_flight) > (BATCHES_AHEAD if claimed is not None else 0):
+                        batch = in_flight.popleft()
+                        recording.append((batch, db.submit(self.finish_batch, batch, beat)))
+                    if claimed is None:
+                        _recorded(recording, in_flight, wait=True)
                 except OperationalError as exc:
                     # The database went away (restart, failover). Runs in flight come back
                     # through the watchdog if it stays away; wait, retry, but not forever.
+                    self._give_back_ahead(ahead, beat)
+                    ahead = None
                     outages += 1
                     if outages > MAX_OUTAGES:
                         self.fatal = f"database unavailable: {_first_line(exc)}"
@@ -208,7 +240,7 @@ class Worker:
                     self.stop.wait(delay)
                     continue
                 outages = 0
-                if batch is None:
+                if claimed is None:
                     if drain:
                         break
                     # jittered polling: idle workers do not hit the table in lockstep
@@ -217,11 +249,15 @@ class Worker:
                     )
         finally:
             try:
+                self._give_back_ahead(ahead, beat)
+                with contextlib.suppress(OperationalError):  # those batches are retried below
+                    _recorded(recording, in_flight, wait=True)
                 while in_flight:
                     self.finish_batch(in_flight[0], beat)
                     in_flight.popleft()
             except OperationalError as exc:
                 log.error("could not record %d batches: %s", len(in_flight), _first_line(exc))
+            db.shutdown(wait=True)
             pool.shutdown(wait=True, cancel_futures=True)
             beat.stop.set()
             beater.join()
@@ -230,41 +266,56 @@ class Worker:
 
     # -- one batch ------------------------------------------------------------------------
 
-    def start_batch(self, pool: ThreadPoolExecutor, beat: _Heartbeat) -> _Batch | None:
-        """Claim, load and render a batch, and queue its sends; None when nothing is due."""
-        with self.engine.connect() as conn:
+    def claim_batch(self, beat: _Heartbeat) -> _Claimed | None:
+        """Claim a batch and load its digests and recipients; None when nothing is due.
+
+        One transaction: a load that fails takes its claim back with it."""
+        with self.engine.begin() as conn:
             runs = claim.claim_batch(
                 conn, self.me, self.settings.batch_size, self.settings.lease_seconds
             )
             if not runs:
                 return None
-        ids = [r.id for r in runs]
-        beat.add(ids)
-        try:
-            return self._prepare_batch(runs, pool)
-        except BaseException:
-            # Nothing of the batch was handed to a transport: give it back now rather than
-            # keep its leases alive with the heartbeat (a database restart between the
-            # claim and the load left such batches held until the worker stopped).
-            beat.drop(ids)
-            try:
-                with self.engine.connect() as conn:
-                    claim.release(conn, self.me, ids)
-            except Exception:  # the database is still away: the leases run out instead
-                log.warning("release_failed runs=%d: the watchdog will recover them", len(ids))
-            raise
-
-    def _prepare_batch(self, runs: list[ClaimedRun], pool: ThreadPoolExecutor) -> _Batch:
-        """Load, render and (at most once) mark a claimed batch, then queue its sends."""
-        with self.engine.connect() as conn:
             contents = content.load_contents(conn, [r.id for r in runs], self.settings.group_cap)
             recipients = content.load_recipients(conn, [r.user_id for r in runs])
-        batch = _Batch(runs, time.monotonic())
+        beat.add([r.id for r in runs])
+        return _Claimed(runs, contents, recipients, time.monotonic())
+
+    def _give_back(self, runs: list[ClaimedRun], beat: _Heartbeat) -> None:
+        """Release runs nothing was sent for now, rather than keep their leases alive with
+        the heartbeat until the worker stops."""
+        ids = [r.id for r in runs]
+        beat.drop(ids)
+        try:
+            with self.engine.connect() as conn:
+                claim.release(conn, self.me, ids)
+        except Exception:  # the database is still away: the leases run out instead
+            log.warning("release_failed runs=%d: the watchdog will recover them", len(ids))
+
+    def _give_back_ahead(self, ahead: Future[_Claimed | None] | None, beat: _Heartbeat) -> None:
+        """Release the batch the loader claimed ahead, if any (stopping, or an outage)."""
+        try:
+            claimed = ahead.result() if ahead is not None else None
+        except Exception:  # the claim or its load failed and rolled back: nothing is held
+            return
+        if claimed is not None:
+            self._give_back(claimed.runs, beat)
+
+    def start_batch(self, claimed: _Claimed, pool: ThreadPoolExecutor, beat: _Heartbeat) -> _Batch:
+        """Render a claimed batch, (at most once) mark it sending, and queue its sends."""
+        try:
+            return self._prepare_batch(claimed, pool)
+        except BaseException:
+            self._give_back(claimed.runs, beat)  # nothing was handed to a transport yet
+            raise
+
+    def _prepare_batch(self, claimed: _Claimed, pool: ThreadPoolExecutor) -> _Batch:
+        batch = _Batch(claimed.runs, claimed.started)
         outgoing: list[tuple[ClaimedRun, OutgoingMessage, int]] = []
-        for run in runs:
-            digest = contents.get(run.id, content.EMPTY)
+        for run in claimed.runs:
+            digest = claimed.contents.get(run.id, content.EMPTY)
             try:
-                prepared = self.prepare(run, recipients.get(run.user_id), digest)
+                prepared = self.prepare(run, claimed.recipients.get(run.user_id), digest)
             except Exception as exc:  # a bug fails the run, never the loop
                 log.exception("run_error run_id=%s", run.id)
                 prepared = Outcome(
@@ -279,9 +330,11 @@ class Worker:
                 claim.mark_sending(conn, self.me, [run for run, _, _ in outgoing])
         for run, message_, count in outgoing:
             if self.inline_sends:
-                done: Future[Outcome | None] = Future()
-                done.set_result(self._send_one(run, message_, count))
-                batch.sending.append((run, done))
+                outcome = self._send_one(run, message_, count)
+                if outcome is None:
+                    batch.unsent.append(run.id)
+                else:
+                    batch.decided.append(outcome)
             else:
                 batch.sending.append((run, pool.submit(self._send_one, run, message_, count)))
         return batch
@@ -289,7 +342,7 @@ class Worker:
     def finish_batch(self, batch: _Batch, beat: _Heartbeat) -> None:
         """Wait for the batch's sends and record every outcome in one statement."""
         outcomes = list(batch.decided)
-        unsent: list[int] = []
+        unsent = list(batch.unsent)
         for run, future in batch.sending:
             if self.stop.is_set() or self.fatal is not None:
                 future.cancel()  # not started yet: it goes back to the queue unsent
@@ -463,6 +516,27 @@ class Worker:
         )
 
 
+def _recorded(
+    recording: deque[tuple[_Batch, Future[None]]], in_flight: deque[_Batch], *, wait: bool = False
+) -> None:
+    """Take the batches whose record is done (with `wait`, all of them) off `recording`.
+
+    A batch whose record failed goes back to the front of `in_flight`, to be recorded
+    again; the first failure is raised once every finished record has been looked at.
+    """
+    failed: list[_Batch] = []
+    error: BaseException | None = None
+    while recording and (wait or recording[0][1].done()):
+        batch, future = recording.popleft()
+        exc = future.exception()
+        if exc is not None:
+            failed.append(batch)
+            error = error or exc
+    in_flight.extendleft(reversed(failed))
+    if error is not None:
+        raise error
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -497,7 +571,13 @@ def work_in_process(
     """Run one worker in this process until stopped; returns its stats and any fatal error."""
     stop = threading.Event()
     install_stop_handlers(stop)
-    engine = make_engine(url)
+    # The database thread waits on the server between short bursts of Python; under the
+    # default 5 ms GIL switch interval each reply would wait for the rendering thread's slice
+    # to run out, and the next batch would not be loaded in time.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    # No ping on every checkout: a connection the server dropped fails its statement, the
+    # pool is invalidated, and the loop's outage handling retries (see `Worker.run`).
+    engine = make_engine(url, pool_pre_ping=False)
     try:
         worker = Worker(engine, settings, transports.make(transport_name, settings), stop=stop)
         stats = worker.run(drain=drain)

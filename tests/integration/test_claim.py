@@ -53,7 +53,7 @@ def attached(engine: Engine, run_id: int) -> list[int]:
 
 
 def claim_as(engine: Engine, me: str, n: int = 10) -> list[ClaimedRun]:
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         return claim.claim_batch(conn, me, n, 60)
 
 

@@ -30,7 +30,11 @@ event_specs = st.lists(
         st.sampled_from(["comment", "like", "mention"]),
         st.sampled_from(["e1", "e2", "e3", "e4", "e5", "e6"]),
         st.one_of(st.none(), st.sampled_from(["a1", "a2", "a3", "a4", "a5"])),
-        st.one_of(st.none(), st.sampled_from(["Ana", "Ben", "", "  ", "Zoë <b>"]), st.integers()),
+        st.one_of(
+            st.none(),
+            st.sampled_from(["Ana", "Ben", "", "  ", "\u3000", "Zoë <b>", True]),
+            st.integers(),
+        ),
         st.integers(min_value=0, max_value=20),  # minutes: many ties on purpose
     ),
     max_size=60,

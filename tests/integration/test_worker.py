@@ -406,9 +406,11 @@ def crash_after_send(engine: Engine, tmp_path: Path, **settings: Any) -> Scripte
 
     transport = ScriptedTransport({})
     doomed = make_worker(engine, tmp_path, transport, **settings)
+    beat = _Heartbeat(engine, doomed.me, 60)
+    claimed = doomed.claim_batch(beat)
+    assert claimed is not None
     with ThreadPoolExecutor(2) as pool:
-        batch = doomed.start_batch(pool, _Heartbeat(engine, doomed.me, 60))
-    assert batch is not None
+        batch = doomed.start_batch(claimed, pool, beat)
     [(_, future)] = batch.sending
     assert future.result() is not None  # the mail went out
     with engine.begin() as conn:
@@ -518,3 +520,57 @@ def test_a_batch_whose_load_fails_goes_back_to_the_queue(
     worker.run(drain=True)
     assert {user: row.status for user, row in runs(engine).items()} == {"a": "sent", "b": "sent"}
     assert {row.attempt for row in runs(engine).values()} == {1}
+
+
+def test_a_batch_claimed_ahead_goes_back_when_the_worker_stops(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The loader claims the next batch while this one renders; stopping gives it back
+    unsent, its attempt unspent, instead of leaving it held until its lease runs out."""
+    for user in ("a", "b", "c"):
+        add_user(engine, user)
+        add_events(engine, user, 1)
+    schedule(engine)
+    stop = threading.Event()
+
+    class StopAfterOne(FileTransport):
+        def send(self, message: OutgoingMessage) -> SendResult:
+            stop.set()
+            return super().send(message)
+
+    config = Settings(outbox=tmp_path / "outbox", secret_key="test-secret", batch_size=1)
+    stats = Worker(engine, config, StopAfterOne(config.outbox), stop=stop).run()
+    assert stats.sent == 1
+    states = sorted((row.status, row.attempt, row.locked_by) for row in runs(engine).values())
+    assert states == [("pending", 0, None), ("pending", 0, None), ("sent", 1, None)]
+
+
+def test_a_batch_whose_record_fails_is_recorded_on_the_next_try(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording a batch's outcomes fails once (the database dropped): the worker records
+    the same outcomes again after the outage instead of leaving the runs processing."""
+    from sqlalchemy.exc import OperationalError
+
+    from digest import claim
+
+    for user in ("a", "b", "c", "d"):
+        add_user(engine, user)
+        add_events(engine, user, 1)
+    schedule(engine)
+    real = claim.finish_batch
+    calls = 0
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(claim, "finish_batch", flaky)
+    worker = make_worker(engine, tmp_path, batch_size=1, poll_interval_seconds=0.01)
+    stats = worker.run(drain=True)
+    assert {user: row.status for user, row in runs(engine).items()} == dict.fromkeys("abcd", "sent")
+    assert {row.attempt for row in runs(engine).values()} == {1}
+    assert (stats.sent, stats.lost) == (4, 0)
