@@ -125,7 +125,9 @@ class _Heartbeat:
             try:
                 with self.engine.connect() as conn:
                     claim.extend_lease(conn, self.me, ids, self.lease_seconds)
-            except Exception:  # a missed beat is survivable; the next one retries
+            except OperationalError as exc:  # a missed beat is survivable; the next one retries
+                log.warning("heartbeat_missed runs=%d error=%r", len(ids), _first_line(exc))
+            except Exception:
                 log.exception("heartbeat failed")
 
 

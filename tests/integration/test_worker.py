@@ -574,3 +574,24 @@ def test_a_batch_whose_record_fails_is_recorded_on_the_next_try(
     assert {user: row.status for user, row in runs(engine).items()} == dict.fromkeys("abcd", "sent")
     assert {row.attempt for row in runs(engine).values()} == {1}
     assert (stats.sent, stats.lost) == (4, 0)
+
+
+def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the database restarts every beat fails: a warning line each, no traceback."""
+    from digest.db import make_engine
+    from digest.worker import _Heartbeat
+
+    beat = _Heartbeat(make_engine("postgresql://nobody@127.0.0.1:1/none"), "me", 1.5)
+    beat.add([1, 2])
+    beater = threading.Thread(target=beat.run)
+    with caplog.at_level(logging.WARNING, logger="digest.worker"):
+        beater.start()
+        time.sleep(0.8)  # one beat: every max(lease / 3, 0.5) s
+        beat.stop.set()
+        beater.join()
+    records = [r for r in caplog.records if r.name == "digest.worker"]
+    assert records
+    assert all(r.getMessage().startswith("heartbeat_missed runs=2") for r in records)
+    assert all(r.exc_info is None for r in records)
