@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from digest.errors import ValidationError
-from digest.events import CHUNK_ROWS, EventIn, record_event, record_events
+from digest.events import CHUNK_ROWS, EventIn, record_event, record_events, validate_event
 
 NASTY = '<script>alert("x")</script> & \'quotes\' "double" <b>bold</b>'
 
@@ -303,3 +305,84 @@ def test_record_events_is_all_or_nothing(engine: Engine) -> None:
             record_events(conn, rows, categories=None)
         assert record_events(conn, rows[:3], categories=None) == 3
     assert count(engine) == 4
+
+
+# The characters COPY's text format must escape, and others that JSON or COPY treat specially.
+COPY_SPECIAL = st.sampled_from(["\\", "\t", "\n", "\r", "\x00", '"', "é", "\u2028", "\ud800"])
+COPY_TEXT = st.text(st.characters() | COPY_SPECIAL, max_size=10)
+# Ids that validation lets through hold backslashes ("\\N", "\\." too) but no control characters.
+IDS = st.text(st.characters(exclude_categories=("Cc", "Cs")) | st.just("\\"), min_size=1)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.just(2**64) | st.floats() | COPY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(COPY_TEXT, inner, max_size=3),
+    max_leaves=12,
+)
+PAYLOADS = st.dictionaries(COPY_TEXT | st.integers(), JSON_VALUES, max_size=4)
+PAYLOAD_FROM_JSON = text(
+    "SELECT CAST(ref AS jsonb)::text FROM unnest(CAST(:refs AS text[])) WITH ORDINALITY r(ref, n) "
+    "ORDER BY n"
+)
+REFERENCE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"user_id": IDS, "entity_type": IDS, "payload": PAYLOADS},
+            optional={"actor_id": IDS, "event_key": IDS},
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_copy_stores_fields_and_payloads_exactly(
+    engine: Engine, drafts: list[dict[str, Any]]
+) -> None:
+    """COPY stores ids with backslashes as given and each payload as the jsonb of json's text."""
+    rows = []
+    for number, draft in enumerate(drafts):
+        row = {**draft, "category": "comment", "entity_id": number}
+        if "event_key" in row:  # unique, or a repeat would (rightly) be ignored
+            row["event_key"] += str(number)
+        try:
+            validate_event(row)
+        except ValidationError:  # NaN, NUL, lone surrogates, padded ids: refused as before
+            continue
+        rows.append(row)
+    with engine.connect() as conn:
+        assert record_events(conn, rows, categories=None) == len(rows)
+        stored = conn.execute(
+            text(
+                "SELECT user_id, entity_type, actor_id, event_key, payload::text "
+                "FROM digest_events ORDER BY CAST(entity_id AS int)"
+            )
+        ).all()
+        refs = [REFERENCE.encode(row["payload"]) for row in rows]
+        expected = conn.execute(PAYLOAD_FROM_JSON, {"refs": refs}).scalars().all()
+        conn.rollback()
+    assert [tuple(row)[:4] for row in stored] == [
+        (row["user_id"], row["entity_type"], row.get("actor_id"), row.get("event_key"))
+        for row in rows
+    ]
+    assert [row.payload for row in stored] == expected
+
+
+def test_rows_without_created_at_get_the_transactions_now(engine: Engine) -> None:
+    """created_at left out is exactly now(), whatever the session's time zone; given is kept."""
+    given_at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL TIME ZONE 'Asia/Kathmandu'"))  # +05:45
+        rows = [event(1), event(2, created_at=given_at), event(3, event_key="k")]
+        assert record_events(conn, rows, categories=None) == 3
+        stored = conn.execute(
+            text("SELECT created_at = now() FROM digest_events ORDER BY entity_id")
+        ).scalars()
+        assert list(stored) == [True, False, True]
+    with engine.connect() as conn:
+        moment = conn.execute(text("SELECT created_at FROM digest_events WHERE entity_id = '2'"))
+        assert moment.scalar_one() == given_at
