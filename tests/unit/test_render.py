@@ -539,19 +539,49 @@ def test_pre_inlined_render_equals_naive_for_hostile_text() -> None:
     assert parse(fast.html).events == parse(naive.html).events
 
 
-def test_compiled_template_equals_plain_chevron() -> None:
-    """The unrolled category dispatch renders exactly what chevron renders, and falls back."""
+def chevron_render(tokens: list[tuple[str, str]], ctx: dict[str, Any]) -> str:
+    """The reference: plain chevron on the same tokens, no partials from disk."""
+    return str(chevron.render(tokens, ctx, partials_path=None))
+
+
+def assert_compiled_equal_chevron(ctx: dict[str, Any]) -> None:
+    """Each compiled template, whole and in parts around the loop, renders what chevron does."""
+    for compiled in (RENDERER._html, RENDERER._text):
+        expected = chevron_render(compiled.template.tokens, ctx)
+        assert compiled.render(ctx) == expected
+        parts = compiled.parts(ctx)
+        assert parts is not None  # the split around {{#groups}} is in use for the real template
+        assert parts[0] + "".join(parts[1]) + parts[2] == expected
+    assert RENDERER._subject.render(ctx) == chevron_render(RENDERER._subject.tokens, ctx)
+
+
+@pytest.mark.parametrize("name", list(EQUALITY_CASES))
+def test_compiled_templates_equal_plain_chevron(name: str) -> None:
+    """The compiled HTML, text and subject templates render exactly what chevron renders."""
+    assert_compiled_equal_chevron(RENDERER.context(RECIPIENT, EQUALITY_CASES[name], **KW))
+
+
+def test_compiled_templates_equal_plain_chevron_for_odd_view_models() -> None:
+    """Non-boolean flags, missing keys and falsy groups render as chevron renders them too."""
     ctx = RENDERER.context(RECIPIENT, many(12), **KW)
-    tokens = RENDERER._html.tokens
-    assert RENDERER._html.head is not None  # the fast path is in use for the real template
-    assert RENDERER._html.render(ctx) == chevron.render(tokens, ctx)
-    odd = {**ctx, "groups": [{**g, "is_like": "yes"} for g in ctx["groups"]]}
-    assert RENDERER._html.render(odd) == chevron.render(tokens, odd)  # non-bool flag: fallback
-    plain = CompiledTemplate.compile(
-        list(chevron.tokenizer.tokenize("{{#groups}}x{{title}}{{/groups}}"))
+    groups = ctx["groups"]
+    odd = [{**groups[0], "is_comment": "yes", "has_url": 1}, {}, {"is_like": [{"title": "x"}]}]
+    assert_compiled_equal_chevron({**ctx, "groups": [*odd, *groups[1:]]})
+    missing = {k: v for k, v in ctx.items() if k not in ("groups", "top")}
+    for compiled in (RENDERER._html, RENDERER._text):
+        assert compiled.parts(missing) is None  # no list to loop over: rendered whole
+        assert compiled.render(missing) == chevron_render(compiled.template.tokens, missing)
+
+
+def test_loop_not_at_top_level_renders_whole() -> None:
+    """A template whose {{#groups}} is nested has no parts, and still renders as chevron."""
+    tokens = list(
+        chevron.tokenizer.tokenize("{{#has_groups}}{{#groups}}{{title}}{{/groups}}{{/has_groups}}")
     )
-    assert plain.head is None
-    assert plain.render(ctx) == "x" + "x".join(g["title"] for g in ctx["groups"])
+    compiled = CompiledTemplate.compile(tokens)
+    ctx = RENDERER.context(RECIPIENT, many(3), **KW)
+    assert compiled.parts(ctx) is None
+    assert compiled.render(ctx) == "".join(g["title"] for g in ctx["groups"])
 
 
 # --- properties --------------------------------------------------------------------------
@@ -647,6 +677,18 @@ def test_render_equals_naive_for_any_text(groups: list[Group], name: str | None)
     naive = RENDERER.render_naive(recipient, c, **KW)
     assert (fast.subject, fast.text) == (naive.subject, naive.text)
     assert parse(fast.html).events == parse(naive.html).events
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    groups=st.lists(_group, max_size=4), name=st.one_of(st.none(), _text), more=st.integers(0, 5)
+)
+def test_compiled_templates_equal_chevron_for_any_text(
+    groups: list[Group], name: str | None, more: int
+) -> None:
+    """For any view model the renderer builds, every compiled template gives chevron's bytes."""
+    recipient = Recipient("u1", "a@example.com", name, "daily", "UTC", "en")
+    assert_compiled_equal_chevron(RENDERER.context(recipient, content(*groups, more=more), **KW))
 
 
 # --- loading -----------------------------------------------------------------------------
