@@ -7,14 +7,14 @@ with 100,000 events returns at most `cap` rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
 
-from digest.grouping import DigestContent, Group, actor_name
+from digest.grouping import DigestContent, Group, display_name
 from digest.render import Recipient
 
 # The shared body; `{source}` is one of the two fixed predicates below, never user input.
@@ -118,28 +118,41 @@ class RecipientRow:
         )
 
 
-def _contents(rows: Sequence[Any]) -> dict[int, DigestContent]:
+def _contents(rows: Iterable[Sequence[Any]]) -> dict[int, DigestContent]:
     by_run: dict[int, list[Group]] = {}
     totals: dict[int, tuple[int, int]] = {}
-    for row in rows:
+    for (
+        run_id,
+        category,
+        entity_type,
+        entity_id,
+        event_count,
+        actor_count,
+        latest_at,
+        last_event_id,
+        payload,
+        actor_ids,
+        actor_names,
+        total_groups,
+        total_events,
+    ) in rows:  # the columns of _GROUPS_SQL, in order
         names = tuple(
-            actor_name(actor_id, {"actor_name": raw_name}) or ""
-            for actor_id, raw_name in zip(row.actor_ids, row.actor_names, strict=True)
+            display_name(actor_id, name) or ""
+            for actor_id, name in zip(actor_ids, actor_names, strict=True)
         )
-        by_run.setdefault(row.run_id, []).append(
-            Group(
-                category=row.category,
-                entity_type=row.entity_type,
-                entity_id=row.entity_id,
-                event_count=row.event_count,
-                actor_count=row.actor_count,
-                actor_names=names,
-                latest_at=row.latest_at,
-                last_event_id=row.last_event_id,
-                payload=row.payload,
-            )
+        group = Group(
+            category,
+            entity_type,
+            entity_id,
+            event_count,
+            actor_count,
+            names,
+            latest_at,
+            last_event_id,
+            payload,
         )
-        totals[row.run_id] = (int(row.total_groups), int(row.total_events))
+        by_run.setdefault(run_id, []).append(group)
+        totals[run_id] = (int(total_groups), int(total_events))
     return {
         run_id: DigestContent(tuple(groups), *totals[run_id]) for run_id, groups in by_run.items()
     }

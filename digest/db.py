@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine
+import psycopg.types.json
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from digest.errors import DigestError
@@ -98,11 +102,35 @@ def libpq_url(url: str) -> str:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine with a small pool; `pool_pre_ping` survives a restarted server."""
+    """An engine with a small pool; `pool_pre_ping` survives a restarted server. Its
+    connections read JSON with `read_json`."""
     kwargs.setdefault("pool_size", 2)
     kwargs.setdefault("max_overflow", 4)
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(sqlalchemy_url(url), **kwargs)
+    engine = create_engine(sqlalchemy_url(url), **kwargs)
+    event.listen(engine, "connect", _read_json_with_orjson)
+    return engine
+
+
+def _read_json_with_orjson(dbapi_connection: Any, record: Any) -> None:
+    psycopg.types.json.set_json_loads(read_json, dbapi_connection)
+
+
+# orjson reads an integer of more than 64 bits as a float, where json keeps it exact.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def read_json(data: str | bytes) -> Any:
+    """`json.loads(data)`, through orjson (several times faster) wherever it gives the same:
+    not for text with a run of 19 or more digits, nor for what orjson refuses (1e400)."""
+    if isinstance(data, str):
+        data = data.encode()
+    if not _LONG_NUMBER.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
 
 
 def raw(conn: Connection) -> psycopg.Connection[Any]:

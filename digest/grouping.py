@@ -76,9 +76,12 @@ def actor_name(actor_id: str | None, payload: Mapping[str, Any]) -> str | None:
     pure functions may pass anything) has no name in it.
     """
     name = payload.get("actor_name") if isinstance(payload, Mapping) else None
-    if isinstance(name, str) and name.strip():
-        return name
-    return actor_id
+    return display_name(actor_id, name)
+
+
+def display_name(actor_id: str | None, name: object) -> str | None:
+    """`name` if it is a non-empty string, else the actor id."""
+    return name if isinstance(name, str) and name.strip() else actor_id
 
 
 def group_events(events: Iterable[Event]) -> list[Group]:
