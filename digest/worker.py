@@ -8,6 +8,7 @@ outcomes of the whole batch commit afterwards in one fenced statement.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -582,6 +583,9 @@ def work_in_process(
     engine = make_engine(url, pool_pre_ping=False)
     try:
         worker = Worker(engine, settings, transports.make(transport_name, settings), stop=stop)
+        # What exists now (modules, templates) lives as long as the process: keep it out of
+        # every later garbage collection, which otherwise walks it again and again.
+        gc.freeze()
         stats = worker.run(drain=drain)
         return stats, worker.fatal
     finally:
