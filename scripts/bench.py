@@ -128,7 +128,8 @@ def end_to_end(url: str, engine: Engine, processes: int) -> Row:
     command = [sys.executable, "-m", "digest", "--database-url", url, "work", "--drain"]
     command += ["--transport", "null", "--processes", str(processes)]
     started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "DIGEST_LOG_LEVEL": "WARNING"})
+    quiet = {**os.environ, "DIGEST_LOG_LEVEL": "WARNING"}
+    subprocess.run(command, check=True, cwd=ROOT, env=quiet, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
     with engine.connect() as conn:
         sent, drained = conn.execute(DRAINED).one()
