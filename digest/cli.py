@@ -233,7 +233,8 @@ def work_cmd(
 ) -> None:
     """Claim due runs, render and send digests, and record each outcome.
 
-    Each process renders on its CPU and sends through a pool of threads, so a slow
+    Each process renders on its CPU while a database thread claims and loads the next
+    batch and records finished ones, and sends through a pool of threads, so a slow
     provider does not serialize a batch. Runs the watchdog every few seconds too.
     SIGTERM or Ctrl-C: stop claiming, finish the sends in progress, give the rest back
     to the queue, exit 0. Real transports (smtp, ses) need DIGEST_SECRET_KEY.

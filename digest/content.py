@@ -46,7 +46,7 @@ _GROUPS_SQL = """
                                   ORDER BY event_count DESC, latest_at DESC,
                                            last_event_id DESC) AS rank,
                count(*) OVER (PARTITION BY run_id) AS total_groups,
-               sum(event_count) OVER (PARTITION BY run_id) AS total_events
+               CAST(sum(event_count) OVER (PARTITION BY run_id) AS bigint) AS total_events
           FROM groups g
     )
     SELECT r.run_id, r.category, r.entity_type, r.entity_id, r.event_count, r.actor_count,
