@@ -129,8 +129,10 @@ def end_to_end(url: str, engine: Engine, processes: int) -> Row:
     command += ["--transport", "null", "--processes", str(processes)]
     started = time.perf_counter()
     quiet = {**os.environ, "DIGEST_LOG_LEVEL": "WARNING"}
-    subprocess.run(command, check=True, cwd=ROOT, env=quiet, stdout=subprocess.DEVNULL)
+    done = subprocess.run(command, cwd=ROOT, env=quiet, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"digest work failed ({done.returncode}): {done.stderr.strip()}")
     with engine.connect() as conn:
         sent, drained = conn.execute(DRAINED).one()
     if sent != runs:
