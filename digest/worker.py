@@ -188,10 +188,10 @@ class Worker:
     def run(self, *, drain: bool = False) -> WorkerStats:
         """Process batches until stopped; with `drain`, also stop when nothing is due.
 
-        Work overlaps three ways: a loader thread claims and loads the next batch while this
-        thread renders the current one; the sending threads work through earlier batches
-        while this thread renders; and the oldest batch is recorded only once more than
-        BATCHES_AHEAD are outstanding.
+        Work overlaps three ways: a database thread claims and loads the next batch, and
+        records finished ones, while this thread renders the current one; the sending
+        threads work through earlier batches meanwhile; and the oldest batch is recorded
+        only once more than BATCHES_AHEAD are outstanding.
         """
         beat = _Heartbeat(self.engine, self.me, self.settings.lease_seconds)
         beater = threading.Thread(target=beat.run, name="heartbeat", daemon=True)
