@@ -251,6 +251,10 @@ def _header(name: str, value: str | Address) -> str:
         line = f"{name}: {plain}\r\n"
         if len(line) <= MAX_LINE + 2:
             return line
+    if name == "List-Unsubscribe" and isinstance(plain, str) and plain.isascii():
+        # Its <URI>s hold no whitespace or commas (checked by `_uri`), so nothing to fold at
+        # but the ", " between them: as the stdlib folds it, without its parsing (27 µs).
+        return f"{name}: " + ",\r\n ".join(plain.split(", ")) + "\r\n"
     if name == "Subject" and isinstance(value, str):
         # also a long ASCII subject: the stdlib folds one that starts with a long word
         # (a URL) so that it reads back with a leading space

@@ -188,19 +188,20 @@ def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float]:
     gc.freeze()  # as `digest work` does once its templates are loaded
     started = time.perf_counter()
     for recipient, digest, period_start in items:
+        url = unsubscribe.unsubscribe_url(settings.base_url, "k", recipient.user_id)
         rendered = renderer.render(
             recipient,
             digest,
             cadence="daily",
             period_start=period_start,
             base_url=settings.base_url,
-            unsubscribe_url=unsubscribe.unsubscribe_url(settings.base_url, "k", recipient.user_id),
+            unsubscribe_url=url,
         )
-        _build(rendered, recipient)
+        _build(rendered, recipient, url)
     return len(items), time.perf_counter() - started
 
 
-def _build(rendered: Any, recipient: Recipient) -> None:
+def _build(rendered: Any, recipient: Recipient, unsubscribe_url: str) -> None:
     from digest import message
 
     message.build_message(
@@ -213,7 +214,7 @@ def _build(rendered: Any, recipient: Recipient) -> None:
         text=rendered.text,
         message_id="<x@localhost>",
         idempotency_key="k",
-        list_unsubscribe_url="https://localhost/u/x",
+        list_unsubscribe_url=unsubscribe_url,
         list_unsubscribe_mailto=None,
         date=datetime.now(UTC),
     )

@@ -387,3 +387,22 @@ def test_every_encoded_word_stands_alone(subject: str) -> None:
     start = next(i for i, line in enumerate(lines) if line.startswith("Subject: "))
     folded = [lines[start], *itertools.takewhile(lambda x: x.startswith(" "), lines[start + 1 :])]
     assert all(len(line) <= 78 for line in folded)
+
+
+@given(
+    url_path=st.text(
+        alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", max_size=1200
+    ),
+    mailto=st.one_of(st.none(), st.text(alphabet="abcdefghijklmnop0123456789", max_size=200)),
+)
+def test_list_unsubscribe_is_folded_as_the_stdlib_folds_it(
+    url_path: str, mailto: str | None
+) -> None:
+    """The hand-written List-Unsubscribe line is byte for byte what the stdlib writes."""
+    from digest.message import POLICY, _header
+
+    value = f"<https://app.example.com/u/{url_path}x>"
+    if mailto is not None:
+        value += f", <mailto:unsubscribe@example.com?subject={mailto}>"
+    stdlib = str(POLICY.header_factory("List-Unsubscribe", value).fold(policy=POLICY))
+    assert _header("List-Unsubscribe", value) == stdlib
