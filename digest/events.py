@@ -7,6 +7,7 @@ at the boundary, so that the database only ever sees rows it accepts.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 import re
@@ -163,9 +164,14 @@ class EventImport:
 
 def env_categories() -> frozenset[str] | None:
     """The category allow-list from DIGEST_CATEGORIES (None when unset)."""
-    # Only this variable: a producer must not fail over an unrelated worker setting.
-    env = {"DIGEST_CATEGORIES": os.environ.get("DIGEST_CATEGORIES", "")}
-    return Settings.from_env(env).categories
+    return _categories_from(os.environ.get("DIGEST_CATEGORIES", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _categories_from(raw: str) -> frozenset[str] | None:
+    # Only this variable: a producer must not fail over an unrelated worker setting. Cached
+    # by its text, so a changed variable still applies at the next event.
+    return Settings.from_env({"DIGEST_CATEGORIES": raw}).categories
 
 
 def _allow_list(categories: Categories) -> frozenset[str] | None:

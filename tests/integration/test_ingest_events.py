@@ -259,11 +259,16 @@ def test_record_event_joins_the_callers_transaction(engine: Engine) -> None:
 def test_record_event_uses_the_environment_allow_list(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """By default the API applies DIGEST_CATEGORIES, like the command line."""
+    """By default the API applies DIGEST_CATEGORIES, like the command line, as it is at
+    each call (the parsed list is cached by the variable's text)."""
     monkeypatch.setenv("DIGEST_CATEGORIES", "comment,like")
     with pytest.raises(match="unknown category 'share'"):
         record_event(engine, user_id=1, category="share", entity_type="t", entity_id=1)
     assert record_event(engine, user_id=1, category="like", entity_type="t", entity_id=1)
+    monkeypatch.setenv("DIGEST_CATEGORIES", "share")
+    assert record_event(engine, user_id=1, category="share", entity_type="t", entity_id=1)
+    with pytest.raises(match="unknown category 'like'"):
+        record_event(engine, user_id=1, category="like", entity_type="t", entity_id=1)
 
 
 def test_record_events_copies_thousands(engine: Engine) -> None:
