@@ -65,7 +65,9 @@ RUN_EXTEND_LEASE = text(
 
 # Finish a whole batch in one round trip: each run's outcome, fenced; a delivery row for
 # every run whose outcome landed and that reached the transport. Returns the runs that
-# landed; any other run of the batch had its lease taken over.
+# landed, and those whose same outcome of the same attempt is already stored (a retry after
+# a commit whose acknowledgement was lost; no delivery row twice); any other run of the
+# batch had its lease taken over.
 RUN_FINISH_MANY = text(
     """
     WITH outcome AS (
@@ -104,8 +106,14 @@ RUN_FINISH_MANY = text(
                AS d(run_id, user_id, recipient, transport, message_id, provider_message_id,
                     attempt, status, reason)
          WHERE d.run_id IN (SELECT id FROM landed)
+    ), recorded AS (
+        SELECT r.id FROM digest_runs r JOIN outcome o ON r.id = o.id
+         WHERE r.attempt = o.attempt AND r.locked_by IS NULL AND r.completed_at IS NOT NULL
+           AND r.status = o.status AND r.last_error IS NOT DISTINCT FROM o.error
     )
     SELECT id FROM landed
+    UNION ALL
+    SELECT id FROM recorded
     """
 )
 

@@ -217,3 +217,28 @@ def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
             {"me": "w", "n": 50, "lease": 60},
         ).scalar_one()
     assert "digest_runs_due_idx" in json.dumps(plan)
+
+
+def test_recording_again_after_a_lost_acknowledgement_counts_as_landed(engine: Engine) -> None:
+    """The commit of a batch's outcomes landed but its reply was lost; the worker records
+    the same outcomes again: they count as landed, with no second delivery row."""
+    run_id = add_run(engine, "u")
+    [run] = claim_as(engine, "w")
+    with engine.connect() as conn:
+        assert claim.finish_batch(conn, "w", [sent(run)]) == {run_id}
+        assert claim.finish_batch(conn, "w", [sent(run)]) == {run_id}
+        deliveries = conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one()
+    assert deliveries == 1
+
+
+def test_an_outcome_the_watchdog_wrote_is_not_taken_for_ours(engine: Engine) -> None:
+    """The lease ran out on the last attempt and the watchdog failed the run: a late record
+    of the same attempt did not land, even though it too says failed."""
+    run_id = add_run(engine, "u")
+    [run] = claim_as(engine, "w")
+    expire_leases(engine)
+    with engine.connect() as conn:
+        watchdog.reset_expired_once(conn, max_attempts=1)
+        late = Outcome(run, "failed", 1, error="permanent: 550 no such user")
+        assert claim.finish_batch(conn, "w", [late]) == set()
+    assert run_row(engine, run_id).last_error.startswith("lease expired")
