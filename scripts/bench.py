@@ -362,14 +362,16 @@ def main() -> None:
     rows: list[Row] = []
     with console.status("naive way"):
         base = naive(url, engine, settings, sizes.naive_runs)
+    # Each row below is the better of two tries, so that a neighbour's burst on this shared
+    # machine lowers neither the ceiling nor what is compared with it.
     for processes in (1, 2):
         with console.status(f"end to end, {processes} processes"):
-            rows.append(end_to_end(url, engine, processes))
+            tries = [end_to_end(url, engine, processes) for _ in range(2)]
+            rows.append(max(tries, key=lambda row: row.rate))
     for processes in (1, 2):
         with console.status(f"render only, {processes} processes"):
-            # A ceiling: the better of two tries, so a neighbour's burst does not lower it.
-            tries = [render_only(engine, settings, processes, min(sizes.users, 4000))]
-            tries.append(render_only(engine, settings, processes, min(sizes.users, 4000)))
+            count = min(sizes.users, 4000)
+            tries = [render_only(engine, settings, processes, count) for _ in range(2)]
             rows.append(max(tries, key=lambda row: row.rate))
     rows.append(base)
     with console.status("procrastinate and pgqueuer"):
