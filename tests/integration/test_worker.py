@@ -492,30 +492,35 @@ def test_list_unsubscribe_carries_https_and_mailto(engine: Engine, tmp_path: Pat
     assert "https://mail.example.com/u/" in html.get_content()
 
 
-def test_a_batch_whose_load_fails_goes_back_to_the_queue(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The database drops between the claim and loading the batch: the worker gives the
-    batch back at once (the heartbeat no longer keeps its leases) and sends it later."""
+def fail_first_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:
+    """`module.name` raises a dropped connection's OperationalError once, then works."""
     from sqlalchemy.exc import OperationalError
 
-    from digest import content
-
-    for user in ("a", "b"):
-        add_user(engine, user)
-        add_events(engine, user, 2)
-    schedule(engine)
-    real = content.load_contents
+    real = getattr(module, name)
     calls = 0
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+            raise OperationalError(name, {}, Exception("server closed the connection"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(content, "load_contents", flaky)
+    monkeypatch.setattr(module, name, flaky)
+
+
+def test_a_batch_whose_load_fails_goes_back_to_the_queue(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database drops between the claim and loading the batch: the claim rolls back
+    with the load (nothing stays held under the heartbeat) and the batch is sent later."""
+    from digest import content
+
+    for user in ("a", "b"):
+        add_user(engine, user)
+        add_events(engine, user, 2)
+    schedule(engine)
+    fail_first_call(monkeypatch, content, "load_contents")
     worker = make_worker(engine, tmp_path, poll_interval_seconds=0.01, lease_seconds=60)
     worker.run(drain=True)
     assert {user: row.status for user, row in runs(engine).items()} == {"a": "sent", "b": "sent"}
@@ -550,25 +555,13 @@ def test_a_batch_whose_record_fails_is_recorded_on_the_next_try(
 ) -> None:
     """Recording a batch's outcomes fails once (the database dropped): the worker records
     the same outcomes again after the outage instead of leaving the runs processing."""
-    from sqlalchemy.exc import OperationalError
-
     from digest import claim
 
     for user in ("a", "b", "c", "d"):
         add_user(engine, user)
         add_events(engine, user, 1)
     schedule(engine)
-    real = claim.finish_batch
-    calls = 0
-
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(claim, "finish_batch", flaky)
+    fail_first_call(monkeypatch, claim, "finish_batch")
     worker = make_worker(engine, tmp_path, batch_size=1, poll_interval_seconds=0.01)
     stats = worker.run(drain=True)
     assert {user: row.status for user, row in runs(engine).items()} == dict.fromkeys("abcd", "sent")
