@@ -21,7 +21,10 @@ from digest.render import Recipient
 _GROUPS_SQL = """
     WITH ev AS (
         SELECT {run_key} AS run_id, e.id, e.category, e.entity_type, e.entity_id,
-               e.actor_id, e.created_at,
+               e.actor_id, e.created_at, e.payload,
+               -- text, not JSON, to decode: a name that is not a JSON string is NULL here
+               CASE WHEN jsonb_typeof(e.payload -> 'actor_name') = 'string'
+                    THEN e.payload ->> 'actor_name' END AS actor_name,
                row_number() OVER (
                    PARTITION BY {run_key}, e.category, e.entity_type, e.entity_id
                    ORDER BY e.created_at DESC, e.id DESC) AS group_pos,
@@ -36,8 +39,11 @@ _GROUPS_SQL = """
                count(*) FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL) AS actor_count,
                max(created_at) AS latest_at,
                max(id) FILTER (WHERE group_pos = 1) AS last_event_id,
-               (array_agg(id ORDER BY created_at DESC, id DESC)
-                    FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_events
+               (array_agg(payload) FILTER (WHERE group_pos = 1))[1] AS payload,
+               (array_agg(actor_id ORDER BY created_at DESC, id DESC)
+                    FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_ids,
+               (array_agg(actor_name ORDER BY created_at DESC, id DESC)
+                    FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_names
           FROM ev
          GROUP BY run_id, category, entity_type, entity_id
     ), ranked AS (
@@ -50,19 +56,9 @@ _GROUPS_SQL = """
           FROM groups g
     )
     SELECT r.run_id, r.category, r.entity_type, r.entity_id, r.event_count, r.actor_count,
-           r.latest_at, r.last_event_id, last.payload,
-           coalesce(actors.ids, '{{}}') AS actor_ids, coalesce(actors.names, '{{}}') AS actor_names,
-           r.total_groups, r.total_events
+           r.latest_at, r.last_event_id, r.payload, coalesce(r.actor_ids, '{{}}') AS actor_ids,
+           coalesce(r.actor_names, '{{}}') AS actor_names, r.total_groups, r.total_events
       FROM ranked r
-      JOIN digest_events last ON last.id = r.last_event_id
-      -- text arrays, not JSON, to decode: a name that is not a JSON string is NULL here
-      LEFT JOIN LATERAL (
-          SELECT array_agg(a.actor_id ORDER BY u.ord) AS ids,
-                 array_agg(CASE WHEN jsonb_typeof(a.payload -> 'actor_name') = 'string'
-                                THEN a.payload ->> 'actor_name' END ORDER BY u.ord) AS names
-            FROM unnest(r.actor_events) WITH ORDINALITY AS u(id, ord)
-            JOIN digest_events a ON a.id = u.id
-      ) actors ON true
      WHERE r.rank <= :cap
      ORDER BY r.run_id, r.rank
 """
