@@ -118,6 +118,7 @@ def _read_json_with_orjson(dbapi_connection: Any, record: Any) -> None:
 
 # orjson reads an integer of more than 64 bits as a float, where json keeps it exact.
 _LONG_NUMBER = re.compile(rb"\d{19}")
+_DIGITS = b"0123456789"
 
 
 def read_json(data: str | bytes) -> Any:
@@ -125,7 +126,8 @@ def read_json(data: str | bytes) -> Any:
     not for text with a run of 19 or more digits, nor for what orjson refuses (1e400)."""
     if isinstance(data, str):
         data = data.encode()
-    if not _LONG_NUMBER.search(data):
+    # Counting digits costs a tenth of the search, which only text with 19 of them needs.
+    if len(data) - len(data.translate(None, _DIGITS)) < 19 or not _LONG_NUMBER.search(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
