@@ -7,11 +7,12 @@ lease was lost to the watchdog and another worker; the late worker changes nothi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, text
 
 # One statement claims a batch and freezes its events. The subquery walks the small partial
 # index of pending runs in due order and skips rows other workers hold.
@@ -23,8 +24,11 @@ from sqlalchemy import Connection, text
 # re-check `digest_run_id IS NULL` under the row lock and never attach an event twice. The
 # claim stamps `frozen_at` on a run's first attempt only; that stamp is also the message's
 # Date, so a retry sends the same bytes.
-RUN_CLAIM_BATCH = text(
-    """
+#
+# The batch size is written into the statement (`claim_statement`): with it a parameter,
+# the generic plan PostgreSQL would cache cannot know the LIMIT and scans both tables, so
+# every claim was planned afresh.
+_CLAIM_BATCH_SQL = """
     WITH claimed AS (
         UPDATE digest_runs r
            SET status = 'processing',
@@ -36,7 +40,7 @@ RUN_CLAIM_BATCH = text(
           FROM (SELECT id, frozen_at FROM digest_runs
                  WHERE status = 'pending' AND scheduled_for <= now()
                  ORDER BY scheduled_for
-                 LIMIT :n
+                 LIMIT {n:d}
                  FOR UPDATE SKIP LOCKED) due
          WHERE r.id = due.id
         RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
@@ -52,8 +56,14 @@ RUN_CLAIM_BATCH = text(
     )
     SELECT id, user_id, cadence, period_start, attempt, frozen_at, sending_attempt
       FROM claimed
-    """
-)
+"""
+
+
+@functools.cache
+def claim_statement(n: int) -> TextClause:
+    """The claim of up to `n` runs."""
+    return text(_CLAIM_BATCH_SQL.format(n=int(n)))
+
 
 RUN_EXTEND_LEASE = text(
     """
@@ -178,7 +188,7 @@ class Outcome:
 def claim_batch(conn: Connection, me: str, n: int, lease_seconds: float) -> list[ClaimedRun]:
     """Claim up to `n` due runs and freeze their events (in the caller's transaction: the
     claim holds once it commits)."""
-    rows = conn.execute(RUN_CLAIM_BATCH, {"me": me, "n": n, "lease": lease_seconds})
+    rows = conn.execute(claim_statement(n), {"me": me, "lease": lease_seconds})
     return [ClaimedRun(*row) for row in rows]
 
 

@@ -200,8 +200,8 @@ def test_retry_outcome_reschedules_with_backoff(engine: Engine) -> None:
     assert claim_as(engine, "w") == []
 
 
-def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
-    """The claim's scan reads the small partial index of pending runs, not the table."""
+def add_many_runs(engine: Engine) -> None:
+    """20,000 runs, one in 50 of them due, and as many users with a waiting event each."""
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -211,12 +211,41 @@ def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
                 "FROM generate_series(1, 20000) g"
             )
         )
-        conn.execute(text("ANALYZE digest_runs"))
+        conn.execute(
+            text(
+                "INSERT INTO digest_events (user_id, category, entity_type, entity_id) "
+                "SELECT 'u' || g, 'comment', 'post', 'p' FROM generate_series(1, 20000) g"
+            )
+        )
+        conn.execute(text("ANALYZE"))
+
+
+def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
+    """The claim's scan reads the small partial index of pending runs, not the table."""
+    add_many_runs(engine)
+    with engine.begin() as conn:
         plan = conn.execute(
-            text("EXPLAIN (FORMAT JSON) " + str(claim.RUN_CLAIM_BATCH.text)),
-            {"me": "w", "n": 50, "lease": 60},
+            text("EXPLAIN (FORMAT JSON) " + str(claim.claim_statement(50).text)),
+            {"me": "w", "lease": 60},
         ).scalar_one()
     assert "digest_runs_due_idx" in json.dumps(plan)
+
+
+def test_the_claim_is_planned_once_per_connection(engine: Engine) -> None:
+    """PostgreSQL keeps the claim's generic plan (the one through the indexes) instead of
+    planning every claim afresh."""
+    add_many_runs(engine)
+    with engine.connect() as conn:
+        for _ in range(12):  # psycopg prepares on the 5th; the server compares 5 plans more
+            with conn.begin():
+                claim.claim_batch(conn, "w", 1, 60)
+        generic, custom = conn.execute(
+            text(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%WITH claimed AS%'"
+            )
+        ).one()
+    assert generic > 0, f"{custom} custom plans, no generic one"
 
 
 def test_recording_again_after_a_lost_acknowledgement_counts_as_landed(engine: Engine) -> None:
