@@ -77,7 +77,8 @@ RUN_EXTEND_LEASE = text(
 # every run whose outcome landed and that reached the transport. Returns the runs that
 # landed, and those whose same outcome of the same attempt is already stored (a retry after
 # a commit whose acknowledgement was lost; no delivery row twice); any other run of the
-# batch had its lease taken over.
+# batch had its lease taken over. The watchdog and the shutdown release never store an
+# outcome that looks like ours: they write their own reason, or give the attempt back.
 RUN_FINISH_MANY = text(
     """
     WITH outcome AS (
@@ -118,7 +119,7 @@ RUN_FINISH_MANY = text(
          WHERE d.run_id IN (SELECT id FROM landed)
     ), recorded AS (
         SELECT r.id FROM digest_runs r JOIN outcome o ON r.id = o.id
-         WHERE r.attempt = o.attempt AND r.locked_by IS NULL AND r.completed_at IS NOT NULL
+         WHERE r.attempt = o.attempt AND r.locked_by IS NULL
            AND r.status = o.status AND r.last_error IS NOT DISTINCT FROM o.error
     )
     SELECT id FROM landed

@@ -260,6 +260,40 @@ def test_recording_again_after_a_lost_acknowledgement_counts_as_landed(engine: E
     assert deliveries == 1
 
 
+def test_a_retry_later_recorded_again_counts_as_landed(engine: Engine) -> None:
+    """The same for a transient failure put back to pending: recorded again, it landed (and
+    is not logged as a lost lease), with one `deferred` delivery row."""
+    run_id = add_run(engine, "u")
+    [run] = claim_as(engine, "w")
+    later = Outcome(
+        run,
+        "pending",
+        1,
+        error="transient: 451 try again",
+        retry_in=60,
+        delivery=Delivery("a@example.com", "null", "deferred", reason="451 try again"),
+    )
+    with engine.connect() as conn:
+        assert claim.finish_batch(conn, "w", [later]) == {run_id}
+        assert claim.finish_batch(conn, "w", [later]) == {run_id}
+        deliveries = conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one()
+    assert deliveries == 1
+
+
+def test_a_watchdog_reset_is_not_taken_for_our_retry_later(engine: Engine) -> None:
+    """The lease ran out and the watchdog put the run back to pending: a late record of the
+    same attempt, also pending, did not land."""
+    run_id = add_run(engine, "u")
+    [run] = claim_as(engine, "w")
+    expire_leases(engine)
+    with engine.connect() as conn:
+        watchdog.reset_expired_once(conn, max_attempts=3)
+        late = Outcome(run, "pending", 1, error="transient: 451 try again", retry_in=60)
+        assert claim.finish_batch(conn, "w", [late]) == set()
+    row = run_row(engine, run_id)
+    assert (row.status, row.last_error.startswith("lease expired")) == ("pending", True)
+
+
 def test_an_outcome_the_watchdog_wrote_is_not_taken_for_ours(engine: Engine) -> None:
     """The lease ran out on the last attempt and the watchdog failed the run: a late record
     of the same attempt did not land, even though it too says failed."""
