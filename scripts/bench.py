@@ -1,7 +1,9 @@
 """`make bench` (`make bench-quick`: the same rows at smaller sizes): one table, one run.
 
 1-3. digests/s end to end (1 and 2 worker processes, null transport), the naive way, and
-     render-only (the CPU ceiling; end to end ÷ render-only is our efficiency);
+     render-only (the CPU ceiling; end to end ÷ render-only is our efficiency), with the
+     CPU each digest took: the whole machine's over an end-to-end drain (workers,
+     PostgreSQL, neighbours; from /proc/stat), the renderer's own in a render-only row;
 4.   the same job on generic queues, procrastinate and pgqueuer (scripts/bench_queues.py),
      and their no-op drain rates;
 5-7. ingest (COPY and one event at a time), the scheduler over 1,000,000 recipients, and
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,10 +94,61 @@ class Row:
     seconds: float
     processes: int
     startup: float = 0.0  # seconds before the first claim (end to end rows)
+    cpu_seconds: float | None = None  # CPU spent on the digests (see each row's function)
 
     @property
     def rate(self) -> float:
         return self.digests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """Milliseconds of CPU per digest."""
+        return None if self.cpu_seconds is None else self.cpu_seconds * 1000 / self.digests
+
+
+class MachineCpu:
+    """The machine's busy CPU seconds over time, from /proc/stat every 20 ms: every process
+    counts (the workers, PostgreSQL, and any neighbour on a shared machine)."""
+
+    STAT = Path("/proc/stat")
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> MachineCpu:
+        if self.STAT.exists():
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        stopping = False
+        while not stopping:
+            stopping = self.done.is_set()  # one last sample once the row is over
+            # cpu user nice system idle iowait irq softirq steal ...: all but idle and iowait
+            fields = [int(v) for v in self.STAT.read_text().split("\n", 1)[0].split()[1:]]
+            busy = (sum(fields) - fields[3] - fields[4]) / tick
+            self.samples.append((time.time(), busy))
+            self.done.wait(0.02)
+
+    def between(self, start: float, end: float) -> float | None:
+        """Busy CPU seconds between two wall-clock times, interpolated between samples."""
+        if len(self.samples) < 2 or not self.samples[0][0] <= start < end <= self.samples[-1][0]:
+            return None
+        return self._at(end) - self._at(start)
+
+    def _at(self, moment: float) -> float:
+        for (t0, b0), (t1, b1) in itertools.pairwise(self.samples):
+            if t0 <= moment <= t1:
+                return b0 + (b1 - b0) * (moment - t0) / (t1 - t0) if t1 > t0 else b0
+        raise ValueError(moment)
 
 
 def fresh_database(server: str) -> str:
@@ -115,7 +170,8 @@ def reset_runs(url: str, engine: Engine) -> int:
 # server's clock.
 DRAINED = text(
     "SELECT count(*) FILTER (WHERE status = 'sent'),"
-    " extract(epoch FROM max(completed_at) - min(started_at)) FROM digest_runs"
+    " extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at))"
+    " FROM digest_runs"
 )
 
 
@@ -123,22 +179,32 @@ def end_to_end(url: str, engine: Engine, processes: int) -> Row:
     """`digest work --drain --transport null` in a process of its own, as a user runs it
     (per-run log lines off, as in the render-only row). The rate counts claim to commit,
     as the generic queues' rows do; starting the processes (imports, templates) is shown
-    apart."""
+    apart. Its CPU is the whole machine's over the same span (the embedded server shares
+    the machine's clock)."""
     runs = reset_runs(url, engine)
     command = [sys.executable, "-m", "digest", "--database-url", url, "work", "--drain"]
     command += ["--transport", "null", "--processes", str(processes)]
     started = time.perf_counter()
     quiet = {**os.environ, "DIGEST_LOG_LEVEL": "WARNING"}
-    done = subprocess.run(command, cwd=ROOT, env=quiet, capture_output=True, text=True)
+    with MachineCpu() as cpu:
+        done = subprocess.run(command, cwd=ROOT, env=quiet, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"digest work failed ({done.returncode}): {done.stderr.strip()}")
     with engine.connect() as conn:
-        sent, drained = conn.execute(DRAINED).one()
+        sent, first, last = conn.execute(DRAINED).one()
     if sent != runs:
         raise SystemExit(f"bench run went wrong: sent {sent} of {runs}")
+    drained = float(last - first)
     name = f"end to end, {processes} process{'es' if processes > 1 else ''}"
-    return Row(name, runs, float(drained), processes, startup=max(elapsed - float(drained), 0.0))
+    return Row(
+        name,
+        runs,
+        drained,
+        processes,
+        startup=max(elapsed - drained, 0.0),
+        cpu_seconds=cpu.between(float(first), float(last)),
+    )
 
 
 class SlowTransport(NullTransport):
@@ -181,12 +247,13 @@ def naive(url: str, engine: Engine, settings: Settings, limit: int) -> Row:
     return Row("naive way, 1 process", sent, time.perf_counter() - started, 1)
 
 
-def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float]:
-    """Render and build the MIME message of each digest, no database; (count, seconds)."""
+def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float, float]:
+    """Render and build the MIME message of each digest, no database; (count, seconds, CPU
+    seconds of this process)."""
     items, settings = args
     renderer = Renderer(settings.templates_dir)
     gc.freeze()  # as `digest work` does once its templates are loaded
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for recipient, digest, period_start in items:
         url = unsubscribe.unsubscribe_url(settings.base_url, "k", recipient.user_id)
         rendered = renderer.render(
@@ -198,7 +265,7 @@ def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float]:
             unsubscribe_url=url,
         )
         _build(rendered, recipient, url)
-    return len(items), time.perf_counter() - started
+    return len(items), time.perf_counter() - started, time.process_time() - cpu
 
 
 def _build(rendered: Any, recipient: Recipient, unsubscribe_url: str) -> None:
@@ -245,9 +312,10 @@ def render_only(engine: Engine, settings: Settings, processes: int, count: int) 
         results = pool.map(_render_slice, slices)
     return Row(
         f"render only, {processes} process{'es' if processes > 1 else ''}",
-        sum(n for n, _ in results),
-        max(s for _, s in results),
+        sum(n for n, _, _ in results),
+        max(s for _, s, _ in results),
         processes,
+        cpu_seconds=sum(c for _, _, c in results),
     )
 
 
@@ -414,6 +482,12 @@ def main() -> None:
         "efficiency_1p": e2e_1p / ceiling[1],
         "efficiency_2p": by_name["end to end, 2 processes"] / ceiling[2],
         **{f"e2e_startup_seconds_{r.processes}p": r.startup for r in rows if r.startup},
+        **{
+            f"{'e2e' if r.name.startswith('end') else 'render_only'}_cpu_ms_per_digest_"
+            f"{r.processes}p": r.cpu_ms
+            for r in rows
+            if r.cpu_ms is not None and not r.name.startswith("naive")
+        },
         **{f"{q.library}_digests_per_s": q.digests.rate for q in queues},
         **{f"{q.library}_noop_jobs_per_s": q.noop.rate for q in queues},
         **{f"e2e_1p_over_{q.library}": e2e_1p / q.digests.rate for q in queues},
@@ -453,6 +527,10 @@ def main() -> None:
         if row.name.startswith("end to end"):
             ratios.append(f"{row.rate / ceiling[row.processes]:.2f} of render ceiling")
             ratios.append(f"+{row.startup:.2f} s starting before the first claim")
+            if row.cpu_ms is not None:
+                ratios.append(f"{row.cpu_ms:.2f} ms of the machine's CPU per digest")
+        elif row.name.startswith("render only") and row.cpu_ms is not None:
+            ratios.append(f"{row.cpu_ms:.2f} ms of CPU per digest")
         table.add_row(
             row.name,
             f"{row.digests:,}",
