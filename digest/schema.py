@@ -134,10 +134,12 @@ digest_runs = Table(
     ),
     # The claim reads only this small index: finished runs leave it.
     Index("digest_runs_due_idx", "scheduled_for", postgresql_where=text("status = 'pending'")),
+    # The watchdog's index: runs with a lease (exactly the processing ones). Not keyed on
+    # the status, so that statements fenced by it look their runs up by id (migration 0004).
     Index(
         "digest_runs_lease_idx",
         "lease_expires_at",
-        postgresql_where=text("status = 'processing'"),
+        postgresql_where=text("lease_expires_at IS NOT NULL"),
     ),
     Index("digest_runs_user_idx", "user_id", "id"),
 )

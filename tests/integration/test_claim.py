@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -229,6 +230,36 @@ def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
             {"me": "w", "lease": 60},
         ).scalar_one()
     assert "digest_runs_due_idx" in json.dumps(plan)
+
+
+def test_a_batch_is_recorded_through_its_own_runs_not_every_held_run(engine: Engine) -> None:
+    """With statistics taken while nothing was held (as they usually say) and 2,000 runs
+    now held, recording 50 of them looks each up by id; the watchdog alone reads the lease
+    index. Through the lease index, each batch's record walked every held run."""
+    add_many_runs(engine)  # 400 due runs, analysed while none is held
+    held = claim_as(engine, "w", 400)
+    outcomes = [sent(run) for run in held[:50]]
+    captured: dict[str, Any] = {}
+
+    class Capture:
+        def begin(self) -> contextlib.nullcontext[None]:
+            return contextlib.nullcontext()
+
+        def execute(self, statement: Any, params: dict[str, Any]) -> list[Any]:
+            captured.update(params)
+            return []
+
+    claim.finish_batch(Capture(), "w", outcomes)  # type: ignore[arg-type]
+    with engine.begin() as conn:
+        record = conn.execute(
+            text("EXPLAIN (FORMAT JSON) " + str(claim.RUN_FINISH_MANY.text)), captured
+        ).scalar_one()
+        sweep = conn.execute(
+            text("EXPLAIN (FORMAT JSON) " + str(watchdog.RUN_RESET_EXPIRED.text)),
+            {"max_attempts": 5},
+        ).scalar_one()
+    assert "digest_runs_lease_idx" not in json.dumps(record)
+    assert "digest_runs_lease_idx" in json.dumps(sweep)
 
 
 def test_the_claim_is_planned_once_per_connection(engine: Engine) -> None:
