@@ -6,7 +6,8 @@ held, chose to walk all the held runs of every worker for each batch instead of 
 the batch's own runs by id: a batch's record cost grew with the number of runs in flight
 (34 ms with 5,000 held, against 2 ms). A lease is set exactly while a run is processing,
 and the watchdog's `lease_expires_at < now()` implies the new predicate, so it still reads
-only this index.
+only this index. Building the new index reads the runs table while writes to it wait: about
+0.1 s per million runs on the bench machine.
 
 Revision ID: 0004
 Revises: 0003
