@@ -337,9 +337,13 @@ def queue_rows(
             )
         queue_url = bench_queues.fresh_database(server, f"{DATABASE}_{library}")
         job_engine = make_engine(url)
-        ctx = bench_queues.JobContext(
-            job_engine, settings, Renderer(settings.templates_dir), NullTransport(), "bench"
+        worker = Worker(
+            job_engine,
+            settings.with_(secret_key="bench"),
+            NullTransport(),
+            renderer=Renderer(settings.templates_dir),
         )
+        ctx = bench_queues.JobContext(job_engine, worker)
         try:
             results.append(run(queue_url, ctx, run_ids, noop_jobs))
         finally:

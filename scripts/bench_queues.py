@@ -2,10 +2,10 @@
 
 What a team would build on procrastinate or pgqueuer: the scheduler's due runs enqueued as
 one job per run; each job loads its user's waiting events and recipient, groups them in
-Python, renders and builds the message with digest's own `Renderer.render` and
-`message.build_message` (the same rendering and MIME path as `digest work`, so the
-comparison isolates the queue machinery), hands it to the null transport, then marks the
-events taken, the run sent and records the delivery in one transaction.
+Python, renders and builds the message with digest's own `Worker.prepare` (the same
+rendering and MIME path as `digest work`, so the comparison isolates the queue machinery),
+hands it to the null transport, then marks the events taken, the run sent and records the
+delivery in one transaction.
 
 Worker settings, one worker process each, chosen from each library's documentation:
 
@@ -30,19 +30,18 @@ import asyncio
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from digest import message, unsubscribe
-from digest.config import Settings
+from digest.claim import ClaimedRun
+from digest.content import RecipientRow
 from digest.db import libpq_url
 from digest.grouping import Event, build_digest
-from digest.render import Recipient, Renderer
-from digest.transports.base import OutgoingMessage, Transport
+from digest.transports.base import OutgoingMessage
+from digest.worker import Worker
 
 # procrastinate's concurrency and pgqueuer's settings, as described above.
 PROCRASTINATE_CONCURRENCY = 1
@@ -52,6 +51,7 @@ PGQUEUER_MAX_CONCURRENT = 2 * PGQUEUER_BATCH_SIZE
 RUN_LOAD = text(
     """
     SELECT r.user_id, r.cadence AS run_cadence, r.period_start,
+           coalesce(r.frozen_at, now()) AS frozen_at,
            c.email, c.name, c.cadence, c.timezone, c.locale
       FROM digest_runs r JOIN recipients c USING (user_id)
      WHERE r.id = :run
@@ -105,14 +105,7 @@ class JobContext:
     """What every digest job needs, built once per worker (a team's module globals)."""
 
     engine: Engine
-    settings: Settings
-    renderer: Renderer
-    transport: Transport
-    key: str
-
-    @property
-    def domain(self) -> str:
-        return self.settings.from_address.rpartition("@")[2] or "localhost"
+    worker: Worker  # its `prepare` renders and builds the message, as `digest work` does
 
 
 def digest_job(ctx: JobContext, run_id: int) -> str:
@@ -127,60 +120,31 @@ def digest_job(ctx: JobContext, run_id: int) -> str:
                 RUN_MARK_DONE, {"status": "skipped", "n": 0, "message_id": None, "run": run_id}
             )
         return "skipped"
-    settings = ctx.settings
-    digest = build_digest(events, settings.group_cap)
-    to_address = message.validate_email(run.email)
-    url = unsubscribe.unsubscribe_url(settings.base_url, ctx.key, run.user_id)
-    rendered = ctx.renderer.render(
-        Recipient(run.user_id, to_address, run.name, run.cadence, run.timezone, run.locale),
-        digest,
-        cadence=run.run_cadence,
-        period_start=run.period_start,
-        base_url=settings.base_url,
-        unsubscribe_url=url,
+    worker = ctx.worker
+    prepared = worker.prepare(
+        ClaimedRun(run_id, run.user_id, run.run_cadence, run.period_start, 1, run.frozen_at),
+        RecipientRow(
+            run.user_id, run.email, run.name, run.cadence, run.timezone, run.locale, None, None
+        ),
+        build_digest(events, worker.settings.group_cap),
     )
-    message_id = message.make_message_id(run_id, ctx.domain)
-    key = message.idempotency_key(run_id)
-    data = message.build_message(
-        from_name=settings.from_name,
-        from_address=settings.from_address,
-        to_name=run.name,
-        to_address=to_address,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
-        message_id=message_id,
-        idempotency_key=key,
-        list_unsubscribe_url=url,
-        list_unsubscribe_mailto=None,
-        date=datetime.now(UTC),
-    )
-    result = ctx.transport.send(
-        OutgoingMessage(
-            run_id=run_id,
-            attempt=1,
-            user_id=run.user_id,
-            to_address=to_address,
-            message_id=message_id,
-            idempotency_key=key,
-            data=bytes(data),
-            html=rendered.html,
-        )
-    )
+    if not isinstance(prepared, OutgoingMessage):
+        raise SystemExit(f"bench run {run_id} cannot be sent: {prepared.error}")
+    result = worker.transport.send(prepared)
     with ctx.engine.begin() as conn:
         conn.execute(EVENT_MARK_TAKEN, {"run": run_id, "ids": [e.id for e in events]})
         conn.execute(
             RUN_MARK_DONE,
-            {"status": "sent", "n": len(events), "message_id": message_id, "run": run_id},
+            {"status": "sent", "n": len(events), "message_id": prepared.message_id, "run": run_id},
         )
         conn.execute(
             DELIVERY_INSERT,
             {
                 "run": run_id,
                 "user_id": run.user_id,
-                "recipient": to_address,
+                "recipient": prepared.to_address,
                 "transport": result.transport,
-                "message_id": message_id,
+                "message_id": prepared.message_id,
             },
         )
     return "sent"
