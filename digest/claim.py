@@ -14,8 +14,13 @@ from datetime import datetime
 
 from sqlalchemy import Connection, TextClause, text
 
-# One statement claims a batch and freezes its events. The subquery walks the small partial
-# index of pending runs in due order and skips rows other workers hold.
+from digest import content
+from digest.content import RecipientRow
+from digest.grouping import DigestContent
+
+# One statement claims a batch, freezes its events and loads what its digests need: one
+# round trip, atomic on its own. The subquery walks the small partial index of pending runs
+# in due order and skips rows other workers hold.
 #
 # Freeze once: a run's first attempt attaches the user's waiting events to it before anything
 # is sent, so a retry renders the same events. Rows are attached by identity, not by an id
@@ -24,6 +29,11 @@ from sqlalchemy import Connection, TextClause, text
 # re-check `digest_run_id IS NULL` under the row lock and never attach an event twice. The
 # claim stamps `frozen_at` on a run's first attempt only; that stamp is also the message's
 # Date, so a retry sends the same bytes.
+#
+# The statement's parts all see the snapshot it started with, so the grouping reads the
+# events this attempt attached from the freeze's RETURNING, and a retry's from the table;
+# each run comes back with its recipient (and any suppression of the address) and its
+# digest (`digest.content`).
 #
 # The batch size is written into the statement (`claim_statement`): with it a parameter,
 # the generic plan PostgreSQL would cache cannot know the LIMIT and scans both tables, so
@@ -53,16 +63,38 @@ _CLAIM_BATCH_SQL = """
            AND e.user_id = c.user_id
            AND e.digest_run_id IS NULL
            AND e.created_at <= now()
-    )
-    SELECT id, user_id, cadence, period_start, attempt, frozen_at, sending_attempt
-      FROM claimed
+        RETURNING e.digest_run_id AS run_id, {columns}
+    ), attached AS (
+        SELECT * FROM frozen
+        UNION ALL
+        SELECT e.digest_run_id, {columns}
+          FROM claimed c JOIN digest_events e ON e.digest_run_id = c.id
+         WHERE NOT c.fresh
+    ), {grouping}
+    SELECT c.id, c.user_id, c.cadence, c.period_start, c.attempt, c.frozen_at,
+           c.sending_attempt, d.total_groups, d.total_events, d.groups,
+           p.email, p.name, p.cadence, p.timezone, p.locale, p.unsubscribed_at,
+           p.suppressed_reason
+      FROM claimed c
+      LEFT JOIN digests d ON d.run_id = c.id
+      -- looked up by key for each run (LIMIT keeps the planner from hashing whole tables)
+      LEFT JOIN LATERAL (
+          SELECT p.*, (SELECT s.reason FROM suppressions s
+                        WHERE s.email = lower(p.email)) AS suppressed_reason
+            FROM recipients p
+           WHERE p.user_id = c.user_id
+           LIMIT 1) p ON true
 """
 
 
 @functools.cache
 def claim_statement(n: int) -> TextClause:
     """The claim of up to `n` runs."""
-    return text(_CLAIM_BATCH_SQL.format(n=int(n)))
+    return text(
+        _CLAIM_BATCH_SQL.format(
+            n=int(n), columns=content.EVENT_COLUMNS, grouping=content.grouping("attached")
+        )
+    )
 
 
 RUN_EXTEND_LEASE = text(
@@ -159,6 +191,8 @@ class ClaimedRun:
     attempt: int
     frozen_at: datetime
     sending_attempt: int | None = None  # set: an earlier attempt reached the send step
+    recipient: RecipientRow | None = None  # None: no such recipient (any more)
+    digest: DigestContent = content.EMPTY  # what the frozen events make
 
 
 @dataclass(frozen=True)
@@ -186,11 +220,30 @@ class Outcome:
     delivery: Delivery | None = None
 
 
-def claim_batch(conn: Connection, me: str, n: int, lease_seconds: float) -> list[ClaimedRun]:
-    """Claim up to `n` due runs and freeze their events (in the caller's transaction: the
-    claim holds once it commits)."""
-    rows = conn.execute(claim_statement(n), {"me": me, "lease": lease_seconds})
-    return [ClaimedRun(*row) for row in rows]
+def claim_batch(
+    conn: Connection, me: str, n: int, lease_seconds: float, cap: int
+) -> list[ClaimedRun]:
+    """Claim up to `n` due runs, freeze their events, and load each run's recipient and
+    digest of at most `cap` groups (the claim holds once the caller's transaction commits;
+    one statement, so an autocommit connection needs one round trip)."""
+    rows = conn.execute(claim_statement(n), {"me": me, "lease": lease_seconds, "cap": cap})
+    runs = []
+    for row in rows:  # the run (7 columns), its digest (3), its recipient (7)
+        run_id, user_id, cadence, period_start, attempt, frozen_at, sending_attempt = row[:7]
+        runs.append(
+            ClaimedRun(
+                run_id,
+                user_id,
+                cadence,
+                period_start,
+                attempt,
+                frozen_at,
+                sending_attempt,
+                recipient=None if row[10] is None else RecipientRow(user_id, *row[10:]),
+                digest=content.EMPTY if row[9] is None else content.digest_content(*row[7:10]),
+            )
+        )
+    return runs
 
 
 def extend_lease(conn: Connection, me: str, ids: Sequence[int], lease_seconds: float) -> int:

@@ -7,9 +7,9 @@ with 100,000 events returns at most `cap` rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -17,22 +17,26 @@ from sqlalchemy import Connection, text
 from digest.grouping import DigestContent, Group, display_name
 from digest.render import Recipient
 
-# The shared body; `{source}` is one of the two fixed predicates below, never user input.
-_GROUPS_SQL = """
-    WITH ev AS (
-        SELECT {run_key} AS run_id, e.id, e.category, e.entity_type, e.entity_id,
-               e.actor_id, e.created_at, e.payload,
+# The grouping as common table expressions over `{events}`, a relation of one run's (or
+# several runs') events: (run_id, id, category, entity_type, entity_id, actor_id, created_at,
+# payload). It ends in `digests`: one row per run that has events, its ranked and capped
+# groups as one JSON array (one value to decode per digest instead of a row per group, with
+# `latest_at` in UTC) and its totals. `{events}` is one of the fixed relations of this
+# module and `digest.claim`, never user input.
+_GROUPING = """
+    ev AS (
+        SELECT e.run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id,
+               e.created_at, e.payload,
                -- text, not JSON, to decode: a name that is not a JSON string is NULL here
                CASE WHEN jsonb_typeof(e.payload -> 'actor_name') = 'string'
                     THEN e.payload ->> 'actor_name' END AS actor_name,
                row_number() OVER (
-                   PARTITION BY {run_key}, e.category, e.entity_type, e.entity_id
+                   PARTITION BY e.run_id, e.category, e.entity_type, e.entity_id
                    ORDER BY e.created_at DESC, e.id DESC) AS group_pos,
                row_number() OVER (
-                   PARTITION BY {run_key}, e.category, e.entity_type, e.entity_id, e.actor_id
+                   PARTITION BY e.run_id, e.category, e.entity_type, e.entity_id, e.actor_id
                    ORDER BY e.created_at DESC, e.id DESC) AS actor_pos
-          FROM digest_events e
-         WHERE {source}
+          FROM {events} e
     ), groups AS (
         SELECT run_id, category, entity_type, entity_id,
                count(*) AS event_count,
@@ -54,28 +58,44 @@ _GROUPS_SQL = """
                count(*) OVER (PARTITION BY run_id) AS total_groups,
                CAST(sum(event_count) OVER (PARTITION BY run_id) AS bigint) AS total_events
           FROM groups g
+    ), digests AS (
+        SELECT run_id, max(total_groups) AS total_groups, max(total_events) AS total_events,
+               json_agg(json_build_array(category, entity_type, entity_id, event_count,
+                                         actor_count, latest_at AT TIME ZONE 'UTC',
+                                         last_event_id, payload, actor_ids, actor_names)
+                        ORDER BY rank) AS groups
+          FROM ranked
+         WHERE rank <= :cap
+         GROUP BY run_id
     )
-    SELECT r.run_id, r.category, r.entity_type, r.entity_id, r.event_count, r.actor_count,
-           r.latest_at, r.last_event_id, r.payload, coalesce(r.actor_ids, '{{}}') AS actor_ids,
-           coalesce(r.actor_names, '{{}}') AS actor_names, r.total_groups, r.total_events
-      FROM ranked r
-     WHERE r.rank <= :cap
-     ORDER BY r.run_id, r.rank
 """
 
-# Events frozen into the given runs (the worker).
+
+def grouping(events: str) -> str:
+    """The grouping's common table expressions (to follow `WITH`) over `events`."""
+    return _GROUPING.format(events=events)
+
+
+EVENT_COLUMNS = "e.id, e.category, e.entity_type, e.entity_id, e.actor_id, e.created_at, e.payload"
+
+# Events frozen into the given runs.
 EVENT_GROUPS_FOR_RUNS = text(
-    _GROUPS_SQL.format(
-        run_key="e.digest_run_id", source="e.digest_run_id = ANY(CAST(:run_ids AS bigint[]))"
+    "WITH "
+    + grouping(
+        f"(SELECT e.digest_run_id AS run_id, {EVENT_COLUMNS} FROM digest_events e"
+        " WHERE e.digest_run_id = ANY(CAST(:run_ids AS bigint[])))"
     )
+    + "SELECT run_id, total_groups, total_events, groups FROM digests"
 )
 
 # A user's waiting events, as the next run would freeze them now (`digest preview`).
 EVENT_GROUPS_UNSENT = text(
-    _GROUPS_SQL.format(
-        run_key="0::bigint",
-        source="e.user_id = :user_id AND e.digest_run_id IS NULL AND e.created_at <= now()",
+    "WITH "
+    + grouping(
+        f"(SELECT 0::bigint AS run_id, {EVENT_COLUMNS} FROM digest_events e"
+        " WHERE e.user_id = :user_id AND e.digest_run_id IS NULL AND e.created_at <= now())"
     )
+    + "SELECT run_id, total_groups, total_events, groups FROM digests"
 )
 
 RECIPIENT_LOAD_MANY = text(
@@ -114,44 +134,40 @@ class RecipientRow:
         )
 
 
-def _contents(rows: Iterable[Sequence[Any]]) -> dict[int, DigestContent]:
-    by_run: dict[int, list[Group]] = {}
-    totals: dict[int, tuple[int, int]] = {}
-    for (
-        run_id,
-        category,
-        entity_type,
-        entity_id,
-        event_count,
-        actor_count,
-        latest_at,
-        last_event_id,
-        payload,
-        actor_ids,
-        actor_names,
+def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> DigestContent:
+    """A digest from a `digests` row of the grouping: its totals and its groups' JSON."""
+    return DigestContent(
+        tuple(
+            Group(
+                category,
+                entity_type,
+                entity_id,
+                event_count,
+                actor_count,
+                tuple(
+                    display_name(actor_id, name) or ""
+                    for actor_id, name in zip(actor_ids or (), actor_names or (), strict=True)
+                ),
+                datetime.fromisoformat(latest_at).replace(tzinfo=UTC),
+                last_event_id,
+                payload,
+            )
+            for (
+                category,
+                entity_type,
+                entity_id,
+                event_count,
+                actor_count,
+                latest_at,
+                last_event_id,
+                payload,
+                actor_ids,
+                actor_names,
+            ) in groups  # the order of json_build_array in _GROUPING
+        ),
         total_groups,
         total_events,
-    ) in rows:  # the columns of _GROUPS_SQL, in order
-        names = tuple(
-            display_name(actor_id, name) or ""
-            for actor_id, name in zip(actor_ids, actor_names, strict=True)
-        )
-        group = Group(
-            category,
-            entity_type,
-            entity_id,
-            event_count,
-            actor_count,
-            names,
-            latest_at,
-            last_event_id,
-            payload,
-        )
-        by_run.setdefault(run_id, []).append(group)
-        totals[run_id] = (int(total_groups), int(total_events))
-    return {
-        run_id: DigestContent(tuple(groups), *totals[run_id]) for run_id, groups in by_run.items()
-    }
+    )
 
 
 EMPTY = DigestContent(groups=(), total_groups=0, total_events=0)
@@ -161,14 +177,14 @@ def load_contents(conn: Connection, run_ids: Sequence[int], cap: int) -> dict[in
     """The digest of each run from its frozen events; runs with no events are absent."""
     if not run_ids:
         return {}
-    rows = conn.execute(EVENT_GROUPS_FOR_RUNS, {"run_ids": list(run_ids), "cap": cap}).all()
-    return _contents(rows)
+    rows = conn.execute(EVENT_GROUPS_FOR_RUNS, {"run_ids": list(run_ids), "cap": cap})
+    return {run_id: digest_content(*totals_and_groups) for run_id, *totals_and_groups in rows}
 
 
 def load_unsent_content(conn: Connection, user_id: str, cap: int) -> DigestContent:
     """The digest a run for `user_id` would get if it froze now (changes nothing)."""
-    rows = conn.execute(EVENT_GROUPS_UNSENT, {"user_id": user_id, "cap": cap}).all()
-    return _contents(rows).get(0, EMPTY)
+    row = conn.execute(EVENT_GROUPS_UNSENT, {"user_id": user_id, "cap": cap}).one_or_none()
+    return EMPTY if row is None else digest_content(*row[1:])
 
 
 def load_recipients(conn: Connection, user_ids: Sequence[str]) -> dict[str, RecipientRow]:

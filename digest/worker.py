@@ -29,7 +29,7 @@ from types import FrameType
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from digest import claim, content, message, retry, transports, unsubscribe, watchdog
+from digest import claim, message, retry, transports, unsubscribe, watchdog
 from digest.claim import ClaimedRun, Delivery, Outcome
 from digest.config import Settings
 from digest.content import RecipientRow
@@ -137,8 +137,6 @@ class _Claimed:
     """A claimed batch with what its digests need, loaded but not yet rendered."""
 
     runs: list[ClaimedRun]
-    contents: dict[int, DigestContent]
-    recipients: dict[str, RecipientRow]
     started: float
 
 
@@ -167,7 +165,9 @@ class Worker:
         me: str | None = None,
         rand: random.Random | None = None,
     ):
-        self.engine = engine
+        # Every statement of the worker is atomic on its own: autocommit spares each one a
+        # BEGIN and a COMMIT round trip.
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.settings = settings
         self.transport = transport
         self.renderer = renderer or Renderer(settings.templates_dir)
@@ -270,19 +270,19 @@ class Worker:
     # -- one batch ------------------------------------------------------------------------
 
     def claim_batch(self, beat: _Heartbeat) -> _Claimed | None:
-        """Claim a batch and load its digests and recipients; None when nothing is due.
-
-        One transaction: a load that fails takes its claim back with it."""
-        with self.engine.begin() as conn:
+        """Claim a batch with its digests and recipients; None when nothing is due."""
+        with self.engine.connect() as conn:  # autocommit: the claim is one statement
             runs = claim.claim_batch(
-                conn, self.me, self.settings.batch_size, self.settings.lease_seconds
+                conn,
+                self.me,
+                self.settings.batch_size,
+                self.settings.lease_seconds,
+                self.settings.group_cap,
             )
-            if not runs:
-                return None
-            contents = content.load_contents(conn, [r.id for r in runs], self.settings.group_cap)
-            recipients = content.load_recipients(conn, [r.user_id for r in runs])
+        if not runs:
+            return None
         beat.add([r.id for r in runs])
-        return _Claimed(runs, contents, recipients, time.monotonic())
+        return _Claimed(runs, time.monotonic())
 
     def _give_back(self, runs: list[ClaimedRun], beat: _Heartbeat) -> None:
         """Release runs nothing was sent for now, rather than keep their leases alive with
@@ -316,18 +316,17 @@ class Worker:
         batch = _Batch(claimed.runs, claimed.started)
         outgoing: list[tuple[ClaimedRun, OutgoingMessage, int]] = []
         for run in claimed.runs:
-            digest = claimed.contents.get(run.id, content.EMPTY)
             try:
-                prepared = self.prepare(run, claimed.recipients.get(run.user_id), digest)
+                prepared = self.prepare(run, run.recipient, run.digest)
             except Exception as exc:  # a bug fails the run, never the loop
                 log.exception("run_error run_id=%s", run.id)
                 prepared = Outcome(
-                    run, "failed", digest.total_events, error=f"internal error: {exc!r}"
+                    run, "failed", run.digest.total_events, error=f"internal error: {exc!r}"
                 )
             if isinstance(prepared, Outcome):
                 batch.decided.append(prepared)
             else:
-                outgoing.append((run, prepared, digest.total_events))
+                outgoing.append((run, prepared, run.digest.total_events))
         if outgoing and self.at_most_once:
             with self.engine.connect() as conn:
                 claim.mark_sending(conn, self.me, [run for run, _, _ in outgoing])

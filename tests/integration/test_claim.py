@@ -55,7 +55,7 @@ def attached(engine: Engine, run_id: int) -> list[int]:
 
 def claim_as(engine: Engine, me: str, n: int = 10) -> list[ClaimedRun]:
     with engine.begin() as conn:
-        return claim.claim_batch(conn, me, n, 60)
+        return claim.claim_batch(conn, me, n, 60, 50)
 
 
 def expire_leases(engine: Engine) -> None:
@@ -227,7 +227,7 @@ def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
     with engine.begin() as conn:
         plan = conn.execute(
             text("EXPLAIN (FORMAT JSON) " + str(claim.claim_statement(50).text)),
-            {"me": "w", "lease": 60},
+            {"me": "w", "lease": 60, "cap": 50},
         ).scalar_one()
     assert "digest_runs_due_idx" in json.dumps(plan)
 
@@ -269,7 +269,7 @@ def test_the_claim_is_planned_once_per_connection(engine: Engine) -> None:
     with engine.connect() as conn:
         for _ in range(12):  # psycopg prepares on the 5th; the server compares 5 plans more
             with conn.begin():
-                claim.claim_batch(conn, "w", 1, 60)
+                claim.claim_batch(conn, "w", 1, 60, 50)
         generic, custom = conn.execute(
             text(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"

@@ -509,22 +509,59 @@ def fail_first_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> 
     monkeypatch.setattr(module, name, flaky)
 
 
-def test_a_batch_whose_load_fails_goes_back_to_the_queue(
+def test_a_claim_the_database_drops_is_made_again(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The database drops between the claim and loading the batch: the claim rolls back
-    with the load (nothing stays held under the heartbeat) and the batch is sent later."""
-    from digest import content
+    """The database drops during a claim: the statement took nothing (it is atomic on its
+    own), and the batch is claimed again and sent after the outage, on its first attempt."""
+    from digest import claim
 
     for user in ("a", "b"):
         add_user(engine, user)
         add_events(engine, user, 2)
     schedule(engine)
-    fail_first_call(monkeypatch, content, "load_contents")
+    fail_first_call(monkeypatch, claim, "claim_batch")
     worker = make_worker(engine, tmp_path, poll_interval_seconds=0.01, lease_seconds=60)
     worker.run(drain=True)
     assert {user: row.status for user, row in runs(engine).items()} == {"a": "sent", "b": "sent"}
     assert {row.attempt for row in runs(engine).values()} == {1}
+
+
+def test_a_batch_is_claimed_with_its_digests_in_one_autocommit_statement(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Claim, freeze, digests and recipients come back from one statement, and every
+    statement the worker sends runs in autocommit: no BEGIN and COMMIT round trips around
+    statements that are atomic on their own."""
+    from sqlalchemy import event
+
+    from digest.worker import _Heartbeat
+
+    for user in ("a", "b", "c"):
+        add_user(engine, user)
+        add_events(engine, user, 3)
+    schedule(engine)
+    worker = make_worker(engine, tmp_path)
+    sent: list[tuple[str, bool]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append((statement, conn.connection.driver_connection.autocommit))
+
+    event.listen(worker.engine, "before_cursor_execute", record)
+    beat = _Heartbeat(worker.engine, worker.me, 60)
+    claimed = worker.claim_batch(beat)
+    assert claimed is not None
+    assert len(sent) == 1
+    assert {run.user_id: run.digest.total_events for run in claimed.runs} == {
+        "a": 3,
+        "b": 3,
+        "c": 3,
+    }
+    assert all(run.recipient is not None for run in claimed.runs)
+    worker._give_back(claimed.runs, beat)
+    worker.run(drain=True)
+    assert {user: row.status for user, row in runs(engine).items()} == dict.fromkeys("abc", "sent")
+    assert all(autocommit for _, autocommit in sent), [s for s, a in sent if not a]
 
 
 def test_a_batch_claimed_ahead_goes_back_when_the_worker_stops(
