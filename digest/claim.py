@@ -226,7 +226,7 @@ def claim_batch(
     """Claim up to `n` due runs, freeze their events, and load each run's recipient and
     digest of at most `cap` groups (the claim holds once the caller's transaction commits;
     one statement, so an autocommit connection needs one round trip)."""
-    rows = conn.execute(claim_statement(n), {"me": me, "lease": lease_seconds, "cap": cap})
+    rows = conn.execute(claim_statement(n), {"me": me, "lease": lease_seconds, "cap": cap}).all()
     runs = []
     for row in rows:  # the run (7 columns), its digest (3), its recipient (7)
         run_id, user_id, cadence, period_start, attempt, frozen_at, sending_attempt = row[:7]

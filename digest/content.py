@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from digest.grouping import DigestContent, Group, display_name
+from digest.grouping import DigestContent, Group
 from digest.render import Recipient
 
 # The grouping as common table expressions over `{events}`, a relation of one run's (or
@@ -27,9 +27,11 @@ _GROUPING = """
     ev AS (
         SELECT e.run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id,
                e.created_at, e.payload,
-               -- text, not JSON, to decode: a name that is not a JSON string is NULL here
+               -- grouping.display_name: a string with more than Python's whitespace
+               -- (str.strip) in it, else the actor id
                CASE WHEN jsonb_typeof(e.payload -> 'actor_name') = 'string'
-                    THEN e.payload ->> 'actor_name' END AS actor_name,
+                     AND e.payload ->> 'actor_name' ~ {named}
+                    THEN e.payload ->> 'actor_name' ELSE e.actor_id END AS actor_name,
                row_number() OVER (
                    PARTITION BY e.run_id, e.category, e.entity_type, e.entity_id
                    ORDER BY e.created_at DESC, e.id DESC) AS group_pos,
@@ -44,8 +46,6 @@ _GROUPING = """
                max(created_at) AS latest_at,
                max(id) FILTER (WHERE group_pos = 1) AS last_event_id,
                (array_agg(payload) FILTER (WHERE group_pos = 1))[1] AS payload,
-               (array_agg(actor_id ORDER BY created_at DESC, id DESC)
-                    FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_ids,
                (array_agg(actor_name ORDER BY created_at DESC, id DESC)
                     FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_names
           FROM ev
@@ -62,7 +62,8 @@ _GROUPING = """
         SELECT run_id, max(total_groups) AS total_groups, max(total_events) AS total_events,
                json_agg(json_build_array(category, entity_type, entity_id, event_count,
                                          actor_count, latest_at AT TIME ZONE 'UTC',
-                                         last_event_id, payload, actor_ids, actor_names)
+                                         last_event_id, payload,
+                                         coalesce(actor_names, '{{}}'))
                         ORDER BY rank) AS groups
           FROM ranked
          WHERE rank <= :cap
@@ -71,9 +72,16 @@ _GROUPING = """
 """
 
 
+# Not one of the characters for which Python's str.isspace() is true (a test checks them).
+_NAMED = (
+    r"'[^\t\n\v\f\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a"
+    r"\u2028\u2029\u202f\u205f\u3000]'"
+)
+
+
 def grouping(events: str) -> str:
     """The grouping's common table expressions (to follow `WITH`) over `events`."""
-    return _GROUPING.format(events=events)
+    return _GROUPING.format(events=events, named=_NAMED)
 
 
 EVENT_COLUMNS = "e.id, e.category, e.entity_type, e.entity_id, e.actor_id, e.created_at, e.payload"
@@ -144,10 +152,7 @@ def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> D
                 entity_id,
                 event_count,
                 actor_count,
-                tuple(
-                    display_name(actor_id, name) or ""
-                    for actor_id, name in zip(actor_ids or (), actor_names or (), strict=True)
-                ),
+                tuple(actor_names),
                 datetime.fromisoformat(latest_at).replace(tzinfo=UTC),
                 last_event_id,
                 payload,
@@ -161,7 +166,6 @@ def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> D
                 latest_at,
                 last_event_id,
                 payload,
-                actor_ids,
                 actor_names,
             ) in groups  # the order of json_build_array in _GROUPING
         ),

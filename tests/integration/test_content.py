@@ -123,6 +123,21 @@ def test_heavy_user_is_capped_with_exact_more_count(engine: Engine) -> None:
     assert digest.groups[0].actor_count == 34  # 34 events, actors cycle through 97 ids
 
 
+def test_names_of_whitespace_alone_fall_back_to_the_actor_id(engine: Engine) -> None:
+    """The SQL's test for a usable name agrees with `str.strip` on every character Python
+    counts as whitespace, and on look-alikes that are not."""
+    spaces = [chr(c) for c in range(0x3001) if chr(c).isspace()]
+    lookalikes = ["\u200b", "\u180e", "\ufeff", "\x1b", "\u2060"]
+    specs = [("like", f"e{i}", f"a{i}", name * 2, 1) for i, name in enumerate(spaces + lookalikes)]
+    events = insert(engine, 1004, specs)
+    with engine.connect() as conn:
+        got = load_contents(conn, [1004], 50)[1004]
+    assert got == build_digest(events, 50)
+    names = {g.entity_id: g.actor_names for g in got.groups}
+    assert names["e0"] == ("a0",)  # a tab is no name
+    assert names[f"e{len(spaces)}"] == ("\u200b" * 2,)  # a zero-width space is one
+
+
 def test_unsent_preview_sees_only_waiting_events(engine: Engine) -> None:
     """Preview aggregates the user's unattached events and nothing already in a run."""
     waiting = insert(engine, None, [("mention", "e2", "a1", "Ana", 5)])
