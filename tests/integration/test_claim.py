@@ -260,6 +260,17 @@ def test_a_batch_is_recorded_through_its_own_runs_not_every_held_run(engine: Eng
         ).scalar_one()
     assert "digest_runs_lease_idx" not in json.dumps(record)
     assert "digest_runs_lease_idx" in json.dumps(sweep)
+    # nor does it read the whole table because statistics say no run is held
+    assert not [
+        node
+        for node in plan_nodes(record[0]["Plan"])
+        if node.get("Relation Name") == "digest_runs" and node["Node Type"] == "Seq Scan"
+    ]
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """A node of EXPLAIN (FORMAT JSON) and all the nodes under it."""
+    return [node, *(n for child in node.get("Plans", ()) for n in plan_nodes(child))]
 
 
 def test_the_claim_is_planned_once_per_connection(engine: Engine) -> None:
