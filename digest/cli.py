@@ -192,7 +192,7 @@ def schedule_cmd(app: App, now_text: str | None, spread: int | None) -> None:
 
 @cli.command("work")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), help="Runs claimed per statement (50).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Runs claimed per statement (100).")
 @click.option("--drain", is_flag=True, help="Exit when no run is due instead of waiting.")
 @click.option(
     "--transport",
