@@ -35,7 +35,6 @@ from digest.config import Settings
 from digest.content import RecipientRow
 from digest.db import make_engine
 from digest.errors import DigestError
-from digest.grouping import DigestContent
 from digest.ratelimit import TokenBucket
 from digest.render import Renderer
 from digest.transports.base import OutgoingMessage, SendError, Transport
@@ -317,7 +316,7 @@ class Worker:
         outgoing: list[tuple[ClaimedRun, OutgoingMessage, int]] = []
         for run in claimed.runs:
             try:
-                prepared = self.prepare(run, run.recipient, run.digest)
+                prepared = self.prepare(run)
             except Exception as exc:  # a bug fails the run, never the loop
                 log.exception("run_error run_id=%s", run.id)
                 prepared = Outcome(
@@ -376,10 +375,10 @@ class Worker:
             log.exception("run_error run_id=%s", run.id)
             return Outcome(run, "failed", count, error=f"internal error: {exc!r}")
 
-    def prepare(
-        self, run: ClaimedRun, recipient: RecipientRow | None, digest: DigestContent
-    ) -> Outcome | OutgoingMessage:
-        """The message to send, or the outcome that makes sending pointless."""
+    def prepare(self, run: ClaimedRun) -> Outcome | OutgoingMessage:
+        """The message to send for `run` (its digest, to its recipient), or the outcome that
+        makes sending pointless."""
+        recipient, digest = run.recipient, run.digest
         count = digest.total_events
         if self.at_most_once and run.sending_attempt is not None:
             # the previous attempt reached the send step and never recorded its outcome

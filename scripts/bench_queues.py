@@ -122,11 +122,18 @@ def digest_job(ctx: JobContext, run_id: int) -> str:
         return "skipped"
     worker = ctx.worker
     prepared = worker.prepare(
-        ClaimedRun(run_id, run.user_id, run.run_cadence, run.period_start, 1, run.frozen_at),
-        RecipientRow(
-            run.user_id, run.email, run.name, run.cadence, run.timezone, run.locale, None, None
-        ),
-        build_digest(events, worker.settings.group_cap),
+        ClaimedRun(
+            run_id,
+            run.user_id,
+            run.run_cadence,
+            run.period_start,
+            1,
+            run.frozen_at,
+            recipient=RecipientRow(
+                run.user_id, run.email, run.name, run.cadence, run.timezone, run.locale, None, None
+            ),
+            digest=build_digest(events, worker.settings.group_cap),
+        )
     )
     if not isinstance(prepared, OutgoingMessage):
         raise SystemExit(f"bench run {run_id} cannot be sent: {prepared.error}")
