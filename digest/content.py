@@ -27,7 +27,7 @@ _GROUPING = """
     ev AS (
         SELECT e.run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id,
                e.created_at, e.payload,
-               -- grouping.display_name: a string with more than Python's whitespace
+               -- grouping.actor_name: a string with more than Python's whitespace
                -- (str.strip) in it, else the actor id
                CASE WHEN jsonb_typeof(e.payload -> 'actor_name') = 'string'
                      AND e.payload ->> 'actor_name' ~ {named}

@@ -78,12 +78,9 @@ def actor_name(actor_id: str | None, payload: Mapping[str, Any]) -> str | None:
     pure functions may pass anything) has no name in it.
     """
     name = payload.get("actor_name") if isinstance(payload, Mapping) else None
-    return display_name(actor_id, name)
-
-
-def display_name(actor_id: str | None, name: object) -> str | None:
-    """`name` if it is a non-empty string, else the actor id."""
-    return name if isinstance(name, str) and name.strip() else actor_id
+    if isinstance(name, str) and name.strip():
+        return name
+    return actor_id
 
 
 def group_events(events: Iterable[Event]) -> list[Group]:
