@@ -73,18 +73,10 @@ _CLAIM_BATCH_SQL = """
          WHERE NOT c.fresh
     ), {grouping}
     SELECT c.id, c.user_id, c.cadence, c.period_start, c.attempt, c.frozen_at,
-           c.sending_attempt, d.total_groups, d.total_events, d.groups,
-           p.email, p.name, p.cadence, p.timezone, p.locale, p.unsubscribed_at,
-           p.suppressed_reason
+           c.sending_attempt, d.total_groups, d.total_events, d.groups, p.*
       FROM claimed c
       LEFT JOIN digests d ON d.run_id = c.id
-      -- looked up by key for each run (LIMIT keeps the planner from hashing whole tables)
-      LEFT JOIN LATERAL (
-          SELECT p.*, (SELECT s.reason FROM suppressions s
-                        WHERE s.email = lower(p.email)) AS suppressed_reason
-            FROM recipients p
-           WHERE p.user_id = c.user_id
-           LIMIT 1) p ON true
+      LEFT JOIN LATERAL {recipient} p ON true
 """
 
 
@@ -93,7 +85,10 @@ def claim_statement(n: int) -> TextClause:
     """The claim of up to `n` runs."""
     return text(
         _CLAIM_BATCH_SQL.format(
-            n=int(n), columns=content.EVENT_COLUMNS, grouping=content.grouping("attached")
+            n=int(n),
+            columns=content.EVENT_COLUMNS,
+            grouping=content.grouping("attached"),
+            recipient=content.recipient_of("c.user_id"),
         )
     )
 

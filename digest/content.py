@@ -106,13 +106,26 @@ EVENT_GROUPS_UNSENT = text(
     + "SELECT run_id, total_groups, total_events, groups FROM digests"
 )
 
+
+def recipient_of(user_id: str) -> str:
+    """A subquery for `LATERAL`: the recipient `user_id` (an SQL expression of this module or
+    `digest.claim`) names, as `RecipientRow`'s fields after the user id, with any
+    suppression of the address. Looked up by key: the LIMIT keeps the planner from hashing
+    whole tables."""
+    return f"""(
+        SELECT p.email, p.name, p.cadence, p.timezone, p.locale, p.unsubscribed_at,
+               (SELECT s.reason FROM suppressions s WHERE s.email = lower(p.email))
+                   AS suppressed_reason
+          FROM recipients p
+         WHERE p.user_id = {user_id}
+         LIMIT 1)"""
+
+
 RECIPIENT_LOAD_MANY = text(
-    """
-    SELECT r.user_id, r.email, r.name, r.cadence, r.timezone, r.locale, r.unsubscribed_at,
-           s.reason AS suppressed_reason
-      FROM recipients r
-      LEFT JOIN suppressions s ON s.email = lower(r.email)
-     WHERE r.user_id = ANY(CAST(:user_ids AS text[]))
+    f"""
+    SELECT u.user_id, p.*
+      FROM unnest(CAST(:user_ids AS text[])) AS u(user_id)
+     CROSS JOIN LATERAL {recipient_of("u.user_id")} p
     """
 )
 
