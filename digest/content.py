@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, text
 
 from digest.grouping import DigestContent, Group
 from digest.render import Recipient
@@ -86,24 +86,24 @@ def grouping(events: str) -> str:
 
 EVENT_COLUMNS = "e.id, e.category, e.entity_type, e.entity_id, e.actor_id, e.created_at, e.payload"
 
-# Events frozen into the given runs.
-EVENT_GROUPS_FOR_RUNS = text(
-    "WITH "
-    + grouping(
-        f"(SELECT e.digest_run_id AS run_id, {EVENT_COLUMNS} FROM digest_events e"
-        " WHERE e.digest_run_id = ANY(CAST(:run_ids AS bigint[])))"
+
+def _digests_of(run_id: str, where: str) -> TextClause:
+    """The digests of the events matching `where`, grouped by `run_id` (fixed SQL below)."""
+    return text(
+        "WITH "
+        + grouping(f"(SELECT {run_id} AS run_id, {EVENT_COLUMNS} FROM digest_events e {where})")
+        + "SELECT run_id, total_groups, total_events, groups FROM digests"
     )
-    + "SELECT run_id, total_groups, total_events, groups FROM digests"
+
+
+# Events frozen into the given runs.
+EVENT_GROUPS_FOR_RUNS = _digests_of(
+    "e.digest_run_id", "WHERE e.digest_run_id = ANY(CAST(:run_ids AS bigint[]))"
 )
 
 # A user's waiting events, as the next run would freeze them now (`digest preview`).
-EVENT_GROUPS_UNSENT = text(
-    "WITH "
-    + grouping(
-        f"(SELECT 0::bigint AS run_id, {EVENT_COLUMNS} FROM digest_events e"
-        " WHERE e.user_id = :user_id AND e.digest_run_id IS NULL AND e.created_at <= now())"
-    )
-    + "SELECT run_id, total_groups, total_events, groups FROM digests"
+EVENT_GROUPS_UNSENT = _digests_of(
+    "0::bigint", "WHERE e.user_id = :user_id AND e.digest_run_id IS NULL AND e.created_at <= now()"
 )
 
 
