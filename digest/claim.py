@@ -20,8 +20,9 @@ from digest.content import RecipientRow
 from digest.grouping import DigestContent
 
 # One statement claims a batch, freezes its events and loads what its digests need: one
-# round trip, atomic on its own. The subquery walks the small partial index of pending runs
-# in due order and skips rows other workers hold.
+# round trip, atomic on its own. `due` walks the small partial index of pending runs in due
+# order and skips rows other workers hold; the update then finds those runs by key (joined
+# to `due` alone, it read and hashed the whole runs table on every claim).
 #
 # Freeze once: a run's first attempt attaches the user's waiting events to it before anything
 # is sent, so a retry renders the same events. Rows are attached by identity, not by an id
@@ -40,7 +41,13 @@ from digest.grouping import DigestContent
 # the generic plan PostgreSQL would cache cannot know the LIMIT and scans both tables, so
 # every claim was planned afresh.
 _CLAIM_BATCH_SQL = """
-    WITH claimed AS (
+    WITH due AS MATERIALIZED (
+        SELECT id, frozen_at FROM digest_runs
+         WHERE status = 'pending' AND scheduled_for <= now()
+         ORDER BY scheduled_for
+         LIMIT {n:d}
+         FOR UPDATE SKIP LOCKED
+    ), claimed AS (
         UPDATE digest_runs r
            SET status = 'processing',
                attempt = r.attempt + 1,
@@ -48,12 +55,8 @@ _CLAIM_BATCH_SQL = """
                lease_expires_at = now() + make_interval(secs => :lease),
                started_at = now(),
                frozen_at = coalesce(r.frozen_at, now())
-          FROM (SELECT id, frozen_at FROM digest_runs
-                 WHERE status = 'pending' AND scheduled_for <= now()
-                 ORDER BY scheduled_for
-                 LIMIT {n:d}
-                 FOR UPDATE SKIP LOCKED) due
-         WHERE r.id = due.id
+          FROM due
+         WHERE r.id = ANY(ARRAY(SELECT id FROM due)) AND r.id = due.id
         RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
                   r.sending_attempt, due.frozen_at IS NULL AS fresh
     ), frozen AS (

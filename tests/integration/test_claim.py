@@ -222,14 +222,20 @@ def add_many_runs(engine: Engine) -> None:
 
 
 def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
-    """The claim's scan reads the small partial index of pending runs, not the table."""
+    """The claim's scan reads the small partial index of pending runs, not the table, and
+    its update finds the runs it chose by key: joined to them, it read the whole table."""
     add_many_runs(engine)
     with engine.begin() as conn:
         plan = conn.execute(
-            text("EXPLAIN (FORMAT JSON) " + str(claim.claim_statement(50).text)),
+            text("EXPLAIN (FORMAT JSON) " + str(claim.claim_statement(100).text)),
             {"me": "w", "lease": 60, "cap": 50},
         ).scalar_one()
     assert "digest_runs_due_idx" in json.dumps(plan)
+    assert not [
+        node
+        for node in plan_nodes(plan[0]["Plan"])
+        if node.get("Relation Name") == "digest_runs" and node["Node Type"] == "Seq Scan"
+    ]
 
 
 def test_a_batch_is_recorded_through_its_own_runs_not_every_held_run(engine: Engine) -> None:
@@ -284,7 +290,7 @@ def test_the_claim_is_planned_once_per_connection(engine: Engine) -> None:
         generic, custom = conn.execute(
             text(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-                " WHERE statement LIKE '%WITH claimed AS%'"
+                " WHERE statement LIKE '%WITH due AS%'"
             )
         ).one()
     assert generic > 0, f"{custom} custom plans, no generic one"
