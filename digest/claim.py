@@ -11,6 +11,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import orjson
 from sqlalchemy import Connection, TextClause, text
@@ -179,9 +180,8 @@ RUN_RELEASE_MANY = text(
 )
 
 
-@dataclass(frozen=True)
-class ClaimedRun:
-    """A run this worker holds the lease on, for this attempt."""
+class ClaimedRun(NamedTuple):
+    """A run this worker holds the lease on, for this attempt (a named tuple: one per run)."""
 
     id: int
     user_id: str

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import threading
 from typing import Any
@@ -155,7 +154,7 @@ def test_same_owner_with_a_stale_attempt_is_fenced_too(engine: Engine) -> None:
     """The fence checks the attempt as well as the owner name."""
     run_id = add_run(engine, "u")
     [run] = claim_as(engine, "w")
-    old = dataclasses.replace(run, attempt=run.attempt - 1)
+    old = run._replace(attempt=run.attempt - 1)
     with engine.connect() as conn:
         assert claim.finish_batch(conn, "w", [sent(old)]) == set()
     assert run_row(engine, run_id).status == "processing"
