@@ -26,20 +26,18 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.drop_index("digest_runs_lease_idx", table_name="digest_runs")
-    op.create_index(
-        "digest_runs_lease_idx",
-        "digest_runs",
-        ["lease_expires_at"],
-        postgresql_where=sa.text("lease_expires_at IS NOT NULL"),
-    )
+    _rebuild_lease_index("lease_expires_at IS NOT NULL")
 
 
 def downgrade() -> None:
+    _rebuild_lease_index("status = 'processing'")
+
+
+def _rebuild_lease_index(predicate: str) -> None:
     op.drop_index("digest_runs_lease_idx", table_name="digest_runs")
     op.create_index(
         "digest_runs_lease_idx",
         "digest_runs",
         ["lease_expires_at"],
-        postgresql_where=sa.text("status = 'processing'"),
+        postgresql_where=sa.text(predicate),
     )
