@@ -230,11 +230,7 @@ def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
             {"me": "w", "lease": 60, "cap": 50},
         ).scalar_one()
     assert "digest_runs_due_idx" in json.dumps(plan)
-    assert not [
-        node
-        for node in plan_nodes(plan[0]["Plan"])
-        if node.get("Relation Name") == "digest_runs" and node["Node Type"] == "Seq Scan"
-    ]
+    assert not seq_scans_of_runs(plan)
 
 
 def test_a_batch_is_recorded_through_its_own_runs_not_every_held_run(engine: Engine) -> None:
@@ -266,16 +262,21 @@ def test_a_batch_is_recorded_through_its_own_runs_not_every_held_run(engine: Eng
     assert "digest_runs_lease_idx" not in json.dumps(record)
     assert "digest_runs_lease_idx" in json.dumps(sweep)
     # nor does it read the whole table because statistics say no run is held
-    assert not [
-        node
-        for node in plan_nodes(record[0]["Plan"])
-        if node.get("Relation Name") == "digest_runs" and node["Node Type"] == "Seq Scan"
-    ]
+    assert not seq_scans_of_runs(record)
 
 
 def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     """A node of EXPLAIN (FORMAT JSON) and all the nodes under it."""
     return [node, *(n for child in node.get("Plans", ()) for n in plan_nodes(child))]
+
+
+def seq_scans_of_runs(plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sequential scans of `digest_runs` in an EXPLAIN (FORMAT JSON) plan."""
+    return [
+        node
+        for node in plan_nodes(plan[0]["Plan"])
+        if node.get("Relation Name") == "digest_runs" and node["Node Type"] == "Seq Scan"
+    ]
 
 
 def test_the_claim_is_planned_once_per_connection(engine: Engine) -> None:
