@@ -174,19 +174,32 @@ def _parse_now(value: str | None) -> datetime:
     help="Stagger runs over this many seconds after the send time "
     "(default DIGEST_STAGGER_SECONDS or 3600; 0 = none).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Connections inserting at once, each over its own slice of the recipients "
+    "(default DIGEST_SCHEDULE_JOBS or 2).",
+)
 @pass_app
-def schedule_cmd(app: App, now_text: str | None, spread: int | None) -> None:
+def schedule_cmd(app: App, now_text: str | None, spread: int | None, jobs: int | None) -> None:
     """Create this period's digest run for every subscribed recipient (run it from cron).
 
     Idempotent and safe to run twice at once; each user gets at most one run per cadence
-    and period, at their local send hour plus a stable per-user stagger.
+    and period, at their local send hour plus a stable per-user stagger. The recipients
+    are split into --jobs slices by a hash of their user id, inserted at once on as many
+    connections, each slice in its own transaction: if one fails, the next run of the
+    command creates what it missed.
     """
-    from digest.scheduler import schedule_once
+    from digest.scheduler import schedule
 
     now = _parse_now(now_text)
     spread = app.settings.stagger_seconds if spread is None else spread
-    with app.engine().begin() as conn:
-        created = schedule_once(conn, now, spread)
+    jobs = app.settings.schedule_jobs if jobs is None else jobs
+    engine = db.make_engine(app.url(), pool_size=jobs, max_overflow=0)
+    try:
+        created = schedule(engine, now, spread, jobs)
+    finally:
+        engine.dispose()
     click.echo(f"scheduled {created} new runs as of {now.isoformat()}")
 
 

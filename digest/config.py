@@ -53,6 +53,8 @@ class Settings:
     max_attempts: int = setting(5, minimum=1)
     group_cap: int = setting(50, minimum=1)
     stagger_seconds: int = setting(3600, minimum=0)
+    # Connections `digest schedule` inserts on at once, each over its own slice of users.
+    schedule_jobs: int = setting(2, minimum=1)
     backoff_base_seconds: int = setting(30, env="DIGEST_BACKOFF_BASE", minimum=0)
     backoff_max_seconds: int = setting(3600, env="DIGEST_BACKOFF_MAX", minimum=0)
     watchdog_interval_seconds: int = setting(15, env="DIGEST_WATCHDOG_INTERVAL", minimum=1)

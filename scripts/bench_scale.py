@@ -28,10 +28,10 @@ from sqlalchemy import Engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from digest import scheduler  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import make_engine  # noqa: E402
 from digest.events import record_event, record_events  # noqa: E402
-from digest.scheduler import schedule_once  # noqa: E402
 
 DATABASE = "digest_bench_scale"
 EMPTY = "TRUNCATE recipients, digest_events, digest_runs, deliveries"
@@ -177,8 +177,11 @@ def ingest(engine: Engine, url: str, copy_events: int, keyed_events: int, single
 # -- 6. scheduler ---------------------------------------------------------------------------
 
 
-def schedule(engine: Engine, url: str, recipients: int, stagger: int) -> Timed:
-    """One `schedule_once` tick over `recipients` recipients in 8 zones, every one due.
+def schedule(
+    engine: Engine, url: str, recipients: int, stagger: int, jobs: tuple[int, ...]
+) -> dict[int, Timed]:
+    """One `digest schedule` tick over `recipients` recipients in 8 zones, every one due,
+    timed for each number of connections in `jobs` (the same recipients, no runs before).
 
     Each zone's send hour is its local hour two hours ago (and weekly recipients' day is
     that local day), so every recipient's current period started 2-3 hours ago and its
@@ -200,17 +203,21 @@ def schedule(engine: Engine, url: str, recipients: int, stagger: int) -> Timed:
                 "days": [moment.isoweekday() for moment in local],
             },
         )
-    _vacuum(url)
-    started = time.perf_counter()
-    with engine.begin() as conn:
-        created = schedule_once(conn, now, stagger)
-    elapsed = time.perf_counter() - started
-    with engine.connect() as conn:
-        due = conn.execute(RUNS_DUE, {"now": now}).scalar_one()
-    if created != recipients or due != recipients:
-        raise SystemExit(f"scheduler went wrong: {created} created, {due} due of {recipients}")
+    timed: dict[int, Timed] = {}
+    for count in jobs:
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE digest_runs"))
+        _vacuum(url)
+        started = time.perf_counter()
+        created = scheduler.schedule(engine, now, stagger, count)
+        elapsed = time.perf_counter() - started
+        with engine.connect() as conn:
+            due = conn.execute(RUNS_DUE, {"now": now}).scalar_one()
+        if created != recipients or due != recipients:
+            raise SystemExit(f"scheduler went wrong: {created} created, {due} due of {recipients}")
+        timed[count] = Timed(created, elapsed)
     _empty(engine)
-    return Timed(created, elapsed)
+    return timed
 
 
 # -- 7. one heavy user ----------------------------------------------------------------------
@@ -226,7 +233,7 @@ def heavy_user(engine: Engine, url: str, events: int) -> Heavy:
     with engine.begin() as conn:
         conn.execute(SEED_HEAVY_RECIPIENT, {"user": HEAVY_USER})
         conn.execute(SEED_HEAVY_EVENTS, {"user": HEAVY_USER, "events": events})
-        schedule_once(conn, datetime.now(UTC), 0)
+        scheduler.schedule_once(conn, datetime.now(UTC), 0)
     _vacuum(url)
     busy = _worker_child(url)
     if busy["sent"] != 1 or busy["events"] != events:

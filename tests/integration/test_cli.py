@@ -51,7 +51,8 @@ def test_schedule_work_stats_round_trip(run: Invoke, engine: Engine, tmp_path: P
     scheduled = run("schedule", "--now", "2026-11-24T12:00:00+00:00", "--spread", "0")
     assert scheduled.exit_code == 0
     assert "scheduled 2 new runs" in scheduled.output
-    assert "scheduled 0 new runs" in run("schedule", "--now", "2026-11-24T12:00:00Z").output
+    again = run("schedule", "--now", "2026-11-24T12:00:00Z", "--jobs", "3")
+    assert "scheduled 0 new runs" in again.output
     worked = run("work", "--drain", "--transport", "file", "--outbox", str(tmp_path / "mail"))
     assert worked.exit_code == 0, worked.output
     assert "sent 1, skipped 1, failed 0" in worked.output
@@ -101,6 +102,7 @@ def test_watchdog_and_migrate_are_safe_to_repeat(run: Invoke) -> None:
         (("preview", "--user", "nobody"), {}, "digest: error: no recipient with user id 'nobody'"),
         (("schedule", "--now", "yesterday"), {}, "digest: error: --now: not an ISO 8601 time"),
         (("stats",), {"DIGEST_BATCH_SIZE": "lots"}, "DIGEST_BATCH_SIZE must be a whole number"),
+        (("schedule",), {"DIGEST_SCHEDULE_JOBS": "0"}, "DIGEST_SCHEDULE_JOBS must be at least 1"),
         (
             ("stats",),
             {"DIGEST_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},

@@ -8,8 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
+from digest import scheduler
 from digest.scheduler import schedule_once
 
 NY = ZoneInfo("America/New_York")
@@ -54,6 +57,21 @@ def runs(
         ]
 
 
+def add_many(engine: Engine, count: int) -> None:
+    """Users u1..u<count>, daily and weekly, in four zones."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO recipients (user_id, email, cadence, timezone) "
+                "SELECT 'u' || g, 'u' || g || '@example.com', "
+                "CASE WHEN g % 2 = 0 THEN 'daily' ELSE 'weekly' END, "
+                "(ARRAY['UTC','America/New_York','Asia/Tokyo','Europe/Berlin'])[1 + g % 4] "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"n": count},
+        )
+
+
 def schedule(engine: Engine, now: datetime, spread: int = 0) -> int:
     with engine.begin() as conn:
         return schedule_once(conn, now, spread)
@@ -89,16 +107,7 @@ def test_before_send_hour_the_current_period_is_yesterdays(engine: Engine) -> No
 
 def test_twice_at_once_creates_no_duplicate(engine: Engine) -> None:
     """Two schedulers racing on the same instant create each run exactly once."""
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO recipients (user_id, email, cadence, timezone) "
-                "SELECT 'u' || g, 'u' || g || '@example.com', "
-                "CASE WHEN g % 2 = 0 THEN 'daily' ELSE 'weekly' END, "
-                "(ARRAY['UTC','America/New_York','Asia/Tokyo','Europe/Berlin'])[1 + g % 4] "
-                "FROM generate_series(1, 2000) g"
-            )
-        )
+    add_many(engine, 2000)
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     barrier = threading.Barrier(2)
     created: list[int] = []
@@ -116,6 +125,60 @@ def test_twice_at_once_creates_no_duplicate(engine: Engine) -> None:
     all_runs = runs(engine)
     assert len(all_runs) == 2000
     assert len({(u, c, p) for u, c, p, _, _ in all_runs}) == 2000
+
+
+def test_slices_create_exactly_the_runs_of_one_statement(engine: Engine) -> None:
+    """Three slices inserted at once create the same runs as one statement, each once."""
+    add_many(engine, 2000)
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    assert schedule(engine, now, spread=3600) == 2000
+    whole = runs(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM digest_runs"))
+    assert scheduler.schedule(engine, now, 3600, jobs=3) == 2000
+    assert sorted(runs(engine)) == sorted(whole)
+    assert scheduler.schedule(engine, now, 3600, jobs=3) == 0
+
+
+POISON_TRIGGER = """
+    CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'poisoned'; END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER refuse_poison BEFORE INSERT ON digest_runs
+        FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+def test_a_failed_slice_leaves_the_others_and_the_next_tick_completes(engine: Engine) -> None:
+    """Each slice commits on its own: one failing does not undo the others' runs, and the
+    command fails; the next tick creates what the failed slice missed."""
+    add_many(engine, 400)
+    add_recipient(engine, "poison")
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(text(POISON_TRIGGER))
+        poisoned = conn.execute(
+            text(
+                "SELECT count(*) FROM recipients WHERE mod(abs(hashtext(user_id)::bigint), 2)"
+                " = mod(abs(hashtext('poison')::bigint), 2)"
+            )
+        ).scalar_one()
+    assert 1 < poisoned < 401
+    with pytest.raises(DBAPIError, match="poisoned"):
+        scheduler.schedule(engine, now, 0, jobs=2)
+    assert len(runs(engine)) == 401 - poisoned
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_poison ON digest_runs"))
+    assert scheduler.schedule(engine, now, 0, jobs=2) == poisoned
+    assert len(runs(engine)) == 401
+
+
+def test_a_slice_outside_the_slices_is_refused(engine: Engine) -> None:
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    with engine.begin() as conn, pytest.raises(ValueError, match=r"part must be in 0\.\.1"):
+        schedule_once(conn, now, 0, part=2, parts=2)
 
 
 def test_new_york_gets_one_daily_run_per_local_day_across_dst(engine: Engine) -> None:
