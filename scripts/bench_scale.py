@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from digest import scheduler  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import make_engine  # noqa: E402
-from digest.events import record_event, record_events  # noqa: E402
+from digest.events import EVENT_COPY, record_event, record_events, validate_event  # noqa: E402
 
 DATABASE = "digest_bench_scale"
 EMPTY = "TRUNCATE recipients, digest_events, digest_runs, deliveries"
@@ -101,6 +101,7 @@ class Timed:
 @dataclass(frozen=True)
 class Ingest:
     copy: Timed
+    bare: Timed
     copy_keyed: Timed
     single: Timed
 
@@ -146,8 +147,35 @@ def _event_pool(size: int = 10_000) -> list[dict[str, Any]]:
     ]
 
 
+def _copy_text(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    for char, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+        value = value.replace(char, escaped)
+    return value
+
+
+def bare_copy(url: str, pool: list[dict[str, Any]], count: int) -> Timed:
+    """The pool's rows formatted once, then `count` of them sent by COPY into digest_events
+    with no Python per row: what the server alone ingests, the ceiling of record_events."""
+    now = datetime.now(UTC).isoformat()
+    lines = []
+    for event in pool:
+        row = validate_event(event)
+        lines.append("\t".join(map(_copy_text, (*row[:6], now, row[7]))) + "\n")
+    block = "".join(lines).encode()
+    whole, rest = divmod(count, len(pool))
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn, conn.cursor().copy(EVENT_COPY) as copy:
+        for _ in range(whole):
+            copy.write(block)
+        copy.write("".join(lines[:rest]))
+    return Timed(count, time.perf_counter() - started)
+
+
 def ingest(engine: Engine, url: str, copy_events: int, keyed_events: int, single: int) -> Ingest:
-    """events/s through `record_events` (COPY), unkeyed and keyed, and `record_event`."""
+    """events/s through `record_events` (COPY), the same rows by a bare COPY, unkeyed and
+    keyed, and `record_event`."""
     pool = _event_pool()
     _empty(engine)
     _vacuum(url)
@@ -155,6 +183,14 @@ def ingest(engine: Engine, url: str, copy_events: int, keyed_events: int, single
     started = time.perf_counter()
     inserted = record_events(engine, islice(cycle(pool), copy_events))
     copy = Timed(inserted, time.perf_counter() - started)
+
+    _empty(engine)
+    _vacuum(url)
+    bare = bare_copy(url, pool, copy_events)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM digest_events")).scalar_one()
+    if stored != copy_events:
+        raise SystemExit(f"bare COPY went wrong: {stored} rows stored")
 
     def keyed() -> Iterator[dict[str, Any]]:
         for number, row in enumerate(islice(cycle(pool), keyed_events)):
@@ -171,7 +207,7 @@ def ingest(engine: Engine, url: str, copy_events: int, keyed_events: int, single
     if inserted != copy_events or inserted_keyed != keyed_events:
         raise SystemExit(f"ingest went wrong: {inserted}, {inserted_keyed} rows stored")
     _empty(engine)
-    return Ingest(copy, copy_keyed, one)
+    return Ingest(copy, bare, copy_keyed, one)
 
 
 # -- 6. scheduler ---------------------------------------------------------------------------
