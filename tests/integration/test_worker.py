@@ -6,6 +6,10 @@ import contextlib
 import email
 import email.policy
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -21,7 +25,9 @@ from digest.config import Settings
 from digest.scheduler import schedule_once
 from digest.transports.base import OutgoingMessage, SendError, SendResult
 from digest.transports.file import FileTransport
-from digest.worker import Worker
+from digest.worker import Worker, worker_cpus
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ADD_RECIPIENT = text(
     "INSERT INTO recipients (user_id, email, name) VALUES (:user_id, :email, :name)"
@@ -625,3 +631,45 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
     assert records
     assert all(r.getMessage().startswith("heartbeat_missed runs=2") for r in records)
     assert all(r.exc_info is None for r in records)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux only")
+def test_pin_cpus_gives_each_worker_process_its_cpu(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    """`work --processes 2 --pin-cpus`: each child pins itself, round robin over the CPUs
+    the command may use, and the drain sends as usual."""
+    for user in ("p1", "p2", "p3"):
+        add_user(engine, user)
+        add_events(engine, user, 2)
+    with engine.begin() as conn:
+        schedule_once(conn, datetime.now(UTC), 0)
+    env = {
+        **os.environ,
+        "DIGEST_DATABASE_URL": db_url,
+        "DIGEST_LOG_LEVEL": "INFO",
+        "DIGEST_OUTBOX": str(tmp_path / "out"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "digest", "work", "--drain", "--processes", "2", "--pin-cpus"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sent 3," in done.stderr
+    pinned = re.findall(
+        r" (\d+) INFO digest\.worker worker process pinned to CPU (\d+)", done.stderr
+    )
+    assert len({pid for pid, _ in pinned}) == 2, done.stderr
+    assert sorted(int(cpu) for _, cpu in pinned) == sorted(worker_cpus(2))
+
+
+def test_worker_cpus_go_round_robin_over_the_allowed_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 2}, raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: None, raising=False)
+    assert worker_cpus(3) == [2, 5, 2]
