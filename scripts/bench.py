@@ -1,6 +1,7 @@
 """`make bench` (`make bench-quick`: the same rows at smaller sizes): one table, one run.
 
-1-3. digests/s end to end (1 and 2 worker processes, null transport), the naive way, and
+1-3. digests/s end to end (1 and 2 worker processes, and 2 with --pin-cpus, null
+     transport; the targets use the plain rows), the naive way, and
      render-only (the CPU ceiling; end to end ÷ render-only is our efficiency), with the
      CPU each digest took: the whole machine's over an end-to-end drain (workers,
      PostgreSQL, neighbours; from /proc/stat), the renderer's own in a render-only row;
@@ -96,6 +97,12 @@ class Row:
     processes: int
     startup: float = 0.0  # seconds before the first claim (end to end rows)
     cpu_seconds: float | None = None  # CPU spent on the digests (see each row's function)
+    pinned: bool = False  # `digest work --pin-cpus`
+
+    @property
+    def key(self) -> str:
+        """How the row's figures are named in bench-results.json: 1p, 2p, 2p_pinned."""
+        return f"{self.processes}p" + ("_pinned" if self.pinned else "")
 
     @property
     def rate(self) -> float:
@@ -176,7 +183,7 @@ DRAINED = text(
 )
 
 
-def end_to_end(url: str, engine: Engine, processes: int) -> Row:
+def end_to_end(url: str, engine: Engine, processes: int, *, pinned: bool = False) -> Row:
     """`digest work --drain --transport null` in a process of its own, as a user runs it
     (per-run log lines off, as in the render-only row). The rate counts claim to commit,
     as the generic queues' rows do; starting the processes (imports, templates) is shown
@@ -185,6 +192,7 @@ def end_to_end(url: str, engine: Engine, processes: int) -> Row:
     runs = reset_runs(url, engine)
     command = [sys.executable, "-m", "digest", "--database-url", url, "work", "--drain"]
     command += ["--transport", "null", "--processes", str(processes)]
+    command += ["--pin-cpus"] if pinned else []
     started = time.perf_counter()
     quiet = {**os.environ, "DIGEST_LOG_LEVEL": "WARNING"}
     with MachineCpu() as cpu:
@@ -199,12 +207,13 @@ def end_to_end(url: str, engine: Engine, processes: int) -> Row:
     drained = float(last - first)
     name = f"end to end, {processes} process{'es' if processes > 1 else ''}"
     return Row(
-        name,
+        name + (", --pin-cpus" if pinned else ""),
         runs,
         drained,
         processes,
         startup=max(elapsed - drained, 0.0),
         cpu_seconds=cpu.between(float(first), float(last)),
+        pinned=pinned,
     )
 
 
@@ -437,10 +446,15 @@ def main() -> None:
         base = naive(url, engine, settings, sizes.naive_runs)
     # Each row below is the better of two tries, so that a neighbour's burst on this shared
     # machine lowers neither the ceiling nor what is compared with it.
-    for processes in (1, 2):
-        with console.status(f"end to end, {processes} processes"):
-            tries = [end_to_end(url, engine, processes) for _ in range(2)]
-            rows.append(max(tries, key=lambda row: row.rate))
+    with console.status("end to end, 1 process"):
+        rows.append(max((end_to_end(url, engine, 1) for _ in range(2)), key=lambda r: r.rate))
+    with console.status("end to end, 2 processes, without and with --pin-cpus"):
+        # alternating, so that a neighbour's burst does not fall on one of the two only
+        tries = [
+            end_to_end(url, engine, 2, pinned=pinned) for _ in range(2) for pinned in (False, True)
+        ]
+        for pinned in (False, True):
+            rows.append(max((r for r in tries if r.pinned == pinned), key=lambda r: r.rate))
     for processes in (1, 2):
         with console.status(f"render only, {processes} processes"):
             count = min(sizes.users, 4000)
@@ -489,10 +503,12 @@ def main() -> None:
         "e2e_1p_over_naive": e2e_1p / base.rate,
         "efficiency_1p": e2e_1p / ceiling[1],
         "efficiency_2p": by_name["end to end, 2 processes"] / ceiling[2],
-        **{f"e2e_startup_seconds_{r.processes}p": r.startup for r in rows if r.startup},
+        "e2e_digests_per_s_2p_pinned": by_name["end to end, 2 processes, --pin-cpus"],
+        "efficiency_2p_pinned": by_name["end to end, 2 processes, --pin-cpus"] / ceiling[2],
+        **{f"e2e_startup_seconds_{r.key}": r.startup for r in rows if r.startup},
         **{
             f"{'e2e' if r.name.startswith('end') else 'render_only'}_cpu_ms_per_digest_"
-            f"{r.processes}p": r.cpu_ms
+            f"{r.key}": r.cpu_ms
             for r in rows
             if r.cpu_ms is not None and not r.name.startswith("naive")
         },
