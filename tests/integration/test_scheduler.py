@@ -105,8 +105,10 @@ def test_before_send_hour_the_current_period_is_yesterdays(engine: Engine) -> No
     assert period_start.astimezone(ZoneInfo("Europe/Berlin")).date().isoformat() == "2026-11-23"
 
 
-def test_twice_at_once_creates_no_duplicate(engine: Engine) -> None:
-    """Two schedulers racing on the same instant create each run exactly once."""
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_twice_at_once_creates_no_duplicate(engine: Engine, jobs: int) -> None:
+    """Two schedulers racing on the same instant, each on one connection or on two slices,
+    create each run exactly once."""
     add_many(engine, 2000)
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     barrier = threading.Barrier(2)
@@ -114,7 +116,7 @@ def test_twice_at_once_creates_no_duplicate(engine: Engine) -> None:
 
     def race() -> None:
         barrier.wait()
-        created.append(schedule(engine, now, spread=3600))
+        created.append(scheduler.schedule(engine, now, 3600, jobs=jobs))
 
     threads = [threading.Thread(target=race) for _ in range(2)]
     for t in threads:
