@@ -7,6 +7,8 @@ Server choice: `DIGEST_TEST_DATABASE_URL` when set; testcontainers' PostgreSQL w
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,6 +91,29 @@ def digest_cli(db_url: str, tmp_path: Path) -> Invoke:
         return CliRunner().invoke(cli, list(args), env={**base, **(env or {})}, input=stdin)
 
     return invoke
+
+
+RunDigest = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_digest() -> RunDigest:
+    """Run the real `digest` command in a process of its own, as cron or a shell would;
+    its output is captured, and a hung command fails the test after `timeout` seconds."""
+
+    def run(
+        *args: str, env: dict[str, str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "digest", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
+RunDigest = Callable[..., subprocess.CompletedProcess[str]]  # the conftest fixture
 
 ADD_RUNS_FOR_ALL = text(
     """
@@ -272,7 +273,11 @@ def seed_backlog(engine: Engine, users: int, per_user: int) -> int:
 
 
 def test_sigkilled_worker_runs_are_recovered_by_watchdog(
-    engine: Engine, db_url: str, outbox: Path, stop_children: list[subprocess.Popen[str]]
+    engine: Engine,
+    db_url: str,
+    outbox: Path,
+    stop_children: list[subprocess.Popen[str]],
+    run_digest: RunDigest,
 ) -> None:
     """SIGKILL mid-batch: the watchdog returns its runs, another worker completes them once."""
     inserted = seed_backlog(engine, users=300, per_user=4)
@@ -286,13 +291,7 @@ def test_sigkilled_worker_runs_are_recovered_by_watchdog(
         )
     assert orphaned, "the kill should have caught a batch in flight"
     # the lease has not expired yet: the watchdog leaves the runs alone
-    watchdog = subprocess.run(
-        [sys.executable, "-m", "digest", "watchdog"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    watchdog = run_digest("watchdog", env=env)
     assert watchdog.stdout.strip() == "requeued 0, failed 0"
     with engine.begin() as conn:  # time passes: the lease runs out
         conn.execute(
@@ -301,22 +300,9 @@ def test_sigkilled_worker_runs_are_recovered_by_watchdog(
                 "WHERE status = 'processing'"
             )
         )
-    watchdog = subprocess.run(
-        [sys.executable, "-m", "digest", "watchdog"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    watchdog = run_digest("watchdog", env=env)
     assert watchdog.stdout.strip() == f"requeued {len(orphaned)}, failed 0"
-    rescuer = subprocess.run(
-        [sys.executable, "-m", "digest", "work", "--drain"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    rescuer = run_digest("work", "--drain", env=env)
     assert rescuer.returncode == 0, rescuer.stderr
     with engine.connect() as conn:
         rows = conn.execute(

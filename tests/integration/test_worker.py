@@ -9,9 +9,9 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -27,7 +27,7 @@ from digest.transports.base import OutgoingMessage, SendError, SendResult
 from digest.transports.file import FileTransport
 from digest.worker import Worker, worker_cpus
 
-ROOT = Path(__file__).resolve().parents[2]
+RunDigest = Callable[..., subprocess.CompletedProcess[str]]  # the conftest fixture
 
 ADD_RECIPIENT = text(
     "INSERT INTO recipients (user_id, email, name) VALUES (:user_id, :email, :name)"
@@ -635,7 +635,7 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux only")
 def test_pin_cpus_gives_each_worker_process_its_cpu(
-    engine: Engine, db_url: str, tmp_path: Path
+    engine: Engine, db_url: str, tmp_path: Path, run_digest: RunDigest
 ) -> None:
     """`work --processes 2 --pin-cpus`: each child pins itself, round robin over the CPUs
     the command may use, and the drain sends as usual."""
@@ -650,14 +650,7 @@ def test_pin_cpus_gives_each_worker_process_its_cpu(
         "DIGEST_LOG_LEVEL": "INFO",
         "DIGEST_OUTBOX": str(tmp_path / "out"),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "digest", "work", "--drain", "--processes", "2", "--pin-cpus"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_digest("work", "--drain", "--processes", "2", "--pin-cpus", env=env)
     assert done.returncode == 0, done.stderr
     assert "sent 3," in done.stderr
     pinned = re.findall(
