@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from digest import sns, suppressions
+from digest import sns, suppressions, untrusted
 from digest.config import Settings
 from digest.errors import ValidationError
 from digest.events import atomic
@@ -185,9 +185,9 @@ def unwrap(document: Any) -> tuple[Mapping[str, Any], str | None]:
         if not isinstance(body, str):
             raise FeedbackError("SNS Message must be a string holding the SES event")
         try:
-            event = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise FeedbackError(f"SNS Message is not JSON: {exc.msg}") from None
+            event = untrusted.loads(body, max_bytes=MAX_BODY_BYTES)
+        except untrusted.JsonError as exc:
+            raise FeedbackError(f"SNS Message: {exc}") from None
         if not isinstance(event, Mapping):
             raise FeedbackError("SNS Message must hold a JSON object")
         return event, message_id
@@ -196,6 +196,10 @@ def unwrap(document: Any) -> tuple[Mapping[str, Any], str | None]:
 
 def parse_event(event: Mapping[str, Any]) -> SesEvent:
     """An SES event (`eventType` or `notificationType`), checked; FeedbackError if not one."""
+    try:
+        untrusted.check(event)  # what the database could not store (NUL, lone surrogates, ...)
+    except untrusted.JsonError as exc:
+        raise FeedbackError(str(exc)) from None
     kind = event.get("eventType", event.get("notificationType"))
     if kind not in FEEDBACK_EVENT_TYPES:
         raise FeedbackError(
@@ -461,13 +465,14 @@ def ses_webhook_route(
     cache: sns.KeyCache = {}
 
     async def endpoint(request: Request) -> Response:
-        body = await _read_body(request)
-        if body is None:
-            return PlainTextResponse("request body too large\n", status_code=413)
+        body = await request.body()  # at most MAX_BODY_BYTES: the route answers 413 beyond
         try:
-            envelope = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            envelope = untrusted.loads(body, max_bytes=MAX_BODY_BYTES)
+        except untrusted.NotJsonError:  # not an SNS message, like anything unsigned
             return PlainTextResponse("forbidden\n", status_code=403)
+        except untrusted.JsonError as exc:  # JSON that would crash us or the database
+            log.warning("ses_webhook unusable body: %s", exc)
+            return PlainTextResponse(f"{exc}\n", status_code=400)
         try:
             await run_in_threadpool(sns.verify, envelope, topics=allowed, fetch=fetch, cache=cache)
         except sns.SnsError as exc:
@@ -502,15 +507,4 @@ def ses_webhook_route(
             return PlainTextResponse(f"{exc}\n", status_code=400)
         return PlainTextResponse("replay\n" if result.replay else "ok\n")
 
-    return Route(WEBHOOK_PATH, endpoint, methods=["POST"])
-
-
-async def _read_body(request: Request) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return Route(WEBHOOK_PATH, endpoint, methods=["POST"], max_body_size=MAX_BODY_BYTES)

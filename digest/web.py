@@ -10,9 +10,11 @@ Routes:
 - `GET /healthz`: `ok` (200) when the database answers `SELECT 1`, else 503.
 
 A forged, cut-off or garbage token, or a valid one whose user has no recipient row, gets one
-and the same 404 (body and headers), as does any other unknown path; nothing changes. The
-body of a POST is looked at only after its token's MAC checks out. Tokens never reach a
-log line; the page's forms post back to the page's own URL so the token is not in the page.
+and the same 404 (body and headers), as does any other unknown path, `/u/{token}/` included
+(nothing ever redirects); nothing changes. The body of a POST is looked at only after its
+token's MAC checks out. Tokens never reach a log line; the page's forms post back to the
+page's own URL so the token is not in the page. Each route has its own body limit: 16 KB for
+the form, 256 KB for the SNS webhook.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from digest import sns
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.feedback import ses_webhook_route
@@ -191,8 +194,13 @@ class Pages:
         return self.render("manage", "Email preferences", context)
 
 
-def create_app(engine: Engine, settings: Settings) -> Starlette:
-    """The web app; DigestError when the secret key is missing or a page template is."""
+def create_app(
+    engine: Engine, settings: Settings, *, fetch: sns.Fetch = sns.fetch_https
+) -> Starlette:
+    """The web app; DigestError when the secret key is missing or a page template is.
+
+    `fetch` gets SNS signing certificates for the webhook (injectable for tests).
+    """
     secret = require_secret(settings)
     pages = Pages(settings.templates_dir / "web")
     not_found_page = pages.render("not_found", "Link not valid", {})
@@ -239,16 +247,23 @@ def create_app(engine: Engine, settings: Settings) -> Starlette:
     async def unknown_path(request: Request, exc: Exception) -> Response:
         return not_found()
 
-    return Starlette(
+    # Body limits are per route (the form's here, the webhook's in feedback.py): an app-wide
+    # one also binds routes that set none, as the form's 16 KB once did the SNS webhook.
+    # GET routes read no body.
+    app = Starlette(
         routes=[
             Route("/u/{token}", show, methods=["GET"]),
-            Route("/u/{token}", change, methods=["POST"]),
+            Route("/u/{token}", change, methods=["POST"], max_body_size=MAX_BODY_BYTES),
             Route("/healthz", healthz, methods=["GET"]),
-            ses_webhook_route(engine, settings),
+            ses_webhook_route(engine, settings, fetch=fetch),
         ],
         exception_handlers={404: unknown_path},
-        max_body_size=MAX_BODY_BYTES,
     )
+    # No redirects, ever: Starlette would answer `/u/<token>/` with a 307 to a URL built from
+    # the request's Host header, and RFC 8058 forbids redirecting the one-click POST. A
+    # slashed path is unknown like any other: the same 404.
+    app.router.redirect_slashes = False
+    return app
 
 
 def _load(engine: Engine, user_id: str) -> Preferences | None:

@@ -397,17 +397,17 @@ def test_cli_ingests_one_pretty_printed_document(
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ("{not json", "line 2: not JSON"),
-        (json.dumps({"eventType": "Open", "mail": {}}), "line 2: eventType/notificationType"),
-        (json.dumps({"Type": "Notification", "MessageId": "x", "Message": "{"}), "line 2: SNS"),
-        ("[1, 2]", "line 2: expected a JSON object"),
+        ("{not json", "not valid JSON"),
+        (json.dumps({"eventType": "Open", "mail": {}}), "eventType/notificationType"),
+        (json.dumps({"Type": "Notification", "MessageId": "x", "Message": "{"}), "SNS Message"),
+        ("[1, 2]", "expected a JSON object"),
     ],
     ids=["syntax", "type", "envelope", "array"],
 )
 def test_cli_bad_line_names_its_number_and_changes_nothing(
     engine: Engine, feedback_cli: Invoke, tmp_path: Path, bad: str, message: str
 ) -> None:
-    """A bad line fails the whole file with its line number, before anything is applied."""
+    """A bad line fails the whole file as FILE:LINE: reason, before anything is applied."""
     _, ana = sent(engine, "ana", "ses-1")
     good = json.dumps(ses_event("Bounce", "ses-1", "ana@example.com"))
     path = tmp_path / "feedback.jsonl"
@@ -415,7 +415,8 @@ def test_cli_bad_line_names_its_number_and_changes_nothing(
     before = snapshot(engine)
     result = feedback_cli("feedback", "ingest", str(path))
     assert result.exit_code == 1
-    assert message in result.output
+    assert f"{path}:2: {message}" in result.output
+    assert "nothing was applied" in result.output
     assert snapshot(engine) == before
     assert status(engine, ana)[0] == "sent"
 
