@@ -139,6 +139,11 @@ def add_user(engine: Engine, user_id: str, email: str | None = None, name: str =
         conn.execute(ADD_EVENTS, {"user_id": user_id})
 
 
+def token_for(engine: Engine, user_id: str) -> str:
+    """The token of `user_id` as mail sent now carries it."""
+    return make_token(SECRET, user_id)
+
+
 def schedule(engine: Engine) -> int:
     with engine.begin() as conn:
         return schedule_once(conn, datetime.now(UTC), 0)
@@ -380,6 +385,39 @@ def test_changes_are_logged_without_the_token(
         "preferences_changed user_id=ana action=weekly changed=True",
     ]
     assert all(token not in r.getMessage() for r in caplog.records)
+
+
+def test_cadence_button_gives_a_deferred_runs_events_to_the_next_run(
+    engine: Engine, db_url: str, site: Site, tmp_path: Path
+) -> None:
+    """A run waiting for a retry with its events frozen, then weekly on the page: the events
+    wait again, `digest why` says so, and the weekly run sends them."""
+    add_user(engine, "ana")
+    schedule(engine)
+    with engine.begin() as conn:  # the first attempt froze 3 events; the relay said 451
+        conn.execute(
+            text(
+                "UPDATE digest_runs SET attempt = 1, frozen_at = now() - interval '1 minute', "
+                "event_count = 3, scheduled_for = now() + interval '30 seconds', "
+                "last_error = 'transient: 451 4.7.1 try again later'"
+            )
+        )
+        conn.execute(text("UPDATE digest_events SET digest_run_id = (SELECT id FROM digest_runs)"))
+    reply = site.request("POST", f"/u/{token_for(engine, 'ana')}", "cadence=weekly", URLENCODED)
+    assert reply.status == 200
+    assert run_statuses(engine, "ana") == ["cancelled"]
+    why = CliRunner().invoke(
+        cli, ["why", "--user", "ana"], env={"DIGEST_DATABASE_URL": db_url}
+    )
+    assert "3 events are waiting for the next digest" in why.output, why.output
+    assert schedule(engine) == 1
+    stats = worker(engine, tmp_path / "outbox").run(drain=True)
+    assert (stats.sent, stats.events) == (1, 3)
+    with engine.connect() as conn:
+        weekly = conn.execute(
+            text("SELECT cadence, event_count FROM digest_runs WHERE status = 'sent'")
+        ).one()
+    assert tuple(weekly) == ("weekly", 3)
 
 
 # ---------------------------------------------------------------------------- no more mail
