@@ -121,7 +121,7 @@ def deferred_by_the_relay(engine: Engine, relay: Relay, port: int) -> int:
 def test_cadence_change_by_cli_gives_a_deferred_runs_events_to_the_weekly_run(
     engine: Engine, digest_cli: Invoke, relay: tuple[Relay, int]
 ) -> None:
-    """451, then `recipients set --cadence weekly`: the events wait, and the weekly run sends them."""
+    """451, then `recipients set --cadence weekly`: the events wait; the weekly run sends them."""
     server, port = relay
     daily = deferred_by_the_relay(engine, server, port)
     changed = digest_cli("recipients", "set", "ana", "--cadence", "weekly")
