@@ -144,8 +144,7 @@ def test_cadence_change_by_cli_gives_a_deferred_runs_events_to_the_weekly_run(
 def test_a_run_that_may_have_been_sent_is_not_cancelled_and_keeps_its_events(
     engine: Engine, digest_cli: Invoke, tmp_path: Path
 ) -> None:
-    """A pending run whose last attempt died while sending keeps its events: the worker's
-    delivery setting decides it (at-most-once fails it), never a second digest of them."""
+    """A run whose last attempt may have sent it is not cancelled: its events never go out twice."""
     with engine.begin() as conn:
         conn.execute(ADD_RECIPIENT, {"u": "ana"})
         conn.execute(ADD_EVENTS, {"u": "ana"})

@@ -40,8 +40,7 @@ def test_migrations_match_schema_module(engine: Engine) -> None:
 
 
 def test_upgrade_gives_back_events_stranded_on_cancelled_runs(engine: Engine) -> None:
-    """0005 detaches the events the old trigger left on cancelled runs, unless the run may
-    have sent them."""
+    """0005 releases events stranded on cancelled runs, unless the run may have sent them."""
     migrate.downgrade(engine, "0004")
     with engine.begin() as conn:
         conn.execute(

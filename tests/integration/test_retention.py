@@ -68,8 +68,7 @@ def test_purge_removes_old_finished_work_and_keeps_the_rest(
 def test_purge_keeps_the_runs_of_current_periods(
     engine: Engine, digest_cli: Invoke, tmp_path: Path
 ) -> None:
-    """schedule, send, purge --older-than 0d (or 1d after a weekly send), schedule: no
-    second run, so no second digest, in the same period."""
+    """purge --older-than 0d (or 1d after a weekly send) lets no second run into the same period."""
     with engine.begin() as conn:
         conn.execute(
             text(

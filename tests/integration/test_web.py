@@ -414,8 +414,7 @@ def test_changes_are_logged_without_the_token(
 def test_cadence_button_gives_a_deferred_runs_events_to_the_next_run(
     engine: Engine, db_url: str, site: Site, tmp_path: Path
 ) -> None:
-    """A run waiting for a retry with its events frozen, then weekly on the page: the events
-    wait again, `digest why` says so, and the weekly run sends them."""
+    """Weekly on the page while a run awaits a retry: its events wait, the weekly run sends them."""
     add_user(engine, "ana")
     schedule(engine)
     with engine.begin() as conn:  # the first attempt froze 3 events; the relay said 451
@@ -453,8 +452,7 @@ def stale_reference(site: Site, engine: Engine) -> Reply:
 
 
 def test_a_replayed_link_after_resubscribing_changes_nothing(engine: Engine, site: Site) -> None:
-    """Unsubscribe, re-subscribe on the page, replay the old link: the out-of-date page (410),
-    nothing changes; the page's fresh link and newer mail's links work."""
+    """An old link replayed after re-subscribing gets 410 and changes nothing; newer links work."""
     add_user(engine, "ana")
     old = token_for(engine, "ana")
     assert site.one_click(old).status == 200
@@ -485,8 +483,7 @@ def test_a_replayed_link_after_resubscribing_changes_nothing(engine: Engine, sit
 def test_resubscribing_elsewhere_retires_older_links(
     engine: Engine, site: Site, digest_cli: Callable[..., Any]
 ) -> None:
-    """Cadence off then daily through the CLI: links issued before change nothing; an
-    unsubscribe or a cadence change that keeps digests coming retires no link."""
+    """Only getting digests again (off -> daily via the CLI) retires the links issued before."""
     add_user(engine, "ana")
     old = token_for(engine, "ana")
     assert site.request("POST", f"/u/{old}", "cadence=weekly", URLENCODED).status == 200
@@ -534,8 +531,7 @@ def test_legacy_links_in_mail_already_sent_still_work(engine: Engine, site: Site
 def test_long_user_ids_get_a_working_foldable_one_click_link(
     engine: Engine, site: Site, tmp_path: Path, user_id: str
 ) -> None:
-    """The longest ids an import accepts: every header line of the mail within RFC 5322's
-    998, and the one-click POST to its List-Unsubscribe URL unsubscribes over a socket."""
+    """1,000-character ids: header lines within RFC 5322's 998; the one-click POST unsubscribes."""
     add_user(engine, user_id, email="long@example.com")
     schedule(engine)
     outbox = tmp_path / "outbox"

@@ -37,8 +37,7 @@ def test_round_trip(recipient_id: int, version: int) -> None:
 
 
 def test_token_has_a_fixed_length_and_is_url_safe() -> None:
-    """Every token is 44 base64url characters, whatever the recipient: safe in a path, a mailto
-    subject and a header line."""
+    """Every token is 44 base64url characters, whatever the recipient: safe in a path, a header."""
     tokens = [make_token(SECRET, rid, v, DAY) for rid in (1, 2**40, 2**63 - 1) for v in (0, 9)]
     assert {len(t) for t in tokens} == {TOKEN_LENGTH} == {44}
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", t) for t in tokens)
@@ -136,8 +135,7 @@ def test_non_canonical_base64_fails() -> None:
     "user_id", ["42", "user-7f3a", "ünïcödé 😀", "a" * MAX_TEXT, "日本語" * (MAX_TEXT // 3)]
 )
 def test_legacy_tokens_still_verify_as_version_0(user_id: str) -> None:
-    """`base64(user_id).mac` links in mail sent before the upgrade name the user, version 0,
-    with no day, up to the longest user id an import accepts."""
+    """Legacy `base64(user_id).mac` tokens verify as version 0 up to the longest user id."""
     token = make_legacy_token(SECRET, user_id)
     assert len(token) <= MAX_TOKEN_LENGTH
     assert verify_token(SECRET, token) == Token(None, user_id, 0, None)
