@@ -227,7 +227,7 @@ def claim_batch(
     one statement, so an autocommit connection needs one round trip)."""
     rows = conn.execute(claim_statement(n), {"me": me, "lease": lease_seconds, "cap": cap}).all()
     runs = []
-    for row in rows:  # the run (7 columns), its digest (3), its recipient (7)
+    for row in rows:  # the run (7 columns), its digest (3), its recipient (9)
         run_id, user_id, cadence, period_start, attempt, frozen_at, sending_attempt = row[:7]
         runs.append(
             ClaimedRun(

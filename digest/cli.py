@@ -343,6 +343,8 @@ def purge_cmd(app: App, older_than: str, batch_size: int) -> None:
 
     Works in small batches (short transactions, safe beside running workers). Events still
     waiting for a digest, pending or processing runs, and suppressions are never purged.
+    Nor is any run whose period started in the last 8 days, whatever AGE says: it is what
+    stops `digest schedule` from creating that period's run, and sending its digest, again.
     """
     from digest.purge import parse_age, purge
 

@@ -114,7 +114,8 @@ def recipient_of(user_id: str) -> str:
     return f"""(
         SELECT p.email, p.name, p.cadence, p.timezone, p.locale, p.unsubscribed_at,
                (SELECT s.reason FROM suppressions s WHERE s.email = lower(p.email))
-                   AS suppressed_reason
+                   AS suppressed_reason,
+               p.id AS recipient_id, p.subscription_version
           FROM recipients p
          WHERE p.user_id = {user_id}
          LIMIT 1)"""
@@ -141,6 +142,8 @@ class RecipientRow(NamedTuple):
     locale: str
     unsubscribed_at: datetime | None
     suppressed_reason: str | None
+    recipient_id: int  # what unsubscribe tokens name (`digest.unsubscribe`)
+    subscription_version: int
 
     def recipient(self, email: str | None = None) -> Recipient:
         """Who the digest is for, as the renderer sees it (`email` once normalised)."""

@@ -22,11 +22,14 @@ def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
     if row is None:
         raise DigestError(f"no recipient with user id {user_id!r}")
     key = signing_key(settings, "file")
+    now = datetime.now(UTC)
     return Renderer(settings.templates_dir).render(
         row.recipient(),
         digest,
         cadence=row.cadence if row.cadence != "off" else "daily",
-        period_start=datetime.now(UTC),
+        period_start=now,
         base_url=settings.base_url,
-        unsubscribe_url=unsubscribe.unsubscribe_url(settings.base_url, key, user_id),
+        unsubscribe_url=unsubscribe.unsubscribe_url(
+            settings.base_url, key, row.recipient_id, row.subscription_version, now.date()
+        ),
     )

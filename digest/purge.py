@@ -40,12 +40,21 @@ FEEDBACK_PURGE_BATCH = text(
      WHERE id IN (SELECT id FROM feedback_events WHERE created_at < :cutoff LIMIT :batch)
     """
 )
+# The scheduler's `ON CONFLICT` on (user, cadence, period) is what stops a second digest in
+# a period, so a run whose period could still be current is never purged, whatever its age:
+# the scheduler only creates the period current at its `now`, which started at most 7 days
+# and a DST hour ago (a weekly one); 8 days leaves a day for clocks. Cancelled runs hold no
+# period (the unique index leaves them out) and may go.
+KEEP_PERIODS_DAYS = 8
+
 # A run goes once its events and deliveries are gone.
 RUN_PURGE_BATCH = text(
     f"""
     DELETE FROM digest_runs
      WHERE id IN (SELECT r.id FROM digest_runs r
                    WHERE r.status IN {FINISHED} AND r.completed_at < :cutoff
+                     AND (r.status = 'cancelled'
+                          OR r.period_start < now() - make_interval(days => {KEEP_PERIODS_DAYS}))
                      AND NOT EXISTS (SELECT 1 FROM digest_events e WHERE e.digest_run_id = r.id)
                      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id)
                    LIMIT :batch)
@@ -76,7 +85,8 @@ def parse_age(value: str) -> timedelta:
 
 def purge(engine: Engine, cutoff: datetime, batch: int = 10_000) -> PurgeResult:
     """Delete events of finished runs, deliveries, feedback events and finished runs older
-    than `cutoff`; suppressions and bounce streaks stay."""
+    than `cutoff`; suppressions, bounce streaks and the runs of periods that may still be
+    current stay."""
     result = PurgeResult()
     for field, statement in (
         ("events", EVENT_PURGE_BATCH),

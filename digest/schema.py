@@ -61,9 +61,15 @@ recipients = Table(
     Column("unsubscribed_at", TZ),
     Column("created_at", TZ, nullable=False, server_default=NOW),
     Column("updated_at", TZ, nullable=False, server_default=NOW),
+    # What unsubscribe tokens name instead of the user id (`digest.unsubscribe`).
+    Column("id", BigInteger, Identity(always=False), nullable=False),
+    # Grows by one each time the recipient gets digests again after none (a trigger, see
+    # migration 0005); a token issued for an older version changes nothing.
+    Column("subscription_version", Integer, nullable=False, server_default="0"),
     CheckConstraint(_in("cadence", CADENCES), name="recipients_cadence_check"),
     CheckConstraint("send_hour BETWEEN 0 AND 23", name="recipients_send_hour_check"),
     CheckConstraint("weekly_day BETWEEN 1 AND 7", name="recipients_weekly_day_check"),
+    Index("recipients_id_key", "id", unique=True),
 )
 
 digest_events = Table(

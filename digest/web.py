@@ -11,9 +11,13 @@ Routes:
 
 A forged, cut-off or garbage token, or a valid one whose user has no recipient row, gets one
 and the same 404 (body and headers), as does any other unknown path, `/u/{token}/` included
-(nothing ever redirects); nothing changes. The body of a POST is looked at only after its
-token's MAC checks out. Tokens never reach a log line; the page's forms post back to the
-page's own URL so the token is not in the page. Each route has its own body limit: 16 KB for
+(nothing ever redirects); nothing changes. An authentic token that is out of date (older
+than `unsubscribe.MAX_AGE_DAYS`, or issued for an older subscription version: the user
+subscribed again since) gets one and the same 410 page saying so, for GET and POST, and
+changes nothing. The body of a POST is looked at only after its token's MAC checks out.
+Tokens never reach a log line; the page's forms post back to the page's own URL so the token
+is not in the page, except after a POST that subscribed the user again: that retired the
+page's token, so its forms post to a fresh one. Each route has its own body limit: 16 KB for
 the form, 256 KB for the SNS webhook.
 """
 
@@ -22,11 +26,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import chevron
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Row, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -41,7 +46,7 @@ from digest.config import Settings
 from digest.errors import DigestError
 from digest.feedback import ses_webhook_route
 from digest.schema import CADENCES
-from digest.unsubscribe import verify_token
+from digest.unsubscribe import MAX_AGE_DAYS, Token, make_token, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +72,23 @@ PAGE_HEADERS: Final[Mapping[str, str]] = {
     ),
 }
 
-RECIPIENT_GET_PREFERENCES = text(
-    "SELECT user_id, email, name, cadence, unsubscribed_at FROM recipients WHERE user_id = :user_id"
+_PREFERENCES = (
+    "SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version "
+    "FROM recipients "
 )
+# Tokens name the recipient by id; legacy tokens (mail sent before format 1) by user id.
+RECIPIENT_GET_PREFERENCES = text(_PREFERENCES + "WHERE id = :id")
+RECIPIENT_GET_PREFERENCES_BY_USER = text(_PREFERENCES + "WHERE user_id = :user_id")
+# A change locks the row first: the version it checks is the one the update sees.
+RECIPIENT_LOCK_PREFERENCES = text(_PREFERENCES + "WHERE id = :id FOR UPDATE")
+RECIPIENT_LOCK_PREFERENCES_BY_USER = text(_PREFERENCES + "WHERE user_id = :user_id FOR UPDATE")
 # The trigger on recipients cancels the user's pending digest runs.
 RECIPIENT_UNSUBSCRIBE = text(
     """
     UPDATE recipients
        SET unsubscribed_at = now(), updated_at = now()
-     WHERE user_id = :user_id AND unsubscribed_at IS NULL
-    RETURNING user_id
+     WHERE id = :id AND unsubscribed_at IS NULL
+    RETURNING id
     """
 )
 # daily/weekly re-subscribes; off keeps whatever unsubscribed_at is. A choice that changes
@@ -87,10 +99,10 @@ RECIPIENT_SET_CADENCE = text(
        SET cadence = CAST(:cadence AS text),
            unsubscribed_at = CASE WHEN CAST(:cadence AS text) = 'off' THEN unsubscribed_at END,
            updated_at = now()
-     WHERE user_id = :user_id
+     WHERE id = :id
        AND (cadence <> CAST(:cadence AS text)
             OR (CAST(:cadence AS text) <> 'off' AND unsubscribed_at IS NOT NULL))
-    RETURNING user_id
+    RETURNING id
     """
 )
 DATABASE_PING = text("SELECT 1")
@@ -106,13 +118,22 @@ NOTICES = {
 
 @dataclass(frozen=True)
 class Preferences:
-    """What the page shows about a recipient."""
+    """What the page shows about a recipient, and what its tokens name."""
 
+    id: int
     user_id: str
     email: str
     name: str | None
     cadence: str
     unsubscribed: bool
+    subscription_version: int
+
+
+class Stale:
+    """An authentic token that no longer changes anything (see the module docstring)."""
+
+
+STALE: Final = Stale()
 
 
 def require_secret(settings: Settings) -> str:
@@ -133,35 +154,62 @@ def parse_action(form: FormData) -> str | None:
     return None
 
 
-def load_preferences(conn: Connection, user_id: str) -> Preferences | None:
-    """The recipient `user_id`, or None."""
-    row = conn.execute(RECIPIENT_GET_PREFERENCES, {"user_id": user_id}).first()
+def load_preferences(conn: Connection, token: Token, *, lock: bool = False) -> Preferences | None:
+    """The recipient `token` names (locked for update with `lock`), or None."""
+    if token.recipient_id is None:  # a legacy token
+        by_user = RECIPIENT_LOCK_PREFERENCES_BY_USER if lock else RECIPIENT_GET_PREFERENCES_BY_USER
+        return _preferences(conn.execute(by_user, {"user_id": token.user_id}).first())
+    by_id = RECIPIENT_LOCK_PREFERENCES if lock else RECIPIENT_GET_PREFERENCES
+    return _preferences(conn.execute(by_id, {"id": token.recipient_id}).first())
+
+
+def _preferences(row: Row[Any] | None) -> Preferences | None:
     if row is None:
         return None
     return Preferences(
-        row.user_id, row.email, row.name, row.cadence, row.unsubscribed_at is not None
+        row.id,
+        row.user_id,
+        row.email,
+        row.name,
+        row.cadence,
+        row.unsubscribed_at is not None,
+        row.subscription_version,
     )
 
 
-def apply_action(engine: Engine, user_id: str, action: str) -> tuple[Preferences, bool] | None:
+def is_stale(token: Token, preferences: Preferences, today: date) -> bool:
+    """Whether an authentic token is too old, or was issued for another subscription
+    version of the recipient it names."""
+    return token.expired(today) or preferences.subscription_version != token.subscription_version
+
+
+def apply_action(
+    engine: Engine, token: Token, action: str, today: date
+) -> tuple[Preferences, bool] | Stale | None:
     """Unsubscribe or set the cadence; the new preferences and whether anything changed.
 
-    None when there is no such recipient (the update then touched no row).
+    None when there is no such recipient; STALE, changing nothing, when the token is out of
+    date.
     """
     with engine.begin() as conn:
+        before = load_preferences(conn, token, lock=True)
+        if before is None:
+            return None
+        if is_stale(token, before, today):
+            return STALE
         if action == UNSUBSCRIBE:
-            result = conn.execute(RECIPIENT_UNSUBSCRIBE, {"user_id": user_id})
+            result = conn.execute(RECIPIENT_UNSUBSCRIBE, {"id": before.id})
         else:
-            result = conn.execute(RECIPIENT_SET_CADENCE, {"user_id": user_id, "cadence": action})
+            result = conn.execute(RECIPIENT_SET_CADENCE, {"id": before.id, "cadence": action})
         changed = result.first() is not None
-        preferences = load_preferences(conn, user_id)
-    return None if preferences is None else (preferences, changed)
+        after = _preferences(conn.execute(RECIPIENT_GET_PREFERENCES, {"id": before.id}).first())
+    return None if after is None else (after, changed)
 
 
 class Pages:
     """The page templates under `templates/web/`, read once."""
 
-    NAMES = ("layout", "manage", "not_found", "bad_request")
+    NAMES = ("layout", "manage", "not_found", "bad_request", "stale")
 
     def __init__(self, directory: Path):
         self.templates: dict[str, str] = {}
@@ -177,10 +225,14 @@ class Pages:
         body = str(chevron.render(self.templates[name], dict(context)))
         return str(chevron.render(self.templates["layout"], {"title": title, "body": body}))
 
-    def manage(self, preferences: Preferences, notice: str | None = None) -> str:
-        """The preferences page, with a notice after a change."""
+    def manage(
+        self, preferences: Preferences, notice: str | None = None, action: str | None = None
+    ) -> str:
+        """The preferences page, with a notice after a change; its forms post to `action`
+        (a relative URL) when given, else to the page's own URL."""
         current = None if preferences.unsubscribed else preferences.cadence
         context = {
+            "action": action,
             "notice": notice,
             "has_name": bool(preferences.name),
             "name": preferences.name or "",
@@ -205,25 +257,38 @@ def create_app(
     pages = Pages(settings.templates_dir / "web")
     not_found_page = pages.render("not_found", "Link not valid", {})
     bad_request_page = pages.render("bad_request", "Nothing changed", {})
+    stale_page = pages.render("stale", "Link out of date", {"max_age_days": MAX_AGE_DAYS})
 
     def not_found() -> Response:
         # Built from constants only, so every 404 is byte-for-byte the same.
         return HTMLResponse(not_found_page, status_code=404, headers=dict(PAGE_HEADERS))
 
+    def stale() -> Response:
+        # The same for every out-of-date token: it names no one and says nothing changed.
+        return HTMLResponse(stale_page, status_code=410, headers=dict(PAGE_HEADERS))
+
     def page(html: str) -> Response:
         return HTMLResponse(html, headers=dict(PAGE_HEADERS))
 
     async def show(request: Request) -> Response:
-        user_id = verify_token(secret, request.path_params["token"])
-        if user_id is None:
+        token = verify_token(secret, request.path_params["token"])
+        if token is None:
             return not_found()
-        preferences = await run_in_threadpool(_load, engine, user_id)
-        return not_found() if preferences is None else page(pages.manage(preferences))
+        if token.expired(_today()):  # no need to ask the database
+            return stale()
+        preferences = await run_in_threadpool(_load, engine, token)
+        if preferences is None:
+            return not_found()
+        if is_stale(token, preferences, _today()):
+            return stale()
+        return page(pages.manage(preferences))
 
     async def change(request: Request) -> Response:
-        user_id = verify_token(secret, request.path_params["token"])
-        if user_id is None:
+        token = verify_token(secret, request.path_params["token"])
+        if token is None:
             return not_found()
+        if token.expired(_today()):
+            return stale()
         try:
             form = await request.form(
                 max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_BODY_BYTES
@@ -233,12 +298,24 @@ def create_app(
         action = parse_action(form)
         if action is None:
             return HTMLResponse(bad_request_page, status_code=400, headers=dict(PAGE_HEADERS))
-        applied = await run_in_threadpool(apply_action, engine, user_id, action)
+        today = _today()
+        applied = await run_in_threadpool(apply_action, engine, token, action, today)
         if applied is None:
             return not_found()
+        if isinstance(applied, Stale):
+            return stale()
         preferences, changed = applied
-        log.info("preferences_changed user_id=%s action=%s changed=%s", user_id, action, changed)
-        return page(pages.manage(preferences, NOTICES[action]))
+        log.info(
+            "preferences_changed user_id=%s action=%s changed=%s",
+            preferences.user_id,
+            action,
+            changed,
+        )
+        fresh = None
+        if preferences.subscription_version != token.subscription_version:
+            # This choice retired the page's token: later clicks on it need a current one.
+            fresh = make_token(secret, preferences.id, preferences.subscription_version, today)
+        return page(pages.manage(preferences, NOTICES[action], fresh))
 
     async def healthz(request: Request) -> Response:
         ok = await run_in_threadpool(_ping, engine)
@@ -266,9 +343,13 @@ def create_app(
     return app
 
 
-def _load(engine: Engine, user_id: str) -> Preferences | None:
+def _load(engine: Engine, token: Token) -> Preferences | None:
     with engine.connect() as conn:
-        return load_preferences(conn, user_id)
+        return load_preferences(conn, token)
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
 
 
 def _ping(engine: Engine) -> bool:

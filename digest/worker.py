@@ -407,7 +407,9 @@ class Worker:
             to_address = message.validate_email(recipient.email)
         except message.HeaderError as exc:
             return Outcome(run, "failed", count, error=f"invalid email address: {exc}")
-        token = unsubscribe.make_token(self.key, recipient.user_id)
+        token = unsubscribe.make_token(
+            self.key, recipient.recipient_id, recipient.subscription_version, run.frozen_at
+        )
         unsubscribe_url = f"{self.settings.base_url}/u/{token}"
         rendered = self.renderer.render(
             recipient.recipient(to_address),

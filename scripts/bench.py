@@ -264,8 +264,8 @@ def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float, float]:
     renderer = Renderer(settings.templates_dir)
     gc.freeze()  # as `digest work` does once its templates are loaded
     started, cpu = time.perf_counter(), time.process_time()
-    for recipient, digest, period_start in items:
-        url = unsubscribe.unsubscribe_url(settings.base_url, "k", recipient.user_id)
+    for index, (recipient, digest, period_start) in enumerate(items, 1):
+        url = unsubscribe.unsubscribe_url(settings.base_url, "k", index, 0, period_start)
         rendered = renderer.render(
             recipient,
             digest,

@@ -52,7 +52,8 @@ RUN_LOAD = text(
     """
     SELECT r.user_id, r.cadence AS run_cadence, r.period_start,
            coalesce(r.frozen_at, now()) AS frozen_at,
-           c.email, c.name, c.cadence, c.timezone, c.locale
+           c.email, c.name, c.cadence, c.timezone, c.locale,
+           c.id AS recipient_id, c.subscription_version
       FROM digest_runs r JOIN recipients c USING (user_id)
      WHERE r.id = :run
     """
@@ -130,7 +131,16 @@ def digest_job(ctx: JobContext, run_id: int) -> str:
             1,
             run.frozen_at,
             recipient=RecipientRow(
-                run.user_id, run.email, run.name, run.cadence, run.timezone, run.locale, None, None
+                run.user_id,
+                run.email,
+                run.name,
+                run.cadence,
+                run.timezone,
+                run.locale,
+                None,
+                None,
+                run.recipient_id,
+                run.subscription_version,
             ),
             digest=build_digest(events, worker.settings.group_cap),
         )

@@ -34,7 +34,8 @@ EVENT_LIST_UNSENT = text(
     """
 )
 RECIPIENT_GET = text(
-    "SELECT user_id, email, name, cadence, timezone, locale FROM recipients WHERE user_id = :u"
+    "SELECT user_id, email, name, cadence, timezone, locale, id, subscription_version "
+    "FROM recipients WHERE user_id = :u"
 )
 EVENT_MARK_SENT = text("UPDATE digest_events SET digest_run_id = :run WHERE id = ANY(:ids)")
 RUN_MARK_DONE = text(
@@ -66,9 +67,15 @@ def drain(
                 conn.execute(RUN_MARK_DONE, {"status": "skipped", "n": 0, "run": run.id})
             continue
         digest = build_digest(events, settings.group_cap)
-        url = unsubscribe.unsubscribe_url(settings.base_url, "naive", run.user_id)
+        url = unsubscribe.unsubscribe_url(
+            settings.base_url,
+            "naive",
+            recipient.id,
+            recipient.subscription_version,
+            run.period_start,
+        )
         rendered = renderer.render_naive(
-            Recipient(*recipient),
+            Recipient(*recipient[:6]),
             digest,
             cadence=run.cadence,
             period_start=run.period_start,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from digest import migrate
 from digest.schema import metadata
@@ -37,3 +37,28 @@ def test_migrations_match_schema_module(engine: Engine) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+def test_upgrade_gives_back_events_stranded_on_cancelled_runs(engine: Engine) -> None:
+    """0005 releases events stranded on cancelled runs, unless the run may have sent them."""
+    migrate.downgrade(engine, "0004")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                INSERT INTO digest_runs (id, user_id, cadence, period_start, scheduled_for,
+                                         status, sending_attempt)
+                VALUES (1, 'u', 'daily', now(), now(), 'cancelled', NULL),
+                       (2, 'u', 'daily', now() - interval '1 day', now(), 'cancelled', 1),
+                       (3, 'u', 'daily', now() - interval '2 days', now(), 'sent', NULL);
+                INSERT INTO digest_events (user_id, category, entity_type, entity_id,
+                                           digest_run_id)
+                VALUES ('u', 'like', 'post', 'p', 1), ('u', 'like', 'post', 'p', 2),
+                       ('u', 'like', 'post', 'p', 3)
+                """
+            )
+        )
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        attached = conn.execute(text("SELECT digest_run_id FROM digest_events ORDER BY id"))
+        assert list(attached.scalars()) == [None, 2, 3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from click.testing import Result
 from sqlalchemy import Engine, text
@@ -62,6 +63,50 @@ def test_purge_removes_old_finished_work_and_keeps_the_rest(
     assert counts(engine) == (3, 1, 2, 1, 1)
     again = digest_cli("purge", "--older-than", "90d")
     assert "purged 0 events, 0 deliveries, 0 feedback events, 0 runs" in again.output
+
+
+def test_purge_keeps_the_runs_of_current_periods(
+    engine: Engine, digest_cli: Invoke, tmp_path: Path
+) -> None:
+    """purge --older-than 0d (or 1d after a weekly send) lets no second run into the same period."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                INSERT INTO recipients (user_id, email, cadence)
+                VALUES ('d', 'd@example.com', 'daily'), ('w', 'w@example.com', 'weekly');
+                INSERT INTO digest_events (user_id, category, entity_type, entity_id,
+                                           created_at)
+                SELECT u, 'like', 'post', 'p', now() - interval '1 minute'
+                  FROM (VALUES ('d'), ('w')) AS v(u)
+                """
+            )
+        )
+    assert "scheduled 2 new runs" in digest_cli("schedule", "--spread", "0").output
+    outbox = str(tmp_path / "mail")
+    worked = digest_cli("work", "--drain", "--transport", "file", "--outbox", outbox)
+    assert "sent 2," in worked.output, worked.output
+    with engine.begin() as conn:  # the weekly digest went out three days ago
+        conn.execute(
+            text(
+                "UPDATE digest_runs SET completed_at = completed_at - interval '3 days' "
+                "WHERE cadence = 'weekly'"
+            )
+        )
+        conn.execute(
+            text(
+                "UPDATE deliveries SET created_at = created_at - interval '3 days' "
+                "WHERE user_id = 'w'"
+            )
+        )
+    for age in ("1d", "0d"):
+        purged = digest_cli("purge", "--older-than", age)
+        assert purged.exit_code == 0, purged.output
+        again = digest_cli("schedule", "--spread", "0")
+        assert "scheduled 0 new runs" in again.output, (age, purged.output)
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT user_id, status FROM digest_runs ORDER BY user_id"))
+        assert [tuple(row) for row in kept] == [("d", "sent"), ("w", "sent")]
 
 
 def test_purge_refuses_a_bad_age(digest_cli: Invoke) -> None:

@@ -6,6 +6,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,9 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import uvicorn
@@ -30,7 +32,7 @@ from digest.db import make_engine
 from digest.errors import DigestError
 from digest.scheduler import schedule_once
 from digest.transports.file import FileTransport
-from digest.unsubscribe import make_token
+from digest.unsubscribe import MAX_AGE_DAYS, make_legacy_token, make_token
 from digest.web import SECRET_MISSING, create_app
 from digest.worker import Worker
 
@@ -139,6 +141,28 @@ def add_user(engine: Engine, user_id: str, email: str | None = None, name: str =
         conn.execute(ADD_EVENTS, {"user_id": user_id})
 
 
+def token_for(engine: Engine, user_id: str, issued: date | None = None) -> str:
+    """The token of `user_id` as mail sent now (or on `issued`) carries it."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT id, subscription_version FROM recipients WHERE user_id = :u"),
+            {"u": user_id},
+        ).one()
+    return make_token(SECRET, row.id, row.subscription_version, issued or today())
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def form_token(reply: Reply, token: str) -> str:
+    """The token the page /u/`token`'s forms post to, as a browser resolves their action."""
+    match = re.search(r'<form method="post" action="([^"]+)"', reply.body)
+    target = urljoin(f"/u/{token}", match[1]) if match else f"/u/{token}"
+    assert target.startswith("/u/"), target
+    return target.removeprefix("/u/")
+
+
 def schedule(engine: Engine) -> int:
     with engine.begin() as conn:
         return schedule_once(conn, datetime.now(UTC), 0)
@@ -200,7 +224,7 @@ def test_one_click_post_unsubscribes_at_once_with_200_and_no_redirect(
     add_user(engine, "ana")
     add_user(engine, "ben")
     assert schedule(engine) == 2
-    reply = site.request("POST", f"/u/{make_token(SECRET, 'ana')}", body, headers)
+    reply = site.request("POST", f"/u/{token_for(engine, 'ana')}", body, headers)
     assert reply.status == 200
     assert reply.header("location") is None
     assert "You are unsubscribed" in reply.body
@@ -213,7 +237,7 @@ def test_one_click_post_unsubscribes_at_once_with_200_and_no_redirect(
 def test_one_click_is_idempotent(engine: Engine, site: Site) -> None:
     """A second one-click POST is another 200, keeping the first time; the page then says so."""
     add_user(engine, "ana")
-    token = make_token(SECRET, "ana")
+    token = token_for(engine, "ana")
     assert site.one_click(token).status == 200
     first = recipient(engine, "ana").unsubscribed_at
     again = site.one_click(token)
@@ -231,7 +255,7 @@ def test_get_shows_the_page_and_changes_nothing(engine: Engine, site: Site) -> N
     add_user(engine, "ana", name="Ana")
     schedule(engine)
     before = snapshot(engine)
-    token = make_token(SECRET, "ana")
+    token = token_for(engine, "ana")
     reply = site.request("GET", f"/u/{token}")
     assert reply.status == 200
     assert reply.header("content-type") == "text/html; charset=utf-8"
@@ -251,7 +275,7 @@ def test_get_shows_the_page_and_changes_nothing(engine: Engine, site: Site) -> N
 def test_page_escapes_the_name_and_address(engine: Engine, site: Site) -> None:
     """User data on the page is HTML-escaped: a name with <script> stays text."""
     add_user(engine, "eve", email="tom&jerry@example.com", name='<script>alert("x")</script>')
-    reply = site.request("GET", f"/u/{make_token(SECRET, 'eve')}")
+    reply = site.request("GET", f"/u/{token_for(engine, 'eve')}")
     assert reply.status == 200
     assert "<script>" not in reply.body
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in reply.body
@@ -267,12 +291,14 @@ def test_bad_tokens_get_one_identical_404_and_change_nothing(engine: Engine, sit
     add_user(engine, "ana")
     schedule(engine)
     before = snapshot(engine)
-    good = make_token(SECRET, "ana")
+    good = token_for(engine, "ana")
     paths = {
-        "forged": f"/u/{make_token('some-other-secret', 'ana')}",
+        "forged": f"/u/{make_token('some-other-secret', 1, 0, today())}",
+        "forged legacy": f"/u/{make_legacy_token('some-other-secret', 'ana')}",
         "truncated": f"/u/{good[:-4]}",
         "garbage": "/u/garbage!!",
-        "unknown user": f"/u/{make_token(SECRET, 'nobody')}",
+        "unknown recipient": f"/u/{make_token(SECRET, 999_999, 0, today())}",
+        "unknown legacy user": f"/u/{make_legacy_token(SECRET, 'nobody')}",
         "empty": "/u/",
         "extra segment": f"/u/{good}/more",
     }
@@ -314,7 +340,7 @@ def test_other_bodies_are_400_and_change_nothing(
     add_user(engine, "ana")
     schedule(engine)
     before = snapshot(engine)
-    reply = site.request("POST", f"/u/{make_token(SECRET, 'ana')}", body, headers)
+    reply = site.request("POST", f"/u/{token_for(engine, 'ana')}", body, headers)
     assert reply.status == 400
     assert "Nothing was changed" in reply.body
     assert snapshot(engine) == before
@@ -324,7 +350,7 @@ def test_oversized_body_is_refused(engine: Engine, site: Site) -> None:
     """A body far beyond any form's size is a 413, not read into memory."""
     add_user(engine, "ana")
     body = ONE_CLICK + "&pad=" + "x" * 100_000
-    reply = site.request("POST", f"/u/{make_token(SECRET, 'ana')}", body, URLENCODED)
+    reply = site.request("POST", f"/u/{token_for(engine, 'ana')}", body, URLENCODED)
     assert reply.status == 413
     assert recipient(engine, "ana").unsubscribed_at is None
 
@@ -336,7 +362,7 @@ def test_cadence_off_weekly_daily_and_resubscribe(engine: Engine, site: Site) ->
     """The cadence buttons set the cadence; daily or weekly after an unsubscribe re-subscribes."""
     add_user(engine, "ana")
     schedule(engine)
-    token = make_token(SECRET, "ana")
+    token = token_for(engine, "ana")
 
     def choose(cadence: str) -> Reply:
         return site.request("POST", f"/u/{token}", f"cadence={cadence}", URLENCODED)
@@ -351,6 +377,7 @@ def test_cadence_off_weekly_daily_and_resubscribe(engine: Engine, site: Site) ->
     assert weekly.status == 200
     assert "weekly digest" in weekly.body
     assert recipient(engine, "ana").cadence == "weekly"
+    token = form_token(weekly, token)  # digests again: the page's forms get a fresh link
 
     assert site.one_click(token).status == 200
     assert recipient(engine, "ana").unsubscribed_at is not None
@@ -363,6 +390,8 @@ def test_cadence_off_weekly_daily_and_resubscribe(engine: Engine, site: Site) ->
     row = recipient(engine, "ana")
     assert (row.cadence, row.unsubscribed_at) == ("daily", None)
     assert schedule(engine) == 1  # subscribed again: the next schedule creates a run
+    assert site.one_click(form_token(daily, token)).status == 200  # the page's button works
+    assert recipient(engine, "ana").unsubscribed_at is not None
 
 
 def test_changes_are_logged_without_the_token(
@@ -370,7 +399,7 @@ def test_changes_are_logged_without_the_token(
 ) -> None:
     """One log line per change with user id and action; the token is never logged."""
     add_user(engine, "ana")
-    token = make_token(SECRET, "ana")
+    token = token_for(engine, "ana")
     with caplog.at_level(logging.INFO, logger="digest.web"):
         site.one_click(token)
         site.request("POST", f"/u/{token}", "cadence=weekly", URLENCODED)
@@ -382,6 +411,146 @@ def test_changes_are_logged_without_the_token(
     assert all(token not in r.getMessage() for r in caplog.records)
 
 
+def test_cadence_button_gives_a_deferred_runs_events_to_the_next_run(
+    engine: Engine, db_url: str, site: Site, tmp_path: Path
+) -> None:
+    """Weekly on the page while a run awaits a retry: its events wait, the weekly run sends them."""
+    add_user(engine, "ana")
+    schedule(engine)
+    with engine.begin() as conn:  # the first attempt froze 3 events; the relay said 451
+        conn.execute(
+            text(
+                "UPDATE digest_runs SET attempt = 1, frozen_at = now() - interval '1 minute', "
+                "event_count = 3, scheduled_for = now() + interval '30 seconds', "
+                "last_error = 'transient: 451 4.7.1 try again later'"
+            )
+        )
+        conn.execute(text("UPDATE digest_events SET digest_run_id = (SELECT id FROM digest_runs)"))
+    reply = site.request("POST", f"/u/{token_for(engine, 'ana')}", "cadence=weekly", URLENCODED)
+    assert reply.status == 200
+    assert run_statuses(engine, "ana") == ["cancelled"]
+    why = CliRunner().invoke(cli, ["why", "--user", "ana"], env={"DIGEST_DATABASE_URL": db_url})
+    assert "3 events are waiting for the next digest" in why.output, why.output
+    assert schedule(engine) == 1
+    stats = worker(engine, tmp_path / "outbox").run(drain=True)
+    assert (stats.sent, stats.events) == (1, 3)
+    with engine.connect() as conn:
+        weekly = conn.execute(
+            text("SELECT cadence, event_count FROM digest_runs WHERE status = 'sent'")
+        ).one()
+    assert tuple(weekly) == ("weekly", 3)
+
+
+# ---------------------------------------------------------------------------- link lifetime
+
+
+def stale_reference(site: Site, engine: Engine) -> Reply:
+    """The out-of-date page, as a token of a version that never existed gets it."""
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT id FROM recipients LIMIT 1")).one()
+    return site.request("GET", f"/u/{make_token(SECRET, row.id, 2**31 - 1, today())}")
+
+
+def test_a_replayed_link_after_resubscribing_changes_nothing(engine: Engine, site: Site) -> None:
+    """An old link replayed after re-subscribing gets 410 and changes nothing; newer links work."""
+    add_user(engine, "ana")
+    old = token_for(engine, "ana")
+    assert site.one_click(old).status == 200
+    back = site.request("POST", f"/u/{old}", "cadence=daily", URLENCODED)
+    assert back.status == 200
+    assert recipient(engine, "ana").unsubscribed_at is None
+    assert recipient(engine, "ana").subscription_version == 1
+    schedule(engine)
+    before = snapshot(engine)
+    replies = [
+        site.one_click(old),
+        site.request("POST", f"/u/{old}", "cadence=off", URLENCODED),
+        site.request("GET", f"/u/{old}"),
+    ]
+    reference = stale_reference(site, engine)
+    assert reference.status == 410
+    assert "This link is out of date" in reference.body
+    assert "ana@example.com" not in reference.body
+    assert all(reply == reference for reply in replies)
+    assert snapshot(engine) == before
+    fresh = form_token(back, old)
+    assert fresh != old
+    assert site.request("GET", f"/u/{token_for(engine, 'ana')}").status == 200  # newer mail
+    assert site.one_click(fresh).status == 200
+    assert recipient(engine, "ana").unsubscribed_at is not None
+
+
+def test_resubscribing_elsewhere_retires_older_links(
+    engine: Engine, site: Site, digest_cli: Callable[..., Any]
+) -> None:
+    """Only getting digests again (off -> daily via the CLI) retires the links issued before."""
+    add_user(engine, "ana")
+    old = token_for(engine, "ana")
+    assert site.request("POST", f"/u/{old}", "cadence=weekly", URLENCODED).status == 200
+    assert site.one_click(old).status == 200  # weekly did not retire the link
+    assert site.request("POST", f"/u/{old}", "cadence=daily", URLENCODED).status == 200
+    old = token_for(engine, "ana")  # the re-subscribe above retired the first one
+    assert digest_cli("recipients", "set", "ana", "--cadence", "off").exit_code == 0
+    assert site.request("GET", f"/u/{old}").status == 200  # going quiet retires nothing
+    assert digest_cli("recipients", "set", "ana", "--cadence", "daily").exit_code == 0
+    before = snapshot(engine)
+    assert site.one_click(old).status == 410
+    assert snapshot(engine) == before
+    assert site.one_click(token_for(engine, "ana")).status == 200
+
+
+def test_an_expired_link_changes_nothing(engine: Engine, site: Site) -> None:
+    """A link older than MAX_AGE_DAYS gets the out-of-date page and unsubscribes no one."""
+    add_user(engine, "ana")
+    schedule(engine)
+    before = snapshot(engine)
+    expired = token_for(engine, "ana", today() - timedelta(days=MAX_AGE_DAYS + 1))
+    reference = stale_reference(site, engine)
+    assert site.one_click(expired) == reference
+    assert site.request("GET", f"/u/{expired}") == reference
+    assert snapshot(engine) == before
+    last_day = token_for(engine, "ana", today() - timedelta(days=MAX_AGE_DAYS))
+    assert site.request("GET", f"/u/{last_day}").status == 200
+
+
+def test_legacy_links_in_mail_already_sent_still_work(engine: Engine, site: Site) -> None:
+    """`base64(user_id).mac` links from before the upgrade act as version 0 links."""
+    add_user(engine, "ana")
+    legacy = make_legacy_token(SECRET, "ana")
+    assert site.request("GET", f"/u/{legacy}").status == 200
+    assert site.one_click(legacy).status == 200
+    assert recipient(engine, "ana").unsubscribed_at is not None
+    assert site.request("POST", f"/u/{legacy}", "cadence=weekly", URLENCODED).status == 200
+    assert recipient(engine, "ana").unsubscribed_at is None
+    assert site.one_click(legacy).status == 410  # re-subscribed: version 1 now
+
+
+@pytest.mark.parametrize(
+    "user_id", ["a" * 1000, ("日本語の利用者" * 143)[:1000]], ids=["ascii", "cjk"]
+)
+def test_long_user_ids_get_a_working_foldable_one_click_link(
+    engine: Engine, site: Site, tmp_path: Path, user_id: str
+) -> None:
+    """1,000-character ids: header lines within RFC 5322's 998; the one-click POST unsubscribes."""
+    add_user(engine, user_id, email="long@example.com")
+    schedule(engine)
+    outbox = tmp_path / "outbox"
+    settings = Settings(secret_key=SECRET, outbox=outbox, unsubscribe_mailto="u@example.com")
+    assert Worker(engine, settings, FileTransport(outbox)).run(drain=True).sent == 1
+    [mail] = outbox.glob("*.eml")
+    head = mail.read_bytes().split(b"\r\n\r\n")[0].decode("ascii")
+    lines = head.split("\r\n")
+    assert max(len(line) for line in lines) <= 998
+    start = next(i for i, line in enumerate(lines) if line.startswith("List-Unsubscribe:"))
+    folded = [lines[start], *(line for line in lines[start + 1 :] if line[:1] == " ")]
+    header = "".join(folded)
+    assert max(len(line) for line in folded) <= 100
+    url = re.search(r"<http://localhost:8000(/u/[^>]+)>", header)
+    assert url is not None, header
+    assert site.one_click(url[1][3:]).status == 200
+    assert recipient(engine, user_id).unsubscribed_at is not None
+
+
 # ---------------------------------------------------------------------------- no more mail
 
 
@@ -390,7 +559,7 @@ def test_no_email_after_one_click(engine: Engine, site: Site, tmp_path: Path) ->
     add_user(engine, "ana")
     add_user(engine, "ben")
     schedule(engine)
-    assert site.one_click(make_token(SECRET, "ana")).status == 200
+    assert site.one_click(token_for(engine, "ana")).status == 200
     schedule(engine)  # creates nothing for ana: she is unsubscribed
     outbox = tmp_path / "outbox"
     stats = worker(engine, outbox).run(drain=True)
@@ -415,7 +584,7 @@ def test_run_already_processing_is_skipped_as_unsubscribed(
                 "lease_expires_at = now() - interval '1 minute'"
             )
         )
-    assert site.one_click(make_token(SECRET, "ana")).status == 200
+    assert site.one_click(token_for(engine, "ana")).status == 200
     assert run_statuses(engine, "ana") == ["processing"]  # the trigger leaves it alone
     with engine.connect() as conn:
         assert watchdog.reset_expired_once(conn, 5) == (1, 0)
@@ -473,7 +642,7 @@ def test_serve_errors_are_one_line(db_url: str) -> None:
 def test_serve_command_serves_and_stops_on_sigterm(engine: Engine, db_url: str) -> None:
     """The real `digest serve` process answers, logs no token, and exits 0 on SIGTERM."""
     add_user(engine, "ana")
-    token = make_token(SECRET, "ana")
+    token = token_for(engine, "ana")
     env = {**os.environ, "DIGEST_DATABASE_URL": db_url, "DIGEST_SECRET_KEY": SECRET}
     proc = subprocess.Popen(
         [sys.executable, "-m", "digest", "serve", "--port", "0"],
