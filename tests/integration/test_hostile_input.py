@@ -36,7 +36,7 @@ from sqlalchemy import Engine, text
 from digest.config import Settings
 from digest.feedback import FeedbackError, ingest
 from digest.sns import canonical_string
-from digest.unsubscribe import make_token
+from digest.unsubscribe import make_legacy_token
 from digest.web import create_app
 
 Invoke = Callable[..., Result]
@@ -246,7 +246,7 @@ def test_each_route_has_its_own_body_limit(engine: Engine, site: Site) -> None:
     huge = signed(json.dumps(bounce("ses-1", "ana@example.com", headers=headers)), "sns-2")
     assert site.webhook(huge).status == 413
     form = ONE_CLICK + "&pad=" + "x" * 20_000
-    token = make_token(SECRET, "ana")
+    token = make_legacy_token(SECRET, "ana")
     assert site.request("POST", f"/u/{token}", form, URLENCODED).status == 413
     assert snapshot(engine) == before
 
@@ -297,7 +297,7 @@ def test_trailing_slash_is_the_same_404_as_any_unknown_path(engine: Engine, site
     """`/u/<token>/` and other slashed paths never redirect (to any Host): the one 404."""
     sent(engine, "ana", "ses-1")
     before = snapshot(engine)
-    token = make_token(SECRET, "ana")
+    token = make_legacy_token(SECRET, "ana")
     evil = {"Host": "evil.example"}
     reference = site.request("GET", "/no/such/path", headers=evil)
     assert reference.status == 404
