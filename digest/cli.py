@@ -19,13 +19,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from digest import db, migrate, stats, watchdog
 from digest.config import Settings
 from digest.errors import DigestError
+from digest.terminal import printable
 
 
 class UserError(click.ClickException):
     """Shown as `digest: error: <message>`, exit code 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"digest: error: {self.format_message()}", err=True)
+        # messages quote servers' replies: their control characters are shown, not obeyed
+        click.echo(f"digest: error: {printable(self.format_message())}", err=True)
 
 
 @dataclass

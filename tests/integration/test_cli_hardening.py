@@ -1,0 +1,148 @@
+"""The CLI facing hostile text, bad settings and a fresh machine: control characters from
+remote servers, passwords in URLs, plain-HTTP links in real mail, a database never
+migrated, the data folder, outbox names across databases, and odd option values."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from digest.cli import cli
+from digest.db import libpq_url
+
+# What a hostile SMTP server or SES diagnosticCode could hold: a window-title OSC, a
+# screen clear, colour, CRLF, a C1 CSI and a right-to-left override.
+HOSTILE = "550 \x1b]0;owned\x07\x1b[2J\x1b[31mred\r\nnext \x9b1m\u202edesrever"
+RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+NO_SCHEMA = "digest: error: the database has no digest schema yet: run `digest migrate`"
+
+
+def sql(engine: Engine, statement: str, **params: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def database_url(server_url: str, name: str) -> str:
+    return libpq_url(make_url(server_url).set(database=name).render_as_string(False))
+
+
+@pytest.fixture
+def make_database(server_url: str, template_db: str) -> Iterator[Any]:
+    """Creates databases on the test server (migrated or empty), dropped afterwards."""
+    made: list[str] = []
+
+    def make(*, migrated: bool) -> str:
+        name = f"digest_h_{uuid.uuid4().hex[:12]}"
+        template = f' TEMPLATE "{template_db}"' if migrated else ""
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"{template}')
+        made.append(name)
+        return database_url(server_url, name)
+
+    yield make
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def invoke(url: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env={"DIGEST_DATABASE_URL": url, **(env or {})})
+
+
+def one_error_line(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("digest: error: ")
+    assert "unexpected" not in lines[0]
+    return lines[0]
+
+
+# -- 9: remote text reaches the terminal without its control characters --------------------
+
+
+def hostile_history(engine: Engine) -> None:
+    sql(
+        engine,
+        "INSERT INTO recipients (user_id, email, timezone) VALUES ('1', 'ana@example.com', 'UTC')",
+    )
+    sql(
+        engine,
+        """
+        INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status,
+                                 attempt, completed_at, last_error)
+        VALUES ('1', 'daily', '2026-11-23', '2026-11-23', 'failed', 1, '2026-11-23 00:01',
+                :reason)
+        """,
+        reason=HOSTILE,
+    )
+    sql(
+        engine,
+        """
+        INSERT INTO deliveries (run_id, user_id, recipient, transport, message_id,
+                                provider_message_id, attempt, status, reason, created_at)
+        SELECT id, '1', 'ana@example.com', 'smtp', '<m@digest>', :provider, 1, 'bounced',
+               :reason, '2026-11-23 00:01+00'
+          FROM digest_runs
+        """,
+        reason=HOSTILE,
+        provider="id\x1b[8m",
+    )
+    sql(
+        engine,
+        "INSERT INTO suppressions (email, reason, source) VALUES ('ana@example.com', :r, 'ses')",
+        r=HOSTILE,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("deliveries",), ("why", "--user", "1"), ("suppress", "list")],
+    ids=["deliveries", "why", "suppress-list"],
+)
+def test_remote_text_is_printed_without_control_characters(
+    digest_cli: Any, engine: Engine, args: tuple[str, ...]
+) -> None:
+    """A bounce reason full of escape sequences shows them as visible text, inert."""
+    hostile_history(engine)
+    result = digest_cli(*args, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert not RAW_CONTROL.search(result.output), repr(result.output)
+    assert "\\x1b[31mred" in result.output
+    assert "\\u202edesrever" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("deliveries", "--json"), ("why", "--user", "1", "--json"), ("suppress", "list", "--json")],
+    ids=["deliveries", "why", "suppress-list"],
+)
+def test_json_output_escapes_control_characters_and_keeps_the_text(
+    digest_cli: Any, engine: Engine, args: tuple[str, ...]
+) -> None:
+    """--json prints no raw control character yet gives back the reason exactly as stored."""
+    hostile_history(engine)
+    result = digest_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert not RAW_CONTROL.search(result.output)
+    assert HOSTILE in strings(json.loads(result.output))
+
+
+def strings(value: Any) -> list[str]:
+    """Every text inside a JSON value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return []
