@@ -62,7 +62,9 @@ class DigestGroup(click.Group):
             app = ctx.find_object(App)
             if app is not None and app.debug:
                 raise
-            raise UserError(_describe(exc)) from exc
+            # a driver's message may quote the URL it was given: never its password
+            url = app.settings.database_url if app is not None else None
+            raise UserError(db.scrub_secrets(_describe(exc), [url])) from exc
 
 
 def _describe(exc: Exception) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +90,54 @@ def sqlalchemy_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except Exception:
-        raise DigestError(f"not a database URL: {url!r}") from None
+        raise DigestError(f"not a database URL: {hide_password(url)!r}") from None
     if not parsed.drivername.startswith("postgresql"):
         raise DigestError(f"only PostgreSQL is supported, got {parsed.drivername!r}")
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+# The password of `scheme://user:password@host…` up to the last `@` (a password may hold
+# `/`, `:` or `@`), and of a libpq conninfo `password=…` (quoted or not).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<secret>\S*)@", re.I)
+_CONNINFO_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:\\.|[^'\\])*'|[^\s'\"]+)", re.I
+)
+
+
+def hide_password(url: str) -> str:
+    """`url` with its password shown as `***`, even when it does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # any parse failure: mask by pattern instead
+        return _mask(url)
+
+
+def _mask(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\g<head>***@", text)
+    return _CONNINFO_PASSWORD.sub(r"\g<head>***", text)
+
+
+def _passwords(url: str) -> list[str]:
+    """The password in `url` as written and as decoded, when it has one."""
+    found = [m.group("secret") for m in _URL_PASSWORD.finditer(url)]
+    found += [m.group("secret").strip("'") for m in _CONNINFO_PASSWORD.finditer(url)]
+    try:
+        decoded = make_url(url).password
+    except Exception:  # unparsable: the patterns above found what there is
+        decoded = None
+    if decoded:
+        found.append(str(decoded))
+    return [secret for secret in found if secret and secret != "***"]
+
+
+def scrub_secrets(message: str, urls: Iterable[str | None]) -> str:
+    """`message` (a driver's error, say) without the passwords of `urls` or of any URL or
+    conninfo it quotes."""
+    for url in urls:
+        if url:
+            for secret in sorted(_passwords(url), key=len, reverse=True):
+                message = message.replace(secret, "***")
+    return _mask(message)
 
 
 def libpq_url(url: str) -> str:

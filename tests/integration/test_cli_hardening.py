@@ -146,3 +146,21 @@ def strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [text for item in value for text in strings(item)]
     return []
+
+
+# -- 10: passwords in database URLs are never echoed -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:Hunter2@127.0.0.1:notaport/db",
+        "postgresql://app:Hunter2@[::1/db",
+        "host=127.0.0.1 password=Hunter2 port=x",
+    ],
+)
+def test_database_url_errors_hide_the_password(url: str) -> None:
+    """A bad DIGEST_DATABASE_URL is named in the error without its password."""
+    line = one_error_line(invoke(url, "stats"))
+    assert "Hunter2" not in line
+    assert "127.0.0.1" in line or "[::1" in line
