@@ -262,7 +262,8 @@ def work_cmd(
     batch and records finished ones, and sends through a pool of threads, so a slow
     provider does not serialize a batch. Runs the watchdog every few seconds too.
     SIGTERM or Ctrl-C: stop claiming, finish the sends in progress, give the rest back
-    to the queue, exit 0. Real transports (smtp, ses) need DIGEST_SECRET_KEY.
+    to the queue, exit 0. Real transports (smtp, ses) need DIGEST_SECRET_KEY and an
+    https:// DIGEST_BASE_URL (http:// only on localhost).
     """
     from digest import transports
     from digest.worker import signing_key, work_processes
@@ -276,9 +277,13 @@ def work_cmd(
         "delivery": delivery,
     }
     settings = app.settings.with_(**{k: v for k, v in options.items() if v is not None})
-    name = transport or settings.transport
-    # refuse a bad transport or a missing secret here, in one line, before any process starts
+    # an empty --transport is a mistake, not a request for the default
+    name = settings.transport if transport is None else transport
+    # refuse a bad transport, a missing secret or plain-HTTP links in real mail here, in one
+    # line, before any process starts
+    names = transports.parse(name)
     signing_key(settings, name)
+    transports.require_https_links(settings, names)
     transports.make(name, settings).close()
     started = time.monotonic()
     total, errors = work_processes(app.url(), settings, name, processes, drain, pin_cpus=pin_cpus)

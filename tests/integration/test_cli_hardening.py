@@ -164,3 +164,41 @@ def test_database_url_errors_hide_the_password(url: str) -> None:
     line = one_error_line(invoke(url, "stats"))
     assert "Hunter2" not in line
     assert "127.0.0.1" in line or "[::1" in line
+
+
+# -- 12 and 14: known transport names, and HTTPS links for real mail ----------------------
+
+
+@pytest.mark.parametrize("transport", ["smtp", "ses", "file,smtp"])
+def test_real_mail_with_an_http_base_url_is_refused_at_start(db_url: str, transport: str) -> None:
+    """smtp/ses with an http:// DIGEST_BASE_URL stop in one line before any process starts."""
+    env = {
+        "DIGEST_SECRET_KEY": "k",
+        "DIGEST_BASE_URL": "http://example.com",
+        "DIGEST_SES_REGION": "eu-west-1",
+    }
+    line = one_error_line(invoke(db_url, "work", "--drain", "--transport", transport, env=env))
+    assert "DIGEST_BASE_URL must be an https:// URL" in line
+
+
+def test_real_mail_with_a_loopback_http_base_url_runs(db_url: str) -> None:
+    """A loopback base URL (a developer's own machine) may stay plain HTTP."""
+    env = {"DIGEST_SECRET_KEY": "k", "DIGEST_BASE_URL": "http://127.0.0.1:8000"}
+    result = invoke(db_url, "work", "--drain", "--transport", "smtp", env=env)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("transport", "message"),
+    [
+        ("", "no transport given"),
+        (",", "no transport given"),
+        ("pigeon", "unknown transport 'pigeon'"),
+        ("smtp,pigeon", "unknown transport 'pigeon'"),
+    ],
+)
+def test_bad_transport_names_are_refused_first(db_url: str, transport: str, message: str) -> None:
+    """An empty or unknown transport is named as such, before any secret-key check."""
+    line = one_error_line(invoke(db_url, "work", "--drain", "--transport", transport))
+    assert message in line
+    assert "DIGEST_SECRET_KEY" not in line

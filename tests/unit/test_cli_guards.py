@@ -3,9 +3,13 @@ list, HTTPS links for real mail, the per-user data folder and --since bounds."""
 
 from __future__ import annotations
 
+
 import pytest
 
+from digest import transports
+from digest.config import Settings
 from digest.db import hide_password, scrub_secrets
+from digest.errors import DigestError
 from digest.terminal import printable
 
 # -- 9: control characters never reach the terminal ---------------------------------------
@@ -59,3 +63,65 @@ def test_scrub_secrets_removes_the_password_from_a_driver_message() -> None:
     scrubbed = scrub_secrets(message, [url])
     assert "S3cr" not in scrubbed
     assert "db.example.com" in scrubbed
+
+
+# -- 12 and 14: the transport list ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", " ", ",", " , "])
+def test_an_empty_transport_is_refused(name: str) -> None:
+    """An empty --transport is an error, never a silent default."""
+    with pytest.raises(DigestError, match="no transport given"):
+        transports.parse(name)
+
+
+@pytest.mark.parametrize("name", ["pigeon", "smtp,pigeon", "SES"])
+def test_an_unknown_transport_is_named(name: str) -> None:
+    """An unknown name is reported as unknown, whatever else the list holds."""
+    with pytest.raises(DigestError, match="unknown transport"):
+        transports.parse(name)
+
+
+def test_transport_list_is_parsed_in_order() -> None:
+    """A fallback list keeps its order and loses the blanks around names."""
+    assert transports.parse(" ses , smtp ") == ["ses", "smtp"]
+
+
+# -- 12: real mail needs HTTPS links ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base_url", "names"),
+    [
+        ("http://example.com", ["smtp"]),
+        ("http://example.com", ["ses"]),
+        ("http://example.com", ["file", "ses"]),
+        ("http://localhost.example.com", ["smtp"]),
+        ("http://128.0.0.1", ["smtp"]),
+        ("ftp://example.com", ["smtp"]),
+        ("example.com", ["smtp"]),
+    ],
+)
+def test_real_mail_refuses_a_plain_http_base_url(base_url: str, names: list[str]) -> None:
+    """smtp and ses (alone or in a fallback list) refuse links that are not HTTPS."""
+    with pytest.raises(DigestError, match="must be an https:// URL"):
+        transports.require_https_links(Settings(base_url=base_url), names)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "names"),
+    [
+        ("https://example.com", ["smtp"]),
+        ("https://example.com", ["ses", "smtp"]),
+        ("http://localhost:8000", ["smtp"]),
+        ("http://LOCALHOST", ["ses"]),
+        ("http://127.0.0.1:8000", ["smtp"]),
+        ("http://127.5.6.7", ["smtp"]),
+        ("http://[::1]:8000", ["smtp"]),
+        ("http://example.com", ["file"]),
+        ("http://example.com", ["null"]),
+    ],
+)
+def test_https_or_loopback_or_local_transports_pass(base_url: str, names: list[str]) -> None:
+    """HTTPS links pass, loopback hosts may use http, and file/null never mail anyone."""
+    transports.require_https_links(Settings(base_url=base_url), names)
