@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import psycopg.errors
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -62,9 +63,10 @@ class DigestGroup(click.Group):
             app = ctx.find_object(App)
             if app is not None and app.debug:
                 raise
+            message = _missing_schema(app, exc) or _describe(exc)
             # a driver's message may quote the URL it was given: never its password
             url = app.settings.database_url if app is not None else None
-            raise UserError(db.scrub_secrets(_describe(exc), [url])) from exc
+            raise UserError(db.scrub_secrets(message, [url])) from exc
 
 
 def _describe(exc: Exception) -> str:
@@ -75,10 +77,36 @@ def _describe(exc: Exception) -> str:
         return f"database unavailable: {first}"
     if isinstance(exc, DBAPIError):
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        if "digest_runs" in first or "does not exist" in first:
-            return f"{first} (did you run `digest migrate`?)"
         return f"database error: {first}"
     return f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
+
+
+NO_SCHEMA = "the database has no digest schema yet: run `digest migrate`"
+
+
+def _missing_schema(app: App | None, exc: Exception) -> str | None:
+    """For a table that does not exist: what alembic says the schema is, and the fix."""
+    if app is None or not isinstance(exc, DBAPIError):
+        return None
+    if not isinstance(exc.orig, psycopg.errors.UndefinedTable):
+        return None
+    try:
+        return _schema_problem(app.engine())
+    except DBAPIError:  # cannot tell: the table's own error says enough
+        return None
+
+
+def _schema_problem(engine: Engine) -> str | None:
+    """None when the schema is at this version's head, else the line that says to migrate."""
+    current = migrate.current(engine)
+    if current is None:
+        return NO_SCHEMA
+    head = migrate.head()
+    if current != head:
+        return (
+            f"the database schema is at {current}, this digest needs {head}: run `digest migrate`"
+        )
+    return None
 
 
 def _fail(message: str) -> NoReturn:
@@ -92,7 +120,8 @@ pass_app = click.make_pass_decorator(App)
 @click.option(
     "--database-url",
     envvar="DIGEST_DATABASE_URL",
-    help="PostgreSQL URL. Default: the embedded server under .digest/ (started on demand).",
+    help="PostgreSQL URL. Default: the embedded server under DIGEST_DATA_DIR "
+    "(~/.local/share/digest), started on demand.",
 )
 @click.option(
     "--settings",
@@ -279,12 +308,19 @@ def work_cmd(
     settings = app.settings.with_(**{k: v for k, v in options.items() if v is not None})
     # an empty --transport is a mistake, not a request for the default
     name = settings.transport if transport is None else transport
-    # refuse a bad transport, a missing secret or plain-HTTP links in real mail here, in one
-    # line, before any process starts
+    # refuse a bad transport, a missing secret, plain-HTTP links in real mail or a database
+    # without the schema here, in one line, before any process starts
     names = transports.parse(name)
     signing_key(settings, name)
     transports.require_https_links(settings, names)
     transports.make(name, settings).close()
+    try:
+        problem = _schema_problem(app.engine())
+    except OperationalError:  # the server is down: the workers wait for it, as in an outage
+        problem = None
+    if problem:
+        _fail(problem)
+    app.engine().dispose()  # the workers have engines of their own
     started = time.monotonic()
     total, errors = work_processes(app.url(), settings, name, processes, drain, pin_cpus=pin_cpus)
     elapsed = time.monotonic() - started

@@ -5,9 +5,13 @@ migrated, the data folder, outbox names across databases, and odd option values.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,8 +20,9 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from digest import migrate
 from digest.cli import cli
-from digest.db import libpq_url
+from digest.db import libpq_url, make_engine
 
 # What a hostile SMTP server or SES diagnosticCode could hold: a window-title OSC, a
 # screen clear, colour, CRLF, a C1 CSI and a right-to-left override.
@@ -202,3 +207,97 @@ def test_bad_transport_names_are_refused_first(db_url: str, transport: str, mess
     line = one_error_line(invoke(db_url, "work", "--drain", "--transport", transport))
     assert message in line
     assert "DIGEST_SECRET_KEY" not in line
+
+
+# -- 13: a database never migrated, and the data folder --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("stats",),
+        ("why", "--user", "1"),
+        ("deliveries",),
+        ("suppress", "list"),
+        ("schedule",),
+        ("work", "--drain", "--transport", "null"),
+        ("work", "--drain", "--transport", "null", "--processes", "2"),
+        ("watchdog",),
+        ("preview", "--user", "1"),
+        (
+            "events",
+            "add",
+            "--user",
+            "1",
+            "--category",
+            "c",
+            "--entity-type",
+            "post",
+            "--entity-id",
+            "1",
+        ),
+        ("recipients", "show", "1"),
+        ("purge", "--older-than", "1d"),
+    ],
+    ids=lambda args: "-".join(args[:2]),
+)
+def test_a_database_never_migrated_says_run_migrate(
+    make_database: Any, args: tuple[str, ...]
+) -> None:
+    """Every command that needs tables says, in one line, that `digest migrate` is missing."""
+    url = make_database(migrated=False)
+    assert one_error_line(invoke(url, *args)) == NO_SCHEMA
+
+
+def test_an_older_schema_says_run_migrate(make_database: Any) -> None:
+    """A schema behind this version's migrations names both revisions and the fix."""
+    url = make_database(migrated=False)
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine, "0002")  # before feedback_events, which purge needs
+    finally:
+        engine.dispose()
+    line = one_error_line(invoke(url, "purge", "--older-than", "1d"))
+    assert line == (
+        "digest: error: the database schema is at 0002, this digest needs "
+        f"{migrate.head()}: run `digest migrate`"
+    )
+
+
+@pytest.mark.slow
+def test_the_embedded_server_lives_in_one_place_whatever_the_folder(tmp_path: Path) -> None:
+    """Without a URL every folder reaches the same embedded server, under the user's data dir."""
+    home = tmp_path / "home"
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("DIGEST_") and key != "XDG_DATA_HOME"
+    }
+    env["HOME"] = str(home)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    pgdata = home / ".local" / "share" / "digest" / "pgdata"
+
+    def digest(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "digest", *args],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        urls = [digest("db", "url", cwd=folder) for folder in (first, second)]
+        assert [u.returncode for u in urls] == [0, 0], urls[0].stderr + urls[1].stderr
+        assert urls[0].stdout == urls[1].stdout
+        assert (pgdata / "PG_VERSION").exists()
+        assert not (first / ".digest").exists()
+        assert not (second / ".digest").exists()
+        fresh = digest("stats", cwd=second)
+        assert (fresh.returncode, fresh.stderr.strip()) == (1, NO_SCHEMA)
+    finally:
+        stopped = digest("db", "stop", cwd=tmp_path)
+        assert stopped.returncode == 0, stopped.stderr

@@ -3,6 +3,7 @@ list, HTTPS links for real mail, the per-user data folder and --since bounds."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,37 @@ def test_real_mail_refuses_a_plain_http_base_url(base_url: str, names: list[str]
 def test_https_or_loopback_or_local_transports_pass(base_url: str, names: list[str]) -> None:
     """HTTPS links pass, loopback hosts may use http, and file/null never mail anyone."""
     transports.require_https_links(Settings(base_url=base_url), names)
+
+
+# -- 13: one data folder per user, whatever the current folder -------------------------------
+
+
+def test_data_dir_defaults_to_the_users_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without DIGEST_DATA_DIR or XDG_DATA_HOME the data lives in ~/.local/share/digest."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    expected = tmp_path / "home" / ".local" / "share" / "digest"
+    assert Settings.from_env({}).data_dir == expected
+    assert Settings().data_dir == expected
+
+
+def test_data_dir_follows_xdg_data_home_unless_relative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An absolute XDG_DATA_HOME holds `digest/`; a relative one is ignored, as XDG says."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings.from_env({"XDG_DATA_HOME": str(tmp_path / "xdg")}).data_dir == (
+        tmp_path / "xdg" / "digest"
+    )
+    assert Settings.from_env({"XDG_DATA_HOME": "relative"}).data_dir == (
+        tmp_path / "home" / ".local" / "share" / "digest"
+    )
+
+
+def test_digest_data_dir_wins(tmp_path: Path) -> None:
+    """DIGEST_DATA_DIR overrides the per-user default."""
+    env = {"DIGEST_DATA_DIR": str(tmp_path / "d"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    assert Settings.from_env(env).data_dir == tmp_path / "d"
