@@ -246,7 +246,9 @@ def schedule_cmd(app: App, now_text: str | None, spread: int | None, jobs: int |
     help="file, null, smtp, ses, or a fallback list like ses,smtp (DIGEST_TRANSPORT; file).",
 )
 @click.option(
-    "--outbox", type=click.Path(file_okay=False, path_type=Path), help="Folder for `file`."
+    "--outbox",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for `file`; each database writes into a folder of its own in it.",
 )
 @click.option("--lease", type=click.IntRange(min=5), help="Lease seconds per claimed run (300).")
 @click.option(
@@ -292,7 +294,8 @@ def work_cmd(
     provider does not serialize a batch. Runs the watchdog every few seconds too.
     SIGTERM or Ctrl-C: stop claiming, finish the sends in progress, give the rest back
     to the queue, exit 0. Real transports (smtp, ses) need DIGEST_SECRET_KEY and an
-    https:// DIGEST_BASE_URL (http:// only on localhost).
+    https:// DIGEST_BASE_URL (http:// only on localhost). `file` writes into a folder of
+    the database's own under the outbox.
     """
     from digest import transports
     from digest.worker import signing_key, work_processes
@@ -320,14 +323,18 @@ def work_cmd(
         problem = None
     if problem:
         _fail(problem)
+    if "file" in names:
+        # one folder per database: run 7 of one database never overwrites run 7 of another
+        settings = settings.with_(outbox=settings.outbox / db.database_tag(app.engine()))
     app.engine().dispose()  # the workers have engines of their own
     started = time.monotonic()
     total, errors = work_processes(app.url(), settings, name, processes, drain, pin_cpus=pin_cpus)
     elapsed = time.monotonic() - started
+    written = f"; mail in {settings.outbox}" if "file" in names else ""
     click.echo(
         f"sent {total.sent}, skipped {total.skipped}, failed {total.failed}, "
         f"retrying {total.retried}, lease lost {total.lost}, released {total.released}; "
-        f"{total.events} events in {elapsed:.1f}s",
+        f"{total.events} events in {elapsed:.1f}s{written}",
         err=True,
     )
     if errors:
@@ -355,7 +362,10 @@ def preview_cmd(app: App, user_id: str, fmt: str, out: Path | None) -> None:
     rendered = preview(app.engine(), app.settings, user_id)
     body = rendered.html if fmt == "html" else f"Subject: {rendered.subject}\n\n{rendered.text}"
     if out:
-        out.write_text(body, encoding="utf-8")
+        try:
+            out.write_text(body, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot write {out}: {exc.strerror or exc}")
         click.echo(f"wrote {out}")
     else:
         click.echo(body)
@@ -393,7 +403,10 @@ def purge_cmd(app: App, older_than: str, batch_size: int) -> None:
     """
     from digest.purge import parse_age, purge
 
-    cutoff = datetime.now(UTC) - parse_age(older_than)
+    try:
+        cutoff = datetime.now(UTC) - parse_age(older_than)
+    except OverflowError:  # before year 1, or more days than a timedelta holds
+        _fail(f"--older-than: {older_than.strip()} reaches too far back")
     result = purge(app.engine(), cutoff, batch_size)
     click.echo(
         f"purged {result.events} events, {result.deliveries} deliveries, "

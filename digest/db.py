@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -14,8 +15,9 @@ from typing import Any
 import orjson
 import psycopg
 import psycopg.types.json
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from digest.errors import DigestError
 
@@ -138,6 +140,32 @@ def scrub_secrets(message: str, urls: Iterable[str | None]) -> str:
             for secret in sorted(_passwords(url), key=len, reverse=True):
                 message = message.replace(secret, "***")
     return _mask(message)
+
+
+DATABASE_GET_IDENTITY = text(
+    "SELECT current_database() AS name, oid FROM pg_database WHERE datname = current_database()"
+)
+# The cluster's identifier, made by initdb; PostgreSQL 18 lets any role read it, a managed
+# service may not.
+CLUSTER_GET_IDENTIFIER = text("SELECT system_identifier FROM pg_control_system()")
+
+
+def database_tag(engine: Engine) -> str:
+    """A folder name for this database that no other database gets: its name (for people)
+    and a hash of the cluster's identifier and the database's oid (for uniqueness), as in
+    `digest_demo-3f9a1c2e`."""
+    with engine.connect() as conn:
+        name, oid = conn.execute(DATABASE_GET_IDENTITY).one()
+    try:
+        with engine.connect() as conn:
+            cluster = str(conn.execute(CLUSTER_GET_IDENTIFIER).scalar_one())
+    except DBAPIError:
+        # no access to the control data: where the server is, as this client reaches it
+        url = engine.url
+        cluster = f"{url.host}:{url.port}:{url.query.get('host', '')}"
+    digest = hashlib.sha256(f"{cluster}/{oid}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._-")[:40] or "database"
+    return f"{readable}-{digest}"
 
 
 def libpq_url(url: str) -> str:

@@ -301,3 +301,72 @@ def test_the_embedded_server_lives_in_one_place_whatever_the_folder(tmp_path: Pa
     finally:
         stopped = digest("db", "stop", cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stderr
+
+
+# -- 14: outbox names across databases, and odd option values ------------------------------
+
+
+def one_run(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        sql(
+            engine,
+            "INSERT INTO recipients (user_id, email, timezone) "
+            "VALUES ('1', 'ana@example.com', 'UTC')",
+        )
+        sql(
+            engine,
+            """
+            INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload)
+            VALUES ('1', 'comment', 'post', 'p1', jsonb_build_object('title', CAST(:title AS text)))
+            """,
+            title=f"only in {make_url(url).database}",
+        )
+        sql(
+            engine,
+            "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for) "
+            "VALUES ('1', 'daily', now() - interval '1 hour', now() - interval '1 hour')",
+        )
+    finally:
+        engine.dispose()
+
+
+def test_file_outboxes_of_two_databases_never_collide(make_database: Any, tmp_path: Path) -> None:
+    """Run 1 of one database and run 1 of another land in two files, both kept."""
+    outbox = tmp_path / "outbox"
+    urls = [make_database(migrated=True) for _ in range(2)]
+    for url in urls:
+        one_run(url)
+        result = invoke(url, "work", "--drain", "--transport", "file", "--outbox", str(outbox))
+        assert result.exit_code == 0, result.output
+        assert "sent 1," in result.output
+    files = sorted(outbox.rglob("*.eml"))
+    assert len(files) == 2
+    bodies = [f.read_bytes() for f in files]
+    for url in urls:
+        name = make_url(url).database
+        assert sum(f"only in {name}".encode() in body for body in bodies) == 1
+    # The same database again writes to the same folder: a retry overwrites, never duplicates.
+    again = invoke(urls[0], "work", "--drain", "--transport", "file", "--outbox", str(outbox))
+    assert again.exit_code == 0
+    assert len({f.parent for f in files}) == 2
+    assert sorted(outbox.rglob("*.eml")) == files
+
+
+def test_deliveries_since_too_far_back_is_one_line(db_url: str) -> None:
+    """`--since 99999999d` says it reaches too far back instead of an OverflowError."""
+    line = one_error_line(invoke(db_url, "deliveries", "--since", "99999999d"))
+    assert "--since: 99999999d reaches too far back" in line
+
+
+def test_purge_older_than_too_far_back_is_one_line(db_url: str) -> None:
+    """`purge --older-than 99999999d` says it reaches too far back, deleting nothing."""
+    line = one_error_line(invoke(db_url, "purge", "--older-than", "99999999d"))
+    assert line == "digest: error: --older-than: 99999999d reaches too far back"
+
+
+def test_preview_into_a_missing_folder_is_one_line(db_url: str, engine: Engine) -> None:
+    """`preview --out` into a folder that does not exist names the file and the reason."""
+    one_run(db_url)
+    line = one_error_line(invoke(db_url, "preview", "--user", "1", "--out", "/no/such/dir/x.html"))
+    assert line == "digest: error: cannot write /no/such/dir/x.html: No such file or directory"

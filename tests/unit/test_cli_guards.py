@@ -3,6 +3,7 @@ list, HTTPS links for real mail, the per-user data folder and --since bounds."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from digest import transports
 from digest.config import Settings
 from digest.db import hide_password, scrub_secrets
-from digest.errors import DigestError
+from digest.errors import DigestError, ValidationError
+from digest.support import parse_since
 from digest.terminal import printable
 
 # -- 9: control characters never reach the terminal ---------------------------------------
@@ -160,3 +162,13 @@ def test_digest_data_dir_wins(tmp_path: Path) -> None:
     """DIGEST_DATA_DIR overrides the per-user default."""
     env = {"DIGEST_DATA_DIR": str(tmp_path / "d"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
     assert Settings.from_env(env).data_dir == tmp_path / "d"
+
+
+# -- 14: --since far in the past -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["99999999d", "999999999999d", "9" * 30 + "h"])
+def test_since_too_far_back_is_one_clear_error(value: str) -> None:
+    """A span reaching before year 1 is a validation error, not an OverflowError."""
+    with pytest.raises(ValidationError, match=r"^--since: \S+ reaches too far back$"):
+        parse_since(value, datetime(2026, 1, 1, tzinfo=UTC))
