@@ -28,7 +28,9 @@ class UserError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         # messages quote servers' replies: their control characters are shown, not obeyed
-        click.echo(f"digest: error: {printable(self.format_message())}", err=True)
+        # (a message's own lines, like an import's list of bad lines, stay lines)
+        lines = self.format_message().split("\n")
+        click.echo("digest: error: " + "\n".join(map(printable, lines)), err=True)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from digest import transports
+from digest.cli import UserError
 from digest.config import Settings
 from digest.db import hide_password, scrub_secrets
 from digest.errors import DigestError, ValidationError
@@ -33,6 +34,16 @@ from digest.terminal import printable
 def test_printable_neutralises_control_characters(raw: str, shown: str) -> None:
     """C0, DEL, C1 and bidi controls show as visible escapes; line breaks and tabs as spaces."""
     assert printable(raw) == shown
+
+
+def test_error_lines_show_control_characters_and_keep_their_own_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An error quoting a server's reply prints its escapes inert; a listing keeps its lines."""
+    UserError("SES said: \x1b[2Jpaused\x07\nfile.jsonl:3: bad line").show()
+    assert capsys.readouterr().err == (
+        "digest: error: SES said: \\x1b[2Jpaused\\x07\nfile.jsonl:3: bad line\n"
+    )
 
 
 # -- 10: credentials never echoed ------------------------------------------------------------
