@@ -88,9 +88,9 @@ NO_SCHEMA = "the database has no digest schema yet: run `digest migrate`"
 
 def _missing_schema(app: App | None, exc: Exception) -> str | None:
     """For a table that does not exist: what alembic says the schema is, and the fix."""
-    if app is None or not isinstance(exc, DBAPIError):
-        return None
-    if not isinstance(exc.orig, psycopg.errors.UndefinedTable):
+    # COPY (imports) raises the driver's error itself, everything else SQLAlchemy's wrapper
+    driver_error = exc.orig if isinstance(exc, DBAPIError) else exc
+    if app is None or not isinstance(driver_error, psycopg.errors.UndefinedTable):
         return None
     try:
         return _schema_problem(app.engine())

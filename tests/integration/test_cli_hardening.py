@@ -249,6 +249,18 @@ def test_a_database_never_migrated_says_run_migrate(
     assert one_error_line(invoke(url, *args)) == NO_SCHEMA
 
 
+def test_an_import_into_a_database_never_migrated_says_run_migrate(
+    make_database: Any, tmp_path: Path
+) -> None:
+    """`events import` (COPY, straight through psycopg) gives the same one line."""
+    url = make_database(migrated=False)
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"user_id": "1", "category": "comment", "entity_type": "post", "entity_id": "1"}\n'
+    )
+    assert one_error_line(invoke(url, "events", "import", str(events))) == NO_SCHEMA
+
+
 def test_an_older_schema_says_run_migrate(make_database: Any) -> None:
     """A schema behind this version's migrations names both revisions and the fix."""
     url = make_database(migrated=False)
