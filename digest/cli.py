@@ -13,19 +13,24 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import psycopg.errors
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from digest import db, migrate, stats, watchdog
 from digest.config import Settings
 from digest.errors import DigestError
+from digest.terminal import printable
 
 
 class UserError(click.ClickException):
     """Shown as `digest: error: <message>`, exit code 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"digest: error: {self.format_message()}", err=True)
+        # messages quote servers' replies: their control characters are shown, not obeyed
+        # (a message's own lines, like an import's list of bad lines, stay lines)
+        lines = self.format_message().split("\n")
+        click.echo("digest: error: " + "\n".join(map(printable, lines)), err=True)
 
 
 @dataclass
@@ -60,7 +65,10 @@ class DigestGroup(click.Group):
             app = ctx.find_object(App)
             if app is not None and app.debug:
                 raise
-            raise UserError(_describe(exc)) from exc
+            message = _missing_schema(app, exc) or _describe(exc)
+            # a driver's message may quote the URL it was given: never its password
+            url = app.settings.database_url if app is not None else None
+            raise UserError(db.scrub_secrets(message, [url])) from exc
 
 
 def _describe(exc: Exception) -> str:
@@ -71,10 +79,36 @@ def _describe(exc: Exception) -> str:
         return f"database unavailable: {first}"
     if isinstance(exc, DBAPIError):
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        if "digest_runs" in first or "does not exist" in first:
-            return f"{first} (did you run `digest migrate`?)"
         return f"database error: {first}"
     return f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
+
+
+NO_SCHEMA = "the database has no digest schema yet: run `digest migrate`"
+
+
+def _missing_schema(app: App | None, exc: Exception) -> str | None:
+    """For a table that does not exist: what alembic says the schema is, and the fix."""
+    # COPY (imports) raises the driver's error itself, everything else SQLAlchemy's wrapper
+    driver_error = exc.orig if isinstance(exc, DBAPIError) else exc
+    if app is None or not isinstance(driver_error, psycopg.errors.UndefinedTable):
+        return None
+    try:
+        return _schema_problem(app.engine())
+    except DBAPIError:  # cannot tell: the table's own error says enough
+        return None
+
+
+def _schema_problem(engine: Engine) -> str | None:
+    """None when the schema is at this version's head, else the line that says to migrate."""
+    current = migrate.current(engine)
+    if current is None:
+        return NO_SCHEMA
+    head = migrate.head()
+    if current != head:
+        return (
+            f"the database schema is at {current}, this digest needs {head}: run `digest migrate`"
+        )
+    return None
 
 
 def _fail(message: str) -> NoReturn:
@@ -88,7 +122,8 @@ pass_app = click.make_pass_decorator(App)
 @click.option(
     "--database-url",
     envvar="DIGEST_DATABASE_URL",
-    help="PostgreSQL URL. Default: the embedded server under .digest/ (started on demand).",
+    help="PostgreSQL URL. Default: the embedded server under DIGEST_DATA_DIR "
+    "(~/.local/share/digest), started on demand.",
 )
 @click.option(
     "--settings",
@@ -213,7 +248,9 @@ def schedule_cmd(app: App, now_text: str | None, spread: int | None, jobs: int |
     help="file, null, smtp, ses, or a fallback list like ses,smtp (DIGEST_TRANSPORT; file).",
 )
 @click.option(
-    "--outbox", type=click.Path(file_okay=False, path_type=Path), help="Folder for `file`."
+    "--outbox",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for `file`; each database writes into a folder of its own in it.",
 )
 @click.option("--lease", type=click.IntRange(min=5), help="Lease seconds per claimed run (300).")
 @click.option(
@@ -258,7 +295,9 @@ def work_cmd(
     batch and records finished ones, and sends through a pool of threads, so a slow
     provider does not serialize a batch. Runs the watchdog every few seconds too.
     SIGTERM or Ctrl-C: stop claiming, finish the sends in progress, give the rest back
-    to the queue, exit 0. Real transports (smtp, ses) need DIGEST_SECRET_KEY.
+    to the queue, exit 0. Real transports (smtp, ses) need DIGEST_SECRET_KEY and an
+    https:// DIGEST_BASE_URL (http:// only on localhost). `file` writes into a folder of
+    the database's own under the outbox.
     """
     from digest import transports
     from digest.worker import signing_key, work_processes
@@ -272,17 +311,32 @@ def work_cmd(
         "delivery": delivery,
     }
     settings = app.settings.with_(**{k: v for k, v in options.items() if v is not None})
-    name = transport or settings.transport
-    # refuse a bad transport or a missing secret here, in one line, before any process starts
+    # an empty --transport is a mistake, not a request for the default
+    name = settings.transport if transport is None else transport
+    # refuse a bad transport, a missing secret, plain-HTTP links in real mail or a database
+    # without the schema here, in one line, before any process starts
+    names = transports.parse(name)
     signing_key(settings, name)
+    transports.require_https_links(settings, names)
     transports.make(name, settings).close()
+    try:
+        problem = _schema_problem(app.engine())
+    except OperationalError:  # the server is down: the workers wait for it, as in an outage
+        problem = None
+    if problem:
+        _fail(problem)
+    if "file" in names:
+        # one folder per database: run 7 of one database never overwrites run 7 of another
+        settings = settings.with_(outbox=settings.outbox / db.database_tag(app.engine()))
+    app.engine().dispose()  # the workers have engines of their own
     started = time.monotonic()
     total, errors = work_processes(app.url(), settings, name, processes, drain, pin_cpus=pin_cpus)
     elapsed = time.monotonic() - started
+    written = f"; mail in {settings.outbox}" if "file" in names else ""
     click.echo(
         f"sent {total.sent}, skipped {total.skipped}, failed {total.failed}, "
         f"retrying {total.retried}, lease lost {total.lost}, released {total.released}; "
-        f"{total.events} events in {elapsed:.1f}s",
+        f"{total.events} events in {elapsed:.1f}s{written}",
         err=True,
     )
     if errors:
@@ -310,7 +364,10 @@ def preview_cmd(app: App, user_id: str, fmt: str, out: Path | None) -> None:
     rendered = preview(app.engine(), app.settings, user_id)
     body = rendered.html if fmt == "html" else f"Subject: {rendered.subject}\n\n{rendered.text}"
     if out:
-        out.write_text(body, encoding="utf-8")
+        try:
+            out.write_text(body, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot write {out}: {exc.strerror or exc}")
         click.echo(f"wrote {out}")
     else:
         click.echo(body)
@@ -348,7 +405,10 @@ def purge_cmd(app: App, older_than: str, batch_size: int) -> None:
     """
     from digest.purge import parse_age, purge
 
-    cutoff = datetime.now(UTC) - parse_age(older_than)
+    try:
+        cutoff = datetime.now(UTC) - parse_age(older_than)
+    except OverflowError:  # before year 1, or more days than a timedelta holds
+        _fail(f"--older-than: {older_than.strip()} reaches too far back")
     result = purge(app.engine(), cutoff, batch_size)
     click.echo(
         f"purged {result.events} events, {result.deliveries} deliveries, "

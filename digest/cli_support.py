@@ -19,6 +19,7 @@ from rich.text import Text
 from digest import support
 from digest.cli_data import AppContext
 from digest.schema import DELIVERY_STATUSES
+from digest.terminal import printable
 
 
 @click.command("deliveries")
@@ -51,6 +52,7 @@ def deliveries(
             conn, user_id=user_id, email=email, status=status, since=since_at, limit=limit
         )
     if as_json:
+        # json.dumps escapes every control character (ensure_ascii): the text stays exact
         click.echo(json.dumps([_record(asdict(row)) for row in rows], indent=2))
         return
     if not rows:
@@ -69,16 +71,17 @@ def deliveries(
     ):
         table.add_column(column, overflow="fold", justify="right" if column == "run" else "left")
     for row in rows:
-        # Text, not str: addresses and provider reasons are data, not rich markup.
+        # Text, not str: addresses and provider reasons are data, not rich markup; and
+        # printable: a provider's reply may carry terminal escape sequences.
         table.add_row(
             row.created_at.astimezone(UTC).isoformat(sep=" ", timespec="seconds"),
             str(row.run_id),
-            Text(row.user_id),
-            Text(row.recipient),
-            Text(row.transport),
+            Text(printable(row.user_id)),
+            Text(printable(row.recipient)),
+            Text(printable(row.transport)),
             Text(row.status, style=_STATUS_STYLES.get(row.status, "")),
-            Text(row.provider_message_id or ""),
-            Text(row.reason or ""),
+            Text(printable(row.provider_message_id or "")),
+            Text(printable(row.reason or "")),
         )
     Console(highlight=False).print(table)
 
@@ -113,7 +116,9 @@ def why(app: AppContext, user_id: str, as_json: bool) -> None:
         )
         return
     for sentence in sentences:
-        click.echo(sentence)  # plain lines: pasted into tickets, grepped, never wrapped
+        # plain lines: pasted into tickets, grepped, never wrapped; reasons in them come
+        # from remote servers, so their control characters are shown, not obeyed
+        click.echo(printable(sentence))
 
 
 def _record(value: Any) -> Any:

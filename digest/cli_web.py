@@ -23,6 +23,7 @@ from rich.text import Text
 from digest import suppressions
 from digest.cli_data import AppContext
 from digest.errors import DigestError
+from digest.terminal import printable
 
 if TYPE_CHECKING:
     import uvicorn
@@ -171,6 +172,8 @@ def suppress_list(app: AppContext, as_json: bool, limit: int | None) -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         since = row.created_at.isoformat(sep=" ", timespec="seconds")
-        # Text, not str: a reason like `[bold]` is data, not rich markup.
-        table.add_row(Text(row.email), Text(row.reason), Text(row.source), since)
+        # Text, not str: a reason like `[bold]` is data, not rich markup; and printable: a
+        # bounce's diagnostic text may carry terminal escape sequences.
+        cells = (Text(printable(value)) for value in (row.email, row.reason, row.source))
+        table.add_row(*cells, since)
     Console(highlight=False).print(table)

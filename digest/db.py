@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 import psycopg.types.json
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from digest.errors import DigestError
 
@@ -88,10 +92,80 @@ def sqlalchemy_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except Exception:
-        raise DigestError(f"not a database URL: {url!r}") from None
+        raise DigestError(f"not a database URL: {hide_password(url)!r}") from None
     if not parsed.drivername.startswith("postgresql"):
         raise DigestError(f"only PostgreSQL is supported, got {parsed.drivername!r}")
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+# The password of `scheme://user:password@host…` up to the last `@` (a password may hold
+# `/`, `:` or `@`), and of a libpq conninfo `password=…` (quoted or not).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<secret>\S*)@", re.I)
+_CONNINFO_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:\\.|[^'\\])*'|[^\s'\"]+)", re.I
+)
+
+
+def hide_password(url: str) -> str:
+    """`url` with its password shown as `***`, even when it does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # any parse failure: mask by pattern instead
+        return _mask(url)
+
+
+def _mask(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\g<head>***@", text)
+    return _CONNINFO_PASSWORD.sub(r"\g<head>***", text)
+
+
+def _passwords(url: str) -> list[str]:
+    """The password in `url` as written and as decoded, when it has one."""
+    found = [m.group("secret") for m in _URL_PASSWORD.finditer(url)]
+    found += [m.group("secret").strip("'") for m in _CONNINFO_PASSWORD.finditer(url)]
+    try:
+        decoded = make_url(url).password
+    except Exception:  # unparsable: the patterns above found what there is
+        decoded = None
+    if decoded:
+        found.append(str(decoded))
+    return [secret for secret in found if secret and secret != "***"]
+
+
+def scrub_secrets(message: str, urls: Iterable[str | None]) -> str:
+    """`message` (a driver's error, say) without the passwords of `urls` or of any URL or
+    conninfo it quotes."""
+    for url in urls:
+        if url:
+            for secret in sorted(_passwords(url), key=len, reverse=True):
+                message = message.replace(secret, "***")
+    return _mask(message)
+
+
+DATABASE_GET_IDENTITY = text(
+    "SELECT current_database() AS name, oid FROM pg_database WHERE datname = current_database()"
+)
+# The cluster's identifier, made by initdb; PostgreSQL 18 lets any role read it, a managed
+# service may not.
+CLUSTER_GET_IDENTIFIER = text("SELECT system_identifier FROM pg_control_system()")
+
+
+def database_tag(engine: Engine) -> str:
+    """A folder name for this database that no other database gets: its name (for people)
+    and a hash of the cluster's identifier and the database's oid (for uniqueness), as in
+    `digest_demo-3f9a1c2e`."""
+    with engine.connect() as conn:
+        name, oid = conn.execute(DATABASE_GET_IDENTITY).one()
+    try:
+        with engine.connect() as conn:
+            cluster = str(conn.execute(CLUSTER_GET_IDENTIFIER).scalar_one())
+    except DBAPIError:
+        # no access to the control data: where the server is, as this client reaches it
+        url = engine.url
+        cluster = f"{url.host}:{url.port}:{url.query.get('host', '')}"
+    digest = hashlib.sha256(f"{cluster}/{oid}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._-")[:40] or "database"
+    return f"{readable}-{digest}"
 
 
 def libpq_url(url: str) -> str:

@@ -178,7 +178,10 @@ def parse_since(value: str, now: datetime) -> datetime:
     """`7d`, `24h`, `30m` before `now`, or an ISO 8601 time (UTC when it names no zone)."""
     if match := _RELATIVE.match(value):
         amount, unit = int(match.group(1)), match.group(2).lower()
-        return now - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return now - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:  # before year 1, or more days than a timedelta holds
+            raise ValidationError(f"--since: {value.strip()} reaches too far back") from None
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:

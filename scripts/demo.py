@@ -2,7 +2,7 @@
 
 Recreates the `digest_demo` database each time (so running it twice gives the same
 result), loads 1,200 recipients and 60,000 events, schedules, drains the queue with two
-worker processes into ./outbox/, and prints a summary.
+worker processes into ./outbox/digest_demo-…/, and prints a summary.
 """
 
 from __future__ import annotations
@@ -110,9 +110,11 @@ def summarise(url: str, outbox: Path, work_seconds: float, total_seconds: float)
     table.add_row("digests/s", f"{sent / work_seconds:,.0f}")
     table.add_row("whole demo", f"{total_seconds:.1f} s")
     console.print(table)
-    if sample:
-        console.print(f"sample email: {outbox / f'run-{sample[0]}.eml'}")
-        console.print(f"its HTML:     {outbox / f'run-{sample[0]}.html'}")
+    # `digest work` writes into a folder of the database's own under the outbox
+    eml = next(outbox.glob(f"*/run-{sample[0]}.eml"), None) if sample else None
+    if eml:
+        console.print(f"sample email: {eml}")
+        console.print(f"its HTML:     {eml.with_suffix('.html')}")
     if by_status.get("failed") or by_status.get("pending") or by_status.get("processing"):
         raise SystemExit("demo finished with runs not sent: see `digest stats`")
 

@@ -2,39 +2,94 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.transports.base import OutgoingMessage, SendError, SendResult, Transport
 
 TRANSPORTS = ("file", "null", "smtp", "ses")
+# Transports that mail real people: their links must work from any inbox, over HTTPS.
+REAL_MAIL = ("smtp", "ses")
+_CHOICES = (
+    f"choose from {', '.join(TRANSPORTS)}, or a comma-separated fallback list such as ses,smtp"
+)
 
-__all__ = ["TRANSPORTS", "OutgoingMessage", "SendError", "SendResult", "Transport", "make"]
+__all__ = [
+    "REAL_MAIL",
+    "TRANSPORTS",
+    "OutgoingMessage",
+    "SendError",
+    "SendResult",
+    "Transport",
+    "make",
+    "parse",
+    "require_https_links",
+]
+
+
+def parse(name: str) -> list[str]:
+    """The transport names in `name` (`ses,smtp` is a fallback list), each one known."""
+    names = [part.strip() for part in name.split(",") if part.strip()]
+    if not names:
+        raise DigestError(f"no transport given ({_CHOICES})")
+    for part in names:
+        if part not in TRANSPORTS:
+            raise DigestError(f"unknown transport {part!r} ({_CHOICES})")
+    return names
+
+
+def require_https_links(settings: Settings, names: Iterable[str]) -> None:
+    """Refuse real mail whose unsubscribe links would not be HTTPS (RFC 8058 needs it);
+    a loopback base URL, a developer's own machine, may stay plain HTTP."""
+    real = [name for name in names if name in REAL_MAIL]
+    if not real:
+        return
+    parts = urlsplit(settings.base_url)
+    if parts.scheme.lower() == "https" and parts.hostname:
+        return
+    if parts.scheme.lower() == "http" and _loopback(parts.hostname):
+        return
+    raise DigestError(
+        f"DIGEST_BASE_URL must be an https:// URL to send real mail ({','.join(real)}), got "
+        f"{settings.base_url!r}: List-Unsubscribe links need HTTPS (RFC 8058); "
+        "only localhost may use http://"
+    )
+
+
+def _loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost
+        return False
 
 
 def make(name: str, settings: Settings) -> Transport:
     """The transport called `name`, configured from `settings`; `ses,smtp` means fallback."""
+    names = parse(name)
     if "," in name:
         from digest.transports.fallback import FallbackTransport
 
-        names = [part.strip() for part in name.split(",") if part.strip()]
         return FallbackTransport([make(part, settings) for part in names])
-    if name == "smtp":
+    (only,) = names
+    if only == "smtp":
         from digest.transports.smtp import SmtpTransport
 
         return SmtpTransport(settings)
-    if name == "ses":
+    if only == "ses":
         from digest.transports.ses import SesTransport
 
         return SesTransport(settings)
-    if name == "file":
+    if only == "file":
         from digest.transports.file import FileTransport
 
         return FileTransport(settings.outbox)
-    if name == "null":
-        from digest.transports.null import NullTransport
+    from digest.transports.null import NullTransport
 
-        return NullTransport()
-    raise DigestError(
-        f"unknown transport {name!r} (choose from {', '.join(TRANSPORTS)}, "
-        "or a comma-separated fallback list such as ses,smtp)"
-    )
+    return NullTransport()

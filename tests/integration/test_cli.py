@@ -56,7 +56,7 @@ def test_schedule_work_stats_round_trip(run: Invoke, engine: Engine, tmp_path: P
     worked = run("work", "--drain", "--transport", "file", "--outbox", str(tmp_path / "mail"))
     assert worked.exit_code == 0, worked.output
     assert "sent 1, skipped 1, failed 0" in worked.output
-    assert len(list((tmp_path / "mail").glob("*.eml"))) == 1
+    assert len(list((tmp_path / "mail").rglob("*.eml"))) == 1
     report = json.loads(run("stats", "--json").output)
     assert report["runs"]["sent"] == 1
     assert report["runs"]["skipped"] == 1
