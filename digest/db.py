@@ -93,7 +93,8 @@ def sqlalchemy_url(url: str) -> str:
         parsed = make_url(url)
     except Exception:
         raise DigestError(f"not a database URL: {hide_password(url)!r}") from None
-    if not parsed.drivername.startswith("postgresql"):
+    # `postgres://` is libpq's (and many hosting providers') alias of `postgresql://`.
+    if parsed.drivername != "postgres" and not parsed.drivername.startswith("postgresql"):
         raise DigestError(f"only PostgreSQL is supported, got {parsed.drivername!r}")
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 

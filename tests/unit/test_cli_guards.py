@@ -11,7 +11,7 @@ import pytest
 from digest import transports
 from digest.cli import UserError
 from digest.config import Settings
-from digest.db import hide_password, scrub_secrets
+from digest.db import hide_password, libpq_url, scrub_secrets, sqlalchemy_url
 from digest.errors import DigestError, ValidationError
 from digest.support import parse_since
 from digest.terminal import printable
@@ -183,3 +183,17 @@ def test_since_too_far_back_is_one_clear_error(value: str) -> None:
     """A span reaching before year 1 is a validation error, not an OverflowError."""
     with pytest.raises(ValidationError, match=r"^--since: \S+ reaches too far back$"):
         parse_since(value, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg"])
+def test_postgres_url_schemes_are_accepted(scheme: str) -> None:
+    """`postgres://` (Heroku's and libpq's alias) works like `postgresql://`."""
+    url = f"{scheme}://app:pw@db.example:5433/app"
+    assert sqlalchemy_url(url) == "postgresql+psycopg://app:pw@db.example:5433/app"
+    assert libpq_url(url) == "postgresql://app:pw@db.example:5433/app"
+
+
+def test_other_databases_are_refused() -> None:
+    """A MySQL URL is one clear line, not a driver error."""
+    with pytest.raises(DigestError, match="only PostgreSQL is supported"):
+        sqlalchemy_url("mysql://app@db/app")
