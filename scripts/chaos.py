@@ -18,10 +18,10 @@ What it does, in one process that plays everything around the workers:
    down (below or beyond the client's timeout), throttles it (429) or makes it unavailable
    (503). Once, OUTAGE_AT seconds in, PostgreSQL stops for a long outage (65-90 s, quick
    63-68 s: longer than a worker used to wait before it dropped what it had sent); no
-   worker is killed meanwhile, but one is sent SIGTERM shortly before the server starts
-   again. Meanwhile a producer records events, `digest watchdog` runs as from cron, and
-   when the queue runs low more users are added and scheduled, so the faults always hit
-   a busy system.
+   worker is killed from shortly before it to its end, but one is sent SIGTERM shortly
+   before the server starts again. Meanwhile a producer records events, `digest watchdog`
+   runs as from cron, and when the queue runs low more users are added and scheduled, so
+   the faults always hit a busy system.
 4. Stops the faults and lets the workers drain until no run is pending or processing
    (with a hard deadline), stops them with SIGTERM, and checks, against the database and
    the two providers' logs:
@@ -129,10 +129,13 @@ PG_RESTART_GAP = 6.0  # seconds at least between two PostgreSQL restarts
 # AFTER_OUTAGE seconds after it.
 OUTAGE_SECONDS = (65.0, 90.0)
 QUICK_OUTAGE_SECONDS = (63.0, 68.0)
-OUTAGE_AT = 12.0
+OUTAGE_AT = 20.0
 AFTER_OUTAGE = 15.0
-# Worker kills and SIGTERMs pause during the outage, but for one SIGTERM this many seconds
-# before its end (within the worker's 20 s stop grace).
+# Worker kills and SIGTERMs pause from this many seconds before the outage (the leases of
+# killed workers, 8 s, are recovered by then, so what is in flight when it begins is held
+# by live workers) to its end, but for one SIGTERM TERM_BEFORE_BACK seconds before the
+# server is back (within the worker's 20 s stop grace).
+QUIET_BEFORE_OUTAGE = 11.0
 TERM_BEFORE_BACK = 8.0
 # Fewer due or in-flight runs than this during the faults: add users (a new backlog).
 LOW_WATER = 300
@@ -670,9 +673,11 @@ class Tally:
     # (run id, attempt) pairs an interrupted attempt may have sent, and why
     orphans: dict[tuple[int, int], str] = field(default_factory=dict)
     at_risk: set[tuple[int, int]] = field(default_factory=set)  # in flight at a PG restart
-    # the long outage: attempts in flight when PostgreSQL stopped or when it came back,
-    # when it began (seconds into the faults) and how long it lasted
+    # the long outage: attempts in flight when PostgreSQL stopped or when it came back
+    # (and those of them held by dead workers), when it began (seconds into the faults)
+    # and how long it lasted
     outage_at_risk: set[tuple[int, int]] = field(default_factory=set)
+    outage_orphans: set[tuple[int, int]] = field(default_factory=set)
     outage_began: float | None = None
     outage_seconds: float = 0.0
     outage_window: tuple[float, float] | None = None  # time.time() at its start and end
@@ -890,10 +895,13 @@ class Chaos:
                 if now < due[kind]:
                     continue
                 gap = rand.expovariate(1 / every[kind])
-                if self.db_down and kind in ("kill", "term"):
-                    # none while the database is away: a worker killed then loses what it
-                    # holds, and the outage is what this run measures
-                    due[kind] = outage_ends + gap
+                quiet = self.db_down or (
+                    outage_at is not None and now >= outage_at - QUIET_BEFORE_OUTAGE
+                )
+                if quiet and kind in ("kill", "term"):
+                    # none about the outage: a worker killed then loses what it holds, and
+                    # the outage is what this run measures
+                    due[kind] = max(now, outage_ends) + gap
                     continue
                 if kind in ("kill", "term"):
                     # alive, and not told already (a stopping worker may still be killed)
@@ -1024,6 +1032,7 @@ class Chaos:
         """The long outage begins: remember the attempts in flight, stop the server."""
         with suppress(SQLAlchemyError):
             self.tally.outage_at_risk.update(_fetch_all(engine, IN_FLIGHT))
+        self.tally.outage_orphans = self.tally.outage_at_risk & set(self.tally.orphans)
         pg.stop()
         self.db_down = True
         self.tally.outage_began = elapsed
@@ -1047,6 +1056,7 @@ class Chaos:
         for pid, how in self.orphans_to_find:
             for run_id, attempt in retrying(engine, orphans_of(pid)):
                 self.tally.orphans[(run_id, attempt)] = how
+                self.tally.outage_orphans.add((run_id, attempt))
         self.orphans_to_find.clear()
         self.console.print(
             f"  PostgreSQL back after {self.tally.outage_seconds:.0f}s; "
@@ -1467,7 +1477,7 @@ class Audit:
             if ended and taken < began and done > ended:
                 self.held_through_outage.append(window)
         # the attempts in flight at the long outage that a worker kill or stop cut short
-        self.outage_cut = sum(1 for key in tally.outage_at_risk if key in tally.orphans)
+        self.outage_cut = len(tally.outage_orphans)
         # leases held by workers that died: where are those runs now?
         self.recovered: Counter[str] = Counter()
         self.unrecovered: list[int] = []
