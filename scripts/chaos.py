@@ -1175,8 +1175,8 @@ class Chaos:
                     "long outage: no duplicates",
                     audit.db_duplicates[OUTAGE] + audit.db_unrecorded[OUTAGE] == 0,
                     f"PostgreSQL down {t.outage_seconds:.0f}s from {t.outage_began or 0:.0f}s: "
-                    f"{len(t.outage_at_risk)} attempts in flight ({audit.outage_cut} of "
-                    f"workers killed or stopped), {len(audit.held_through_outage)} emails "
+                    f"{len(t.outage_at_risk)} attempts in flight ({audit.outage_cut} held by "
+                    f"workers that exited), {len(audit.held_through_outage)} emails "
                     "sent before it recorded after it; " + audit.db_text(OUTAGE),
                 )
             )
