@@ -248,7 +248,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--workers", type=int, help="worker processes (4; quick 3)")
     parser.add_argument("--users", type=int, help="recipients, one run each (8000; quick 3000)")
     parser.add_argument("--events-per-user", type=int, default=5, help="events per user (5)")
-    parser.add_argument("--duration", type=float, help="seconds of faults (90; quick 40)")
+    parser.add_argument(
+        "--duration", type=float, help="seconds of faults, more with the outage (90; quick 40)"
+    )
     parser.add_argument(
         "--drain-timeout",
         type=float,

@@ -217,9 +217,7 @@ def assert_each_sent_once(engine: Engine, transport: Counting, stats: WorkerStat
 def test_a_long_cut_is_waited_out_and_what_was_sent_is_recorded_once(
     engine: Engine, relay: Relay, make: Make
 ) -> None:
-    """The database is unreachable for longer than the worker used to wait: it sends
-    nothing new meanwhile, keeps the outcomes of what it sent, and records each once when
-    the database answers again, so no run is left processing or sent twice."""
+    """Cut off past the old give-up: nothing new is sent, each sent run is recorded once after."""
     seed(engine, 40)
     cut = threading.Event()
 
@@ -246,9 +244,7 @@ def test_a_long_cut_is_waited_out_and_what_was_sent_is_recorded_once(
 def test_a_stop_during_a_cut_records_what_was_sent_once_the_database_answers(
     engine: Engine, relay: Relay, make: Make
 ) -> None:
-    """SIGTERM while the database is unreachable: the worker claims and sends nothing more,
-    keeps trying to record what it sent, and once the database answers within the grace it
-    records those runs and gives the others back unsent, then exits."""
+    """Stopped while cut off: it records what it sent when the database is back, frees the rest."""
     seed(engine, 40)
     cut = threading.Event()
     transport = Counting()
@@ -283,8 +279,7 @@ def test_a_stop_during_a_cut_gives_up_after_the_grace_and_says_what(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """SIGTERM and the database never answers: the worker exits once the stop grace is
-    spent, with one line saying how many runs it sent without recording them."""
+    """Stopped, never reconnected: it exits after the grace, logging how many sent runs it lost."""
     monkeypatch.setattr(worker_module, "STOP_GRACE_SECONDS", 1.5)
     seed(engine, 40)
     cut = threading.Event()
@@ -322,9 +317,7 @@ def test_a_stop_during_a_cut_gives_up_after_the_grace_and_says_what(
 def test_a_release_the_database_drops_is_made_again(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Giving back a batch claimed ahead fails (the database dropped): the worker keeps
-    those runs and gives them back when it answers, attempt unspent, rather than leave
-    them processing until their lease runs out."""
+    """A release the database drops is retried: the runs go back unspent, not after their lease."""
     seed(engine, 3)
     real = claim.release
     failed = False
@@ -352,9 +345,7 @@ def test_a_release_the_database_drops_is_made_again(
 def test_runs_of_a_claim_whose_reply_was_lost_are_given_back(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The database commits a claim and the outage takes its reply: once it answers, the
-    worker gives back the runs it holds without knowing it (nothing was sent for them),
-    attempt unspent, instead of leaving them processing until their lease runs out."""
+    """Runs of a claim whose reply was lost are given back after the outage, not left processing."""
     seed(engine, 3)
     real = claim.claim_batch
     lost = False
@@ -385,8 +376,7 @@ def test_runs_of_a_claim_whose_reply_was_lost_are_given_back(
 def test_the_watchdog_leaves_a_lease_alone_until_the_server_has_been_up_a_grace(
     engine: Engine,
 ) -> None:
-    """A lease that ran out while the server was down is not taken back until the server
-    has been up for the grace (a lease): its worker has that long to record its outcome."""
+    """The watchdog takes no lease back until the server has been up for the grace."""
     seed(engine, 1)
     with engine.begin() as conn:
         conn.execute(
@@ -447,9 +437,7 @@ def private_server() -> Iterator[tuple[str, Callable[[], None], Callable[[], Non
 def test_postgres_down_for_longer_than_the_lease_sends_nothing_twice(
     private_server: tuple[str, Callable[[], None], Callable[[], None]], make: Make
 ) -> None:
-    """PostgreSQL stops for longer than the lease while a watchdog runs as from cron: when
-    it starts again the worker records what it sent before any lease is taken back, so
-    no run is sent twice."""
+    """PostgreSQL down for longer than the lease, a cron watchdog running: nothing sent twice."""
     url, stop_server, start_server = private_server
     lease = 5
     engine = make_engine(url)

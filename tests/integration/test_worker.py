@@ -368,8 +368,7 @@ def test_work_runs_the_watchdog_itself(engine: Engine, tmp_path: Path) -> None:
 def test_lost_database_is_retried_then_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No database, nothing held: the worker backs off for a while (MAX_OUTAGE_SECONDS),
-    then stops with a clear reason."""
+    """No database, nothing held: it retries for MAX_OUTAGE_SECONDS, then stops, saying why."""
     from digest import worker as worker_module
     from digest.db import make_engine
 
