@@ -38,7 +38,7 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python scripts/bench.py --quick
 
-# Faults with nothing lost; CI runs `make chaos ARGS=--quick` (about a minute).
+# Faults with nothing lost; CI runs `make chaos ARGS=--quick` (under two minutes).
 chaos: $(STAMP)
 	$(BIN)/python scripts/chaos.py $(ARGS)
 

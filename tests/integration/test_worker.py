@@ -365,10 +365,14 @@ def test_work_runs_the_watchdog_itself(engine: Engine, tmp_path: Path) -> None:
     assert (run.status, run.attempt) == ("sent", 2)
 
 
-def test_lost_database_is_retried_then_reported(tmp_path: Path) -> None:
-    """No database: the worker backs off a few times, then stops with a clear reason."""
+def test_lost_database_is_retried_then_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No database, nothing held: it retries for MAX_OUTAGE_SECONDS, then stops, saying why."""
+    from digest import worker as worker_module
     from digest.db import make_engine
 
+    monkeypatch.setattr(worker_module, "MAX_OUTAGE_SECONDS", 0.5)
     dead = make_engine("postgresql://nobody@127.0.0.1:1/none")
     worker = make_worker(dead, tmp_path, poll_interval_seconds=0.01)
     worker.run(drain=True)
