@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import NamedTuple
 
 import orjson
 from sqlalchemy import Connection, TextClause, text
 
 from digest import content
-from digest.content import RecipientRow
-from digest.grouping import DigestContent
+from digest.models import EMPTY_DIGEST, ClaimedRun, Outcome, Recipient
 
 # One statement claims a batch, freezes its events and loads what its digests need: one
 # round trip, atomic on its own. `due` walks the small partial index of pending runs in due
@@ -195,45 +191,6 @@ RUN_RELEASE_LEFTOVERS = text(
 )
 
 
-class ClaimedRun(NamedTuple):
-    """A run this worker holds the lease on, for this attempt (a named tuple: one per run)."""
-
-    id: int
-    user_id: str
-    cadence: str
-    period_start: datetime
-    attempt: int
-    frozen_at: datetime
-    sending_attempt: int | None = None  # set: an earlier attempt reached the send step
-    recipient: RecipientRow | None = None  # None: no such recipient (any more)
-    digest: DigestContent = content.EMPTY  # what the frozen events make
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One send attempt's outcome, as logged in `deliveries`."""
-
-    recipient: str
-    transport: str
-    status: str
-    message_id: str | None = None
-    provider_message_id: str | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one claimed run in this attempt."""
-
-    run: ClaimedRun
-    status: str  # sent | skipped | failed | pending (retry later)
-    event_count: int | None = None
-    message_id: str | None = None
-    error: str | None = None
-    retry_in: float = 0.0
-    delivery: Delivery | None = None
-
-
 def claim_batch(
     conn: Connection, me: str, n: int, lease_seconds: float, cap: int
 ) -> list[ClaimedRun]:
@@ -253,8 +210,8 @@ def claim_batch(
                 attempt,
                 frozen_at,
                 sending_attempt,
-                recipient=None if row[10] is None else RecipientRow(user_id, *row[10:]),
-                digest=content.EMPTY if row[9] is None else content.digest_content(*row[7:10]),
+                recipient=None if row[10] is None else Recipient(user_id, *row[10:]),
+                digest=EMPTY_DIGEST if row[9] is None else content.digest_content(*row[7:10]),
             )
         )
     return runs

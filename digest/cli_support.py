@@ -7,6 +7,7 @@ the click context and turns a DigestError into `digest: error: ...`, exit 1.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from rich.text import Text
 
 from digest import support
 from digest.cli_data import AppContext
+from digest.models import DeliveryStatus
 from digest.schema import DELIVERY_STATUSES
 from digest.terminal import printable
 
@@ -86,16 +88,16 @@ def deliveries(
     Console(highlight=False).print(table)
 
 
-_STATUS_STYLES = {
-    "delivered": "green",
-    "sent": "green",
-    "bounced": "red",
-    "complained": "red",
-    "rejected": "red",
-    "failed": "red",
-    "suppressed": "yellow",
-    "deferred": "yellow",
-    "unknown": "yellow",
+_STATUS_STYLES: Mapping[str, str] = {
+    DeliveryStatus.DELIVERED: "green",
+    DeliveryStatus.SENT: "green",
+    DeliveryStatus.BOUNCED: "red",
+    DeliveryStatus.COMPLAINED: "red",
+    DeliveryStatus.REJECTED: "red",
+    DeliveryStatus.FAILED: "red",
+    DeliveryStatus.SUPPRESSED: "yellow",
+    DeliveryStatus.DEFERRED: "yellow",
+    DeliveryStatus.UNKNOWN: "yellow",
 }
 
 

@@ -30,6 +30,7 @@ from digest import sns, suppressions, untrusted
 from digest.config import Settings
 from digest.errors import ValidationError
 from digest.events import atomic
+from digest.models import DeliveryStatus
 from digest.schema import FEEDBACK_EVENT_TYPES
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,12 @@ DETAIL_KEYS: Final[Mapping[str, str]] = {
     "DeliveryDelay": "deliveryDelay",
     "Send": "send",
 }
-STATUS_BY_TYPE: Final[Mapping[str, str]] = {
-    "Bounce": "bounced",
-    "Complaint": "complained",
-    "Delivery": "delivered",
-    "Reject": "rejected",
-    "DeliveryDelay": "deferred",
+STATUS_BY_TYPE: Final[Mapping[str, DeliveryStatus]] = {
+    "Bounce": DeliveryStatus.BOUNCED,
+    "Complaint": DeliveryStatus.COMPLAINED,
+    "Delivery": DeliveryStatus.DELIVERED,
+    "Reject": DeliveryStatus.REJECTED,
+    "DeliveryDelay": DeliveryStatus.DEFERRED,
 }
 
 FEEDBACK_RECORD = text(

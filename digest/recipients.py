@@ -30,6 +30,7 @@ from digest.events import (
     unknown_fields,
 )
 from digest.message import HeaderError, validate_email
+from digest.models import Cadence
 from digest.schema import CADENCES
 
 RECIPIENT_FIELDS: Final = (
@@ -140,7 +141,7 @@ class RecipientIn:
     user_id: str
     email: str | None  # None only for `set` on an existing recipient: the email is kept
     name: str | None = None
-    cadence: str = "daily"
+    cadence: str = Cadence.DAILY
     timezone: str = "UTC"
     send_hour: int = 8
     weekly_day: int = 1

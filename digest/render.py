@@ -55,7 +55,7 @@ import chevron
 from chevron.tokenizer import ChevronError, tokenize
 
 from digest.errors import DigestError
-from digest.grouping import DigestContent, Group
+from digest.models import DigestContent, Group, Recipient, RenderedDigest, RunCadence
 from digest.mustache import Template, Token
 
 KNOWN_CATEGORIES = ("comment", "like", "mention", "follow")
@@ -95,6 +95,14 @@ _MONTHS = (
     "November",
     "December",
 )
+_HEADINGS: Mapping[str, str] = {
+    RunCadence.DAILY: "Your daily digest",
+    RunCadence.WEEKLY: "Your weekly digest",
+}
+_CADENCE_PHRASES: Mapping[str, str] = {
+    RunCadence.DAILY: "daily digest",
+    RunCadence.WEEKLY: "weekly digest",
+}
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # C0/C1 controls (CR/LF included), line/paragraph separators, bidi overrides and lone
@@ -122,27 +130,6 @@ _PREMAILER_OPTIONS: dict[str, Any] = {
     "disable_validation": True,
     "disable_basic_attributes": ["width", "height"],
 }
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """Who a digest is for, as far as rendering cares."""
-
-    user_id: str
-    email: str
-    name: str | None
-    cadence: str
-    timezone: str
-    locale: str
-
-
-@dataclass(frozen=True)
-class RenderedDigest:
-    """The three rendered parts of one digest email."""
-
-    subject: str
-    html: str
-    text: str
 
 
 def clean_text(value: object, limit: int) -> str:
@@ -296,9 +283,7 @@ def digest_context(
     groups = [_group_context(g) for g in content.groups]
     more = max(content.more_groups, 0)
     others = max(content.total_groups - 1, 0)
-    heading = {"daily": "Your daily digest", "weekly": "Your weekly digest"}.get(
-        cadence, "Your digest"
-    )
+    heading = _HEADINGS.get(cadence, "Your digest")
     period_label = _period_label(cadence, period_start, recipient.timezone)
     greeting = clean_text(recipient.name, NAME_LIMIT) or clean_text(
         recipient.email.rpartition("@")[0] or recipient.email, NAME_LIMIT
@@ -308,9 +293,7 @@ def digest_context(
         "product_name": clean_text(product_name, 60) or DEFAULT_PRODUCT_NAME,
         "heading": heading,
         "period_label": period_label,
-        "cadence_phrase": {"daily": "daily digest", "weekly": "weekly digest"}.get(
-            cadence, "email"
-        ),
+        "cadence_phrase": _CADENCE_PHRASES.get(cadence, "email"),
         "greeting_name": greeting or "there",
         "email": clean_text(recipient.email, 254),
         "preheader": f"Hi {greeting or 'there'}, here’s what you missed — {period_label}.",
@@ -407,7 +390,7 @@ def _period_label(cadence: str, period_start: datetime, timezone: str) -> str:
         period_start = period_start.replace(tzinfo=UTC)
     local = period_start.astimezone(_zone(timezone))
     day = f"{_WEEKDAYS[local.weekday()]}, {local.day} {_MONTHS[local.month - 1]} {local.year}"
-    return f"Week ending {day}" if cadence == "weekly" else day
+    return f"Week ending {day}" if cadence == RunCadence.WEEKLY else day
 
 
 # --- templates ---------------------------------------------------------------------------

@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from digest.transports.base import FailureKind
-
-
-@dataclass(frozen=True)
-class RetryDecision:
-    """The run's next status (`pending` = try again after `retry_in` seconds) and why."""
-
-    status: str
-    retry_in: float
-    error: str
+from digest.models import FailureKind, RetryDecision, RunStatus
 
 
 def backoff(attempt: int, base: float, cap: float, rand: random.Random) -> float:
@@ -37,12 +27,12 @@ def decide(
 ) -> RetryDecision:
     """Transient and (at-least-once) unknown outcomes retry until `max_attempts`; the rest fail."""
     if kind == "permanent":
-        return RetryDecision("failed", 0.0, f"permanent: {reason}")
+        return RetryDecision(RunStatus.FAILED, 0.0, f"permanent: {reason}")
     if kind == "unknown" and at_most_once:
-        return RetryDecision("failed", 0.0, f"unknown_outcome: {reason}")
+        return RetryDecision(RunStatus.FAILED, 0.0, f"unknown_outcome: {reason}")
     if attempt >= max_attempts:
-        return RetryDecision("failed", 0.0, f"gave up after {attempt} attempts: {reason}")
+        return RetryDecision(RunStatus.FAILED, 0.0, f"gave up after {attempt} attempts: {reason}")
     delay = backoff(attempt, base, cap, rand or random.Random())
     if retry_after is not None:
         delay = max(delay, retry_after)
-    return RetryDecision("pending", delay, f"{kind}: {reason}")
+    return RetryDecision(RunStatus.PENDING, delay, f"{kind}: {reason}")

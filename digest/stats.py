@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection, text
 
+from digest.models import DeliveryStatus, RunStatus
+
 RUN_COUNT_BY_STATUS = text("SELECT status, count(*) FROM digest_runs GROUP BY status")
 
 RUN_OLDEST_DUE = text(
@@ -55,8 +57,13 @@ DELIVERY_RATES_BY_DAY = text(
 COMPLAINT_WARN = 0.001
 BOUNCE_WARN = 0.04
 
-RATE_KEYS = ("sent", "delivered", "bounced", "complained")
-STATUSES = ("pending", "processing", "sent", "skipped", "failed", "cancelled")
+RATE_KEYS = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.BOUNCED,
+    DeliveryStatus.COMPLAINED,
+)
+STATUSES = tuple(RunStatus)
 
 
 def collect(conn: Connection) -> dict[str, Any]:
@@ -69,9 +76,9 @@ def collect(conn: Connection) -> dict[str, Any]:
         {"day": row.day.isoformat(), **{k: int(getattr(row, k)) for k in RATE_KEYS}}
         for row in conn.execute(DELIVERY_RATES_BY_DAY)
     ]
-    sent = sum(d["sent"] for d in days)
-    complaint_rate = sum(d["complained"] for d in days) / sent if sent else 0.0
-    bounce_rate = sum(d["bounced"] for d in days) / sent if sent else 0.0
+    sent = sum(d[DeliveryStatus.SENT] for d in days)
+    complaint_rate = sum(d[DeliveryStatus.COMPLAINED] for d in days) / sent if sent else 0.0
+    bounce_rate = sum(d[DeliveryStatus.BOUNCED] for d in days) / sent if sent else 0.0
     warnings = []
     if complaint_rate > COMPLAINT_WARN:
         warnings.append(

@@ -45,6 +45,7 @@ from digest import sns
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.feedback import ses_webhook_route
+from digest.models import Cadence
 from digest.schema import CADENCES
 from digest.unsubscribe import MAX_AGE_DAYS, Token, make_token, verify_token
 
@@ -107,12 +108,16 @@ RECIPIENT_SET_CADENCE = text(
 )
 DATABASE_PING = text("SELECT 1")
 
-CADENCE_TEXT = {"daily": "a daily digest", "weekly": "a weekly digest", "off": "no digests"}
-NOTICES = {
+CADENCE_TEXT: Mapping[str, str] = {
+    Cadence.DAILY: "a daily digest",
+    Cadence.WEEKLY: "a weekly digest",
+    Cadence.OFF: "no digests",
+}
+NOTICES: Mapping[str, str] = {
     UNSUBSCRIBE: "You are unsubscribed. No more digest emails will be sent to this address.",
-    "daily": "Saved: you will get a daily digest.",
-    "weekly": "Saved: you will get a weekly digest.",
-    "off": "Saved: digests are off.",
+    Cadence.DAILY: "Saved: you will get a daily digest.",
+    Cadence.WEEKLY: "Saved: you will get a weekly digest.",
+    Cadence.OFF: "Saved: digests are off.",
 }
 
 
@@ -239,9 +244,9 @@ class Pages:
             "email": preferences.email,
             "unsubscribed": preferences.unsubscribed,
             "cadence_text": CADENCE_TEXT.get(preferences.cadence, preferences.cadence),
-            "is_daily": current == "daily",
-            "is_weekly": current == "weekly",
-            "is_off": current == "off",
+            "is_daily": current == Cadence.DAILY,
+            "is_weekly": current == Cadence.WEEKLY,
+            "is_off": current == Cadence.OFF,
         }
         return self.render("manage", "Email preferences", context)
 

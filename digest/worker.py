@@ -29,14 +29,22 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from digest import claim, message, retry, transports, unsubscribe, watchdog
-from digest.claim import ClaimedRun, Delivery, Outcome
 from digest.config import Settings
-from digest.content import RecipientRow
 from digest.db import make_engine
 from digest.errors import DigestError
+from digest.models import (
+    Cadence,
+    ClaimedRun,
+    Delivery,
+    DeliveryStatus,
+    Outcome,
+    OutgoingMessage,
+    Recipient,
+    RunStatus,
+)
 from digest.ratelimit import TokenBucket
 from digest.render import Renderer
-from digest.transports.base import OutgoingMessage, SendError, Transport
+from digest.transports.base import SendError, Transport
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +101,26 @@ class WorkerStats:
     events: int = 0
 
     def add(self, outcome: Outcome, landed: bool) -> None:
+        """Count `outcome`, or a lost lease when it did not land."""
+        status = outcome.status
         if not landed:
             self.lost += 1
-            return
-        if outcome.status == "pending":
-            self.retried += 1
-        else:
-            setattr(self, outcome.status, getattr(self, outcome.status) + 1)
-        if outcome.status == "sent":
+        elif status == RunStatus.SENT:
+            self.sent += 1
             self.events += outcome.event_count or 0
+        elif status == RunStatus.PENDING:
+            self.retried += 1
+        elif status == RunStatus.SKIPPED:
+            self.skipped += 1
+        elif status == RunStatus.FAILED:
+            self.failed += 1
+        else:  # a worker decides nothing else
+            raise ValueError(f"unexpected outcome status {status!r}")
+
+    def __iadd__(self, other: WorkerStats) -> WorkerStats:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+        return self
 
 
 @dataclass
@@ -166,7 +185,7 @@ class _Batch:
         return sum(
             1
             for o in (*self.decided, *done)
-            if o is not None and (o.status == "sent" or _unknown(o))
+            if o is not None and (o.status == RunStatus.SENT or _unknown(o))
         )
 
 
@@ -478,7 +497,7 @@ class Worker:
             except Exception as exc:  # a bug fails the run, never the loop
                 log.exception("run_error run_id=%s", run.id)
                 prepared = Outcome(
-                    run, "failed", run.digest.total_events, error=f"internal error: {exc!r}"
+                    run, RunStatus.FAILED, run.digest.total_events, error=f"internal error: {exc!r}"
                 )
             if isinstance(prepared, Outcome):
                 batch.decided.append(prepared)
@@ -539,7 +558,7 @@ class Worker:
             return self.send(run, outgoing, count)
         except Exception as exc:  # a transport bug fails the run, never the loop
             log.exception("run_error run_id=%s", run.id)
-            return Outcome(run, "failed", count, error=f"internal error: {exc!r}")
+            return Outcome(run, RunStatus.FAILED, count, error=f"internal error: {exc!r}")
 
     def prepare(self, run: ClaimedRun) -> Outcome | OutgoingMessage:
         """The message to send for `run` (its digest, to its recipient), or the outcome that
@@ -550,35 +569,35 @@ class Worker:
             # the previous attempt reached the send step and never recorded its outcome
             return Outcome(
                 run,
-                "failed",
+                RunStatus.FAILED,
                 count,
                 error=f"unknown_outcome: attempt {run.sending_attempt} may have sent it",
             )
         if digest.is_empty:
-            return Outcome(run, "skipped", 0, error="no events")
+            return Outcome(run, RunStatus.SKIPPED, 0, error="no events")
         if recipient is None:
-            return Outcome(run, "skipped", count, error="no recipient")
+            return Outcome(run, RunStatus.SKIPPED, count, error="no recipient")
         blocked = _blocked_reason(recipient)
         if blocked:
             return Outcome(
                 run,
-                "skipped",
+                RunStatus.SKIPPED,
                 count,
                 error=blocked,
                 delivery=Delivery(
-                    recipient.email, self.transport.name, "suppressed", reason=blocked
+                    recipient.email, self.transport.name, DeliveryStatus.SUPPRESSED, reason=blocked
                 ),
             )
         try:
             to_address = message.validate_email(recipient.email)
         except message.HeaderError as exc:
-            return Outcome(run, "failed", count, error=f"invalid email address: {exc}")
+            return Outcome(run, RunStatus.FAILED, count, error=f"invalid email address: {exc}")
         token = unsubscribe.make_token(
             self.key, recipient.recipient_id, recipient.subscription_version, run.frozen_at
         )
         unsubscribe_url = f"{self.settings.base_url}/u/{token}"
         rendered = self.renderer.render(
-            recipient.recipient(to_address),
+            recipient if to_address == recipient.email else recipient._replace(email=to_address),
             digest,
             cadence=run.cadence,
             period_start=run.period_start,
@@ -639,9 +658,12 @@ class Worker:
                 rand=self.rand,
                 at_most_once=self.at_most_once,
             )
-            delivery_status = {"pending": "deferred", "failed": "failed"}[decision.status]
             if exc.kind == "unknown":
-                delivery_status = "unknown"
+                delivery_status = DeliveryStatus.UNKNOWN
+            elif decision.status == RunStatus.PENDING:
+                delivery_status = DeliveryStatus.DEFERRED
+            else:
+                delivery_status = DeliveryStatus.FAILED
             return Outcome(
                 run,
                 decision.status,
@@ -659,13 +681,13 @@ class Worker:
             )
         return Outcome(
             run,
-            "sent",
+            RunStatus.SENT,
             event_count,
             message_id=outgoing.message_id,
             delivery=Delivery(
                 outgoing.to_address,
                 result.transport,
-                "sent",
+                DeliveryStatus.SENT,
                 message_id=outgoing.message_id,
                 provider_message_id=result.provider_message_id,
             ),
@@ -707,17 +729,17 @@ def _recorded(
 
 
 def _unknown(outcome: Outcome) -> bool:
-    return outcome.delivery is not None and outcome.delivery.status == "unknown"
+    return outcome.delivery is not None and outcome.delivery.status == DeliveryStatus.UNKNOWN
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _blocked_reason(recipient: RecipientRow) -> str | None:
+def _blocked_reason(recipient: Recipient) -> str | None:
     if recipient.unsubscribed_at is not None:
         return "unsubscribed"
-    if recipient.cadence == "off":
+    if recipient.cadence == Cadence.OFF:
         return "cadence off"
     if recipient.suppressed_reason is not None:
         return f"suppressed: {recipient.suppressed_reason}"
@@ -846,8 +868,7 @@ def work_processes(
         total = WorkerStats()
         errors: list[str] = []
         for stats, fatal in collected:
-            for name in vars(total):
-                setattr(total, name, getattr(total, name) + getattr(stats, name))
+            total += stats
             if fatal:
                 errors.append(fatal)
         for child in children:

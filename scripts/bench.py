@@ -48,9 +48,13 @@ import bench_scale  # noqa: E402
 from digest import content, migrate, unsubscribe  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import embedded_url, make_engine  # noqa: E402
-from digest.render import Recipient, Renderer  # noqa: E402
+from digest.models import (  # noqa: E402
+    OutgoingMessage,
+    Recipient,
+    SendResult,
+)
+from digest.render import Renderer  # noqa: E402
 from digest.scheduler import schedule_once  # noqa: E402
-from digest.transports.base import OutgoingMessage, SendResult  # noqa: E402
 from digest.transports.null import NullTransport  # noqa: E402
 from digest.worker import Worker  # noqa: E402
 

@@ -13,9 +13,10 @@ from sqlalchemy import Engine, text
 
 from digest import message, unsubscribe
 from digest.config import Settings
-from digest.grouping import Event, build_digest
-from digest.render import Recipient, Renderer
-from digest.transports.base import OutgoingMessage, Transport
+from digest.grouping import build_digest
+from digest.models import Event, OutgoingMessage, Recipient
+from digest.render import Renderer
+from digest.transports.base import Transport
 
 RUN_CLAIM_ONE = text(
     """

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.transports.base import OutgoingMessage, SendError, SendResult, Transport
+from digest.models import OutgoingMessage, SendResult
+from digest.transports.base import SendError, Transport
 
 TRANSPORTS = ("file", "null", "smtp", "ses")
 # Transports that mail real people: their links must work from any inbox, over HTTPS.

@@ -2,32 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-FailureKind = Literal["transient", "permanent", "unknown", "fatal"]
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    """A rendered digest ready to leave: the MIME message's bytes plus what tracking needs."""
-
-    run_id: int
-    attempt: int
-    user_id: str
-    to_address: str
-    message_id: str
-    idempotency_key: str
-    data: bytes
-    html: str
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """What a transport reports after the provider accepted a message."""
-
-    transport: str
-    provider_message_id: str | None = None
+from digest.models import FailureKind, OutgoingMessage, SendResult
 
 
 class SendError(Exception):

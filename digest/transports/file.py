@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from digest.transports.base import OutgoingMessage, SendError, SendResult
+from digest.models import OutgoingMessage, SendResult
+from digest.transports.base import SendError
 
 
 class FileTransport:

@@ -29,7 +29,8 @@ from botocore.exceptions import (
 )
 
 from digest.config import Settings
-from digest.transports.base import OutgoingMessage, SendError, SendResult
+from digest.models import OutgoingMessage, SendResult
+from digest.transports.base import SendError
 
 log = logging.getLogger(__name__)
 

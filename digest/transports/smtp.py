@@ -29,7 +29,8 @@ import ssl
 import threading
 
 from digest.config import Settings
-from digest.transports.base import FailureKind, OutgoingMessage, SendError, SendResult
+from digest.models import FailureKind, OutgoingMessage, SendResult
+from digest.transports.base import SendError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from digest import claim, migrate, watchdog
 from digest import worker as worker_module
 from digest.config import Settings
 from digest.db import _embedded, embedded_url, libpq_url, make_engine, stop_embedded
+from digest.models import ClaimedRun, OutgoingMessage, SendResult
 from digest.scheduler import schedule_once
-from digest.transports.base import OutgoingMessage, SendResult
 from digest.worker import Worker, WorkerStats
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -350,7 +350,7 @@ def test_runs_of_a_claim_whose_reply_was_lost_are_given_back(
     real = claim.claim_batch
     lost = False
 
-    def reply_lost(*args: Any, **kwargs: Any) -> list[claim.ClaimedRun]:
+    def reply_lost(*args: Any, **kwargs: Any) -> list[ClaimedRun]:
         nonlocal lost
         runs = real(*args, **kwargs)
         if runs and not lost:

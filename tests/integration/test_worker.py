@@ -22,8 +22,9 @@ from sqlalchemy import Engine, text
 
 from digest import watchdog
 from digest.config import Settings
+from digest.models import OutgoingMessage, SendResult
 from digest.scheduler import schedule_once
-from digest.transports.base import OutgoingMessage, SendError, SendResult
+from digest.transports.base import SendError
 from digest.transports.file import FileTransport
 from digest.worker import Worker, worker_cpus
 

@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
+from digest.models import OutgoingMessage, SendResult
 from digest.ratelimit import TokenBucket
-from digest.transports.base import OutgoingMessage, SendError, SendResult
+from digest.transports.base import SendError
 from digest.transports.fallback import FallbackTransport
 
 

@@ -42,9 +42,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from digest.config import Settings
-from digest.grouping import DigestContent, Event, Group, build_digest
+from digest.grouping import build_digest
 from digest.message import NAME_LIMIT as HEADER_NAME_LIMIT
 from digest.message import SUBJECT_LIMIT, build_message, idempotency_key, make_message_id
+from digest.models import DigestContent, Event, Group, Recipient, RenderedDigest
 from digest.render import (
     BODY_BUDGET,
     EXCERPT_LIMIT,
@@ -52,8 +53,6 @@ from digest.render import (
     SUBJECT_TITLE_LIMIT,
     TITLE_LIMIT,
     URL_LIMIT,
-    Recipient,
-    RenderedDigest,
     Renderer,
     _size_bound,
     clean_text,

@@ -16,11 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest.errors import DigestError
-from digest.grouping import DigestContent, Group
+from digest.models import DigestContent, Group, Recipient, RenderedDigest
 from digest.render import (
     CompiledTemplate,
-    Recipient,
-    RenderedDigest,
     Renderer,
     actor_phrase,
     clean_text,

@@ -33,7 +33,8 @@ from moto.ses.models import ses_backends
 
 from digest.config import Settings
 from digest.message import build_message, idempotency_key, make_message_id
-from digest.transports.base import OutgoingMessage, SendError, SendResult
+from digest.models import OutgoingMessage, SendResult
+from digest.transports.base import SendError
 from digest.transports.ses import SesTransport, classify_botocore_error, make_client, retry_after
 
 REGION = "eu-west-1"

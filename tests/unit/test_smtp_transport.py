@@ -31,7 +31,8 @@ from cryptography.x509.oid import NameOID
 from digest import transports
 from digest.config import Settings
 from digest.message import build_message, idempotency_key, make_message_id, validate_email
-from digest.transports.base import OutgoingMessage, SendError
+from digest.models import OutgoingMessage
+from digest.transports.base import SendError
 from digest.transports.fallback import FallbackTransport
 from digest.transports.smtp import SmtpTransport
 
