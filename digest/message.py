@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from email.policy import SMTP, Policy
 from email.utils import format_datetime
 
-from digest.render import clean_text
+from digest.render.text import clean_text
 
 SUBJECT_LIMIT = 200
 NAME_LIMIT = 100
@@ -134,10 +134,10 @@ def build_message(
             head.encode("ascii"),
             delimiter,
             _PART_HEADERS["plain"],
-            _quoted_printable(text),
+            quoted_printable(text),
             delimiter,
             _PART_HEADERS["html"],
-            _quoted_printable(html),
+            quoted_printable(html),
             f"\r\n--{boundary}--\r\n".encode(),
         )
     )
@@ -286,7 +286,7 @@ def _encoded_words(name: str, value: str) -> str:
     return f"{name}: " + "\r\n ".join(words) + "\r\n"
 
 
-def _quoted_printable(body: str) -> bytes:
+def quoted_printable(body: str) -> bytes:
     """`body` as UTF-8 quoted-printable with CRLF line ends, ending with a line break."""
     lines = body.replace("\r\n", "\n").replace("\r", "\n")
     if not lines.endswith("\n"):

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from digest import content, unsubscribe
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.models import Cadence, RenderedDigest, RunCadence
+from digest.models import Cadence, DigestRequest, RenderedDigest, RunCadence
 from digest.render import Renderer
 from digest.worker import signing_key
 
@@ -25,12 +25,14 @@ def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
     key = signing_key(settings, "file")
     now = datetime.now(UTC)
     return Renderer(settings.templates_dir).render(
-        row,
-        digest,
-        cadence=row.cadence if row.cadence != Cadence.OFF else RunCadence.DAILY,
-        period_start=now,
-        base_url=settings.base_url,
-        unsubscribe_url=unsubscribe.unsubscribe_url(
-            settings.base_url, key, row.recipient_id, row.subscription_version, now.date()
-        ),
+        DigestRequest(
+            row,
+            digest,
+            cadence=row.cadence if row.cadence != Cadence.OFF else RunCadence.DAILY,
+            period_start=now,
+            base_url=settings.base_url,
+            unsubscribe_url=unsubscribe.unsubscribe_url(
+                settings.base_url, key, row.recipient_id, row.subscription_version, now.date()
+            ),
+        )
     )

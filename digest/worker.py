@@ -37,6 +37,7 @@ from digest.models import (
     ClaimedRun,
     Delivery,
     DeliveryStatus,
+    DigestRequest,
     Outcome,
     OutgoingMessage,
     Recipient,
@@ -597,12 +598,16 @@ class Worker:
         )
         unsubscribe_url = f"{self.settings.base_url}/u/{token}"
         rendered = self.renderer.render(
-            recipient if to_address == recipient.email else recipient._replace(email=to_address),
-            digest,
-            cadence=run.cadence,
-            period_start=run.period_start,
-            base_url=self.settings.base_url,
-            unsubscribe_url=unsubscribe_url,
+            DigestRequest(
+                recipient
+                if to_address == recipient.email
+                else recipient._replace(email=to_address),
+                digest,
+                run.cadence,
+                run.period_start,
+                self.settings.base_url,
+                unsubscribe_url,
+            )
         )
         message_id = message.make_message_id(run.id, self.domain)
         idempotency_key = message.idempotency_key(run.id)

@@ -49,6 +49,7 @@ from digest import content, migrate, unsubscribe  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import embedded_url, make_engine  # noqa: E402
 from digest.models import (  # noqa: E402
+    DigestRequest,
     OutgoingMessage,
     Recipient,
     SendResult,
@@ -271,12 +272,7 @@ def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float, float]:
     for index, (recipient, digest, period_start) in enumerate(items, 1):
         url = unsubscribe.unsubscribe_url(settings.base_url, "k", index, 0, period_start)
         rendered = renderer.render(
-            recipient,
-            digest,
-            cadence="daily",
-            period_start=period_start,
-            base_url=settings.base_url,
-            unsubscribe_url=url,
+            DigestRequest(recipient, digest, "daily", period_start, settings.base_url, url)
         )
         _build(rendered, recipient, url)
     return len(items), time.perf_counter() - started, time.process_time() - cpu

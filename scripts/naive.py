@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from digest import message, unsubscribe
 from digest.config import Settings
 from digest.grouping import build_digest
-from digest.models import Event, OutgoingMessage, Recipient
+from digest.models import DigestRequest, Event, OutgoingMessage, Recipient
 from digest.render import Renderer
 from digest.transports.base import Transport
 
@@ -76,12 +76,14 @@ def drain(
             run.period_start,
         )
         rendered = renderer.render_naive(
-            Recipient(*recipient[:6]),
-            digest,
-            cadence=run.cadence,
-            period_start=run.period_start,
-            base_url=settings.base_url,
-            unsubscribe_url=url,
+            DigestRequest(
+                Recipient(*recipient[:6]),
+                digest,
+                cadence=run.cadence,
+                period_start=run.period_start,
+                base_url=settings.base_url,
+                unsubscribe_url=url,
+            )
         )
         message_id = message.make_message_id(run.id, "localhost")
         mime = message.build_email_message(

@@ -24,7 +24,7 @@ from digest.message import (
     make_message_id,
     validate_email,
 )
-from digest.render import clean_text
+from digest.render.text import clean_text
 
 TOKEN = "NDI.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ" * 2
 DATE = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
