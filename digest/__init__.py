@@ -4,6 +4,6 @@ The producer API is importable from the package: `digest.record_event(engine, ..
 `digest.record_events(engine, rows)`.
 """
 
-from digest.events import EventIn, record_event, record_events
+from digest.ingest.events import EventIn, record_event, record_events
 
 __all__ = ["EventIn", "record_event", "record_events"]

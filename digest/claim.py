@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import orjson
 from sqlalchemy import Connection, TextClause, text
 
-from digest import content
+from digest import content, recipients
 from digest.models import EMPTY_DIGEST, ClaimedRun, Outcome, Recipient
 
 # One statement claims a batch, freezes its events and loads what its digests need: one
@@ -88,7 +88,7 @@ def claim_statement(n: int) -> TextClause:
             n=int(n),
             columns=content.EVENT_COLUMNS,
             grouping=content.grouping("attached"),
-            recipient=content.recipient_of("c.user_id"),
+            recipient=recipients.recipient_of("c.user_id"),
         )
     )
 

@@ -29,8 +29,10 @@ from sqlalchemy import Engine
 from digest import untrusted
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.events import MAX_PAYLOAD_BYTES, BadLine, import_events, record_event
-from digest.recipients import Format, get_recipient, import_recipients, set_recipient
+from digest.ingest.events import MAX_PAYLOAD_BYTES, import_events, record_event
+from digest.ingest.lines import BadLine
+from digest.ingest.recipients import Format, import_recipients, set_recipient
+from digest.recipients import get_recipient
 from digest.schema import CADENCES
 
 # Progress is redrawn every this many bytes, not every line: a million redraws would cost

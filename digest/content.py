@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
-from digest.models import EMPTY_DIGEST, DigestContent, Group, Recipient
+from digest.models import EMPTY_DIGEST, DigestContent, Group
 
 # The grouping as common table expressions over `{events}`, a relation of one run's (or
 # several runs') events: (run_id, id, category, entity_type, entity_id, actor_id, created_at,
@@ -105,30 +105,6 @@ EVENT_GROUPS_UNSENT = _digests_of(
 )
 
 
-def recipient_of(user_id: str) -> str:
-    """A subquery for `LATERAL`: the recipient `user_id` (an SQL expression of this module or
-    `digest.claim`) names, as `Recipient`'s fields after the user id, with any
-    suppression of the address. Looked up by key: the LIMIT keeps the planner from hashing
-    whole tables."""
-    return f"""(
-        SELECT p.email, p.name, p.cadence, p.timezone, p.locale, p.unsubscribed_at,
-               (SELECT s.reason FROM suppressions s WHERE s.email = lower(p.email))
-                   AS suppressed_reason,
-               p.id AS recipient_id, p.subscription_version
-          FROM recipients p
-         WHERE p.user_id = {user_id}
-         LIMIT 1)"""
-
-
-RECIPIENT_LOAD_MANY = text(
-    f"""
-    SELECT u.user_id, p.*
-      FROM unnest(CAST(:user_ids AS text[])) AS u(user_id)
-     CROSS JOIN LATERAL {recipient_of("u.user_id")} p
-    """
-)
-
-
 def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> DigestContent:
     """A digest from a `digests` row of the grouping: its totals and its groups' JSON."""
     return DigestContent(
@@ -173,9 +149,3 @@ def load_unsent_content(conn: Connection, user_id: str, cap: int) -> DigestConte
     """The digest a run for `user_id` would get if it froze now (changes nothing)."""
     row = conn.execute(EVENT_GROUPS_UNSENT, {"user_id": user_id, "cap": cap}).one_or_none()
     return EMPTY_DIGEST if row is None else digest_content(*row[1:])
-
-
-def load_recipients(conn: Connection, user_ids: Sequence[str]) -> dict[str, Recipient]:
-    """Recipients by user id, in one query."""
-    rows = conn.execute(RECIPIENT_LOAD_MANY, {"user_ids": list(set(user_ids))}).all()
-    return {row.user_id: Recipient(*row) for row in rows}

@@ -8,7 +8,8 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,21 @@ def read_json(data: str | bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(data)
+
+
+@contextmanager
+def atomic(target: Connection | Engine) -> Iterator[Connection]:
+    """A transaction on an engine, or a savepoint in a caller's connection; undone on error.
+
+    The savepoint means a failure undoes only our rows and leaves the caller's transaction
+    usable.
+    """
+    if isinstance(target, Engine):
+        with target.begin() as conn:
+            yield conn
+    else:
+        with target.begin_nested():
+            yield target
 
 
 def raw(conn: Connection) -> psycopg.Connection[Any]:

@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from digest import sns, suppressions, untrusted
+from digest import recipients, sns, suppressions, untrusted
 from digest.config import Settings
+from digest.db import atomic
 from digest.errors import ValidationError
-from digest.events import atomic
 from digest.models import DeliveryStatus
 from digest.schema import FEEDBACK_EVENT_TYPES
 
@@ -118,15 +118,6 @@ BOUNCE_STREAK_BUMP = text(
     """
 )
 BOUNCE_STREAK_RESET = text("DELETE FROM bounce_streaks WHERE email = ANY(:emails)")
-# The trigger on recipients cancels the user's pending digest runs.
-RECIPIENT_UNSUBSCRIBE = text(
-    """
-    UPDATE recipients
-       SET unsubscribed_at = now(), updated_at = now()
-     WHERE user_id = :user_id AND unsubscribed_at IS NULL
-    RETURNING user_id
-    """
-)
 
 
 class FeedbackError(ValidationError):
@@ -320,9 +311,8 @@ def _apply(conn: Connection, event: SesEvent, match: _Match | None, limit: int) 
             addresses = list(_keys((match.recipient,)))
         for address in addresses:
             _suppress(conn, effects, address, _reason("ses complaint", event.reason))
-        if match is not None:
-            row = conn.execute(RECIPIENT_UNSUBSCRIBE, {"user_id": match.user_id}).first()
-            effects.unsubscribed = match.user_id if row is not None else None
+        if match is not None and recipients.unsubscribe_user(conn, match.user_id):
+            effects.unsubscribed = match.user_id
     return effects
 
 

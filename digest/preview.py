@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from digest import content, unsubscribe
+from digest import content, recipients, unsubscribe
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.models import Cadence, DigestRequest, RenderedDigest, RunCadence
@@ -17,9 +17,9 @@ from digest.worker import signing_key
 def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
     """Render the waiting events of `user_id` with the production templates."""
     with engine.connect() as conn:
-        recipients = content.load_recipients(conn, [user_id])
+        found = recipients.load_many(conn, [user_id])
         digest = content.load_unsent_content(conn, user_id, settings.group_cap)
-    row = recipients.get(user_id)
+    row = found.get(user_id)
     if row is None:
         raise DigestError(f"no recipient with user id {user_id!r}")
     key = signing_key(settings, "file")

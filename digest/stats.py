@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection, text
 
+from digest import recipients
 from digest.models import DeliveryStatus, RunStatus
 
 RUN_COUNT_BY_STATUS = text("SELECT status, count(*) FROM digest_runs GROUP BY status")
@@ -26,13 +27,6 @@ EVENT_COUNT_WAITING = text(
     """
     SELECT count(*) AS events, count(DISTINCT user_id) AS users
       FROM digest_events WHERE digest_run_id IS NULL
-    """
-)
-
-RECIPIENT_COUNT_UNSCHEDULABLE = text(
-    """
-    SELECT count(*) FROM recipients
-     WHERE timezone NOT IN (SELECT name FROM pg_timezone_names)
     """
 )
 
@@ -100,9 +94,7 @@ def collect(conn: Connection) -> dict[str, Any]:
         "oldest_due_lag_seconds": float(oldest.lag_seconds) if oldest.lag_seconds else 0.0,
         "events_waiting": waiting.events,
         "users_with_events_waiting": waiting.users,
-        "recipients_with_unknown_timezone": conn.execute(
-            RECIPIENT_COUNT_UNSCHEDULABLE
-        ).scalar_one(),
+        "recipients_with_unknown_timezone": recipients.count_unschedulable(conn),
     }
 
 

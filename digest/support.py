@@ -15,8 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, text
 
+from digest import recipients
 from digest.errors import DigestError, ValidationError
 from digest.models import Cadence, DeliveryStatus, RunStatus
+from digest.recipients import RecipientFacts
 
 RECENT_RUNS = 3
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -33,16 +35,6 @@ DELIVERY_LIST = text(
        AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
      ORDER BY created_at DESC, id DESC
      LIMIT CAST(:limit AS bigint)
-    """
-)
-
-RECIPIENT_GET_FOR_WHY = text(
-    """
-    SELECT r.user_id, r.email, r.cadence, r.timezone, r.send_hour, r.weekly_day,
-           r.unsubscribed_at,
-           r.timezone IN (SELECT name FROM pg_timezone_names) AS timezone_known
-      FROM recipients r
-     WHERE r.user_id = :user_id
     """
 )
 
@@ -105,20 +97,6 @@ class DeliveryRow:
     status: str
     provider_message_id: str | None
     reason: str | None
-
-
-@dataclass(frozen=True)
-class RecipientFacts:
-    """The preferences that decide when a user's digest goes out."""
-
-    user_id: str
-    email: str
-    cadence: str
-    timezone: str
-    send_hour: int
-    weekly_day: int
-    unsubscribed_at: datetime | None
-    timezone_known: bool
 
 
 @dataclass(frozen=True)
@@ -216,8 +194,7 @@ def list_deliveries(
 def load_facts(conn: Connection, user_id: str) -> UserFacts:
     """The facts about `user_id`'s digest, read in a handful of small queries."""
     params: dict[str, Any] = {"user_id": user_id}
-    recipient_row = conn.execute(RECIPIENT_GET_FOR_WHY, params).one_or_none()
-    recipient = RecipientFacts(**recipient_row._asdict()) if recipient_row else None
+    recipient = recipients.facts(conn, user_id)
     suppression = None
     if recipient is not None:
         found = conn.execute(SUPPRESSION_GET_FOR_ADDRESS, {"email": recipient.email.strip()})

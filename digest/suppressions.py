@@ -12,8 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, TextClause, text
 
+from digest.db import atomic
 from digest.errors import ValidationError
-from digest.events import atomic
 from digest.message import HeaderError, validate_email
 
 MAX_LABEL = 500  # reason and source end up in run reasons and log lines: keep them short

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import chevron
-from sqlalchemy import Connection, Engine, Row, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -41,11 +40,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from digest import sns
+from digest import recipients, sns
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.feedback import ses_webhook_route
 from digest.models import Cadence
+from digest.recipients import Preferences
 from digest.schema import CADENCES
 from digest.unsubscribe import MAX_AGE_DAYS, Token, make_token, verify_token
 
@@ -73,39 +73,6 @@ PAGE_HEADERS: Final[Mapping[str, str]] = {
     ),
 }
 
-_PREFERENCES = (
-    "SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version "
-    "FROM recipients "
-)
-# Tokens name the recipient by id; legacy tokens (mail sent before format 1) by user id.
-RECIPIENT_GET_PREFERENCES = text(_PREFERENCES + "WHERE id = :id")
-RECIPIENT_GET_PREFERENCES_BY_USER = text(_PREFERENCES + "WHERE user_id = :user_id")
-# A change locks the row first: the version it checks is the one the update sees.
-RECIPIENT_LOCK_PREFERENCES = text(_PREFERENCES + "WHERE id = :id FOR UPDATE")
-RECIPIENT_LOCK_PREFERENCES_BY_USER = text(_PREFERENCES + "WHERE user_id = :user_id FOR UPDATE")
-# The trigger on recipients cancels the user's pending digest runs.
-RECIPIENT_UNSUBSCRIBE = text(
-    """
-    UPDATE recipients
-       SET unsubscribed_at = now(), updated_at = now()
-     WHERE id = :id AND unsubscribed_at IS NULL
-    RETURNING id
-    """
-)
-# daily/weekly re-subscribes; off keeps whatever unsubscribed_at is. A choice that changes
-# nothing writes nothing.
-RECIPIENT_SET_CADENCE = text(
-    """
-    UPDATE recipients
-       SET cadence = CAST(:cadence AS text),
-           unsubscribed_at = CASE WHEN CAST(:cadence AS text) = 'off' THEN unsubscribed_at END,
-           updated_at = now()
-     WHERE id = :id
-       AND (cadence <> CAST(:cadence AS text)
-            OR (CAST(:cadence AS text) <> 'off' AND unsubscribed_at IS NOT NULL))
-    RETURNING id
-    """
-)
 DATABASE_PING = text("SELECT 1")
 
 CADENCE_TEXT: Mapping[str, str] = {
@@ -119,19 +86,6 @@ NOTICES: Mapping[str, str] = {
     Cadence.WEEKLY: "Saved: you will get a weekly digest.",
     Cadence.OFF: "Saved: digests are off.",
 }
-
-
-@dataclass(frozen=True)
-class Preferences:
-    """What the page shows about a recipient, and what its tokens name."""
-
-    id: int
-    user_id: str
-    email: str
-    name: str | None
-    cadence: str
-    unsubscribed: bool
-    subscription_version: int
 
 
 class Stale:
@@ -162,24 +116,8 @@ def parse_action(form: FormData) -> str | None:
 def load_preferences(conn: Connection, token: Token, *, lock: bool = False) -> Preferences | None:
     """The recipient `token` names (locked for update with `lock`), or None."""
     if token.recipient_id is None:  # a legacy token
-        by_user = RECIPIENT_LOCK_PREFERENCES_BY_USER if lock else RECIPIENT_GET_PREFERENCES_BY_USER
-        return _preferences(conn.execute(by_user, {"user_id": token.user_id}).first())
-    by_id = RECIPIENT_LOCK_PREFERENCES if lock else RECIPIENT_GET_PREFERENCES
-    return _preferences(conn.execute(by_id, {"id": token.recipient_id}).first())
-
-
-def _preferences(row: Row[Any] | None) -> Preferences | None:
-    if row is None:
-        return None
-    return Preferences(
-        row.id,
-        row.user_id,
-        row.email,
-        row.name,
-        row.cadence,
-        row.unsubscribed_at is not None,
-        row.subscription_version,
-    )
+        return recipients.preferences(conn, user_id=token.user_id, lock=lock)
+    return recipients.preferences(conn, recipient_id=token.recipient_id, lock=lock)
 
 
 def is_stale(token: Token, preferences: Preferences, today: date) -> bool:
@@ -203,11 +141,10 @@ def apply_action(
         if is_stale(token, before, today):
             return STALE
         if action == UNSUBSCRIBE:
-            result = conn.execute(RECIPIENT_UNSUBSCRIBE, {"id": before.id})
+            changed = recipients.unsubscribe(conn, before.id)
         else:
-            result = conn.execute(RECIPIENT_SET_CADENCE, {"id": before.id, "cadence": action})
-        changed = result.first() is not None
-        after = _preferences(conn.execute(RECIPIENT_GET_PREFERENCES, {"id": before.id}).first())
+            changed = recipients.set_cadence(conn, before.id, action)
+        after = recipients.preferences(conn, recipient_id=before.id)
     return None if after is None else (after, changed)
 
 

@@ -98,7 +98,7 @@ sys.path.insert(0, str(ROOT))
 from bench import SEED_EVENTS, SEED_RECIPIENTS  # noqa: E402  (scripts/ is on sys.path)
 
 from digest import db, migrate  # noqa: E402
-from digest.events import record_event  # noqa: E402
+from digest.ingest.events import record_event  # noqa: E402
 from digest.scheduler import schedule_once  # noqa: E402
 
 DATABASE = "digest_chaos"
