@@ -299,7 +299,7 @@ def work_cmd(
     https:// DIGEST_BASE_URL (http:// only on localhost). `file` writes into a folder of
     the database's own under the outbox.
     """
-    from digest import transports
+    from digest import channels
     from digest.worker import signing_key, work_processes
 
     options = {
@@ -315,10 +315,10 @@ def work_cmd(
     name = settings.transport if transport is None else transport
     # refuse a bad transport, a missing secret, plain-HTTP links in real mail or a database
     # without the schema here, in one line, before any process starts
-    names = transports.parse(name)
+    names = channels.parse(name)
     signing_key(settings, name)
-    transports.require_https_links(settings, names)
-    transports.make(name, settings).close()
+    channels.require_https_links(settings, names)
+    channels.make(name, settings).close()
     try:
         problem = _schema_problem(app.engine())
     except OperationalError:  # the server is down: the workers wait for it, as in an outage

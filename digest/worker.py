@@ -28,7 +28,10 @@ from types import FrameType
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from digest import claim, message, retry, transports, unsubscribe, watchdog
+from digest import channels, claim, retry, unsubscribe, watchdog
+from digest.channels.base import SendError, Transport
+from digest.channels.email import mime as message
+from digest.channels.ratelimit import TokenBucket
 from digest.config import Settings
 from digest.db import make_engine
 from digest.errors import DigestError
@@ -43,9 +46,7 @@ from digest.models import (
     Recipient,
     RunStatus,
 )
-from digest.ratelimit import TokenBucket
 from digest.render import Renderer
-from digest.transports.base import SendError, Transport
 
 log = logging.getLogger(__name__)
 
@@ -779,7 +780,7 @@ def work_in_process(
     # pool is invalidated, and the loop's outage handling retries (see `Worker.run`).
     engine = make_engine(url, pool_pre_ping=False)
     try:
-        worker = Worker(engine, settings, transports.make(transport_name, settings), stop=stop)
+        worker = Worker(engine, settings, channels.make(transport_name, settings), stop=stop)
         # What exists now (modules, templates) lives as long as the process: keep it out of
         # every later garbage collection, which otherwise walks it again and again.
         gc.freeze()

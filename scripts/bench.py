@@ -46,6 +46,7 @@ import bench_queues  # noqa: E402  (scripts/ is on sys.path when run as a script
 import bench_scale  # noqa: E402
 
 from digest import content, migrate, unsubscribe  # noqa: E402
+from digest.channels.email.null import NullTransport  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import embedded_url, make_engine  # noqa: E402
 from digest.models import (  # noqa: E402
@@ -56,7 +57,6 @@ from digest.models import (  # noqa: E402
 )
 from digest.render import Renderer  # noqa: E402
 from digest.scheduler import schedule_once  # noqa: E402
-from digest.transports.null import NullTransport  # noqa: E402
 from digest.worker import Worker  # noqa: E402
 
 DATABASE = "digest_bench"
@@ -279,7 +279,7 @@ def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float, float]:
 
 
 def _build(rendered: Any, recipient: Recipient, unsubscribe_url: str) -> None:
-    from digest import message
+    from digest.channels.email import mime as message
 
     message.build_message(
         from_name="Digest",

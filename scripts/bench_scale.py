@@ -301,7 +301,7 @@ def _peak_rss_mb() -> float:
 
 def worker_main(url: str) -> None:
     """The child: one worker, null transport, drain, then its figures as one JSON line."""
-    from digest.transports.null import NullTransport
+    from digest.channels.email.null import NullTransport
     from digest.worker import Worker
 
     engine = make_engine(url)

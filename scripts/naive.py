@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, text
 
-from digest import message, unsubscribe
+from digest import unsubscribe
+from digest.channels.base import Transport
+from digest.channels.email import mime as message
 from digest.config import Settings
 from digest.grouping import build_digest
 from digest.models import DigestRequest, Event, OutgoingMessage, Recipient
 from digest.render import Renderer
-from digest.transports.base import Transport
 
 RUN_CLAIM_ONE = text(
     """

@@ -17,12 +17,12 @@ from typing import Any, Final, Literal
 from sqlalchemy import Connection, Engine, text
 
 from digest import recipients
+from digest.channels.email.mime import HeaderError, validate_email
 from digest.db import atomic, raw
 from digest.errors import ValidationError
 from digest.ingest import lines as input_lines
 from digest.ingest.fields import CONTROL, MAX_TEXT, show, text_field, unknown_fields
 from digest.ingest.lines import BadLine, BadLines, read_jsonl
-from digest.message import HeaderError, validate_email
 from digest.models import Cadence
 
 RECIPIENT_FIELDS: Final = (

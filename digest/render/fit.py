@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from digest.message import quoted_printable
+from digest.channels.email.mime import quoted_printable
 from digest.models import DigestContent, DigestRequest, RenderedDigest
 from digest.render.templates import CompiledTemplate
 

@@ -219,7 +219,7 @@ SLOW_WORKER = """
 import sys, threading, time
 from digest.config import Settings
 from digest.db import make_engine
-from digest.transports.file import FileTransport
+from digest.channels.email.file import FileTransport
 from digest.worker import Worker, install_stop_handlers
 
 class Slow(FileTransport):

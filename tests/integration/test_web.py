@@ -26,12 +26,12 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
 from digest import watchdog
+from digest.channels.email.file import FileTransport
 from digest.cli import cli
 from digest.config import Settings
 from digest.db import make_engine
 from digest.errors import DigestError
 from digest.scheduler import schedule_once
-from digest.transports.file import FileTransport
 from digest.unsubscribe import MAX_AGE_DAYS, make_legacy_token, make_token
 from digest.web import SECRET_MISSING, create_app
 from digest.worker import Worker

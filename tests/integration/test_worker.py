@@ -21,11 +21,11 @@ import pytest
 from sqlalchemy import Engine, text
 
 from digest import watchdog
+from digest.channels.base import SendError
+from digest.channels.email.file import FileTransport
 from digest.config import Settings
 from digest.models import OutgoingMessage, SendResult
 from digest.scheduler import schedule_once
-from digest.transports.base import SendError
-from digest.transports.file import FileTransport
 from digest.worker import Worker, worker_cpus
 
 RunDigest = Callable[..., subprocess.CompletedProcess[str]]  # the conftest fixture

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
+from digest.channels.base import SendError
+from digest.channels.fallback import FallbackTransport
+from digest.channels.ratelimit import TokenBucket
 from digest.models import OutgoingMessage, SendResult
-from digest.ratelimit import TokenBucket
-from digest.transports.base import SendError
-from digest.transports.fallback import FallbackTransport
 
 
 class Clock:

@@ -41,10 +41,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from digest.channels.email.mime import NAME_LIMIT as HEADER_NAME_LIMIT
+from digest.channels.email.mime import (
+    SUBJECT_LIMIT,
+    build_message,
+    idempotency_key,
+    make_message_id,
+)
 from digest.config import Settings
 from digest.grouping import build_digest
-from digest.message import NAME_LIMIT as HEADER_NAME_LIMIT
-from digest.message import SUBJECT_LIMIT, build_message, idempotency_key, make_message_id
 from digest.models import DigestContent, DigestRequest, Event, Group, Recipient, RenderedDigest
 from digest.render import Renderer
 from digest.render.fit import BODY_BUDGET, _size_bound, sent_size

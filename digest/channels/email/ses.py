@@ -28,9 +28,9 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from digest.channels.base import SendError
 from digest.config import Settings
 from digest.models import OutgoingMessage, SendResult
-from digest.transports.base import SendError
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from digest.channels.base import SendError
 from digest.models import OutgoingMessage, SendResult
-from digest.transports.base import SendError
 
 
 class FileTransport:

@@ -28,9 +28,9 @@ import smtplib
 import ssl
 import threading
 
+from digest.channels.base import SendError
 from digest.config import Settings
 from digest.models import FailureKind, OutgoingMessage, SendResult
-from digest.transports.base import SendError
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,18 @@
-"""The one small interface every transport implements, and how a send can fail."""
+"""What every channel's transports implement, and how a send can fail.
+
+A channel (email today; Slack and signed webhooks beside it) has its own kind of message
+and one or more transports that send it: `Sender[M]` for a message type `M`. Every
+transport reports success as a `SendResult` and failure as a `SendError`, so the worker's
+retry and delivery records do not depend on the channel.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeAlias, TypeVar
 
 from digest.models import FailureKind, OutgoingMessage, SendResult
+
+M_contra = TypeVar("M_contra", contravariant=True)
 
 
 class SendError(Exception):
@@ -36,7 +44,7 @@ class SendError(Exception):
         self.down = down
 
 
-class Transport(Protocol):
+class Sender(Protocol[M_contra]):
     """Sends one message at a time; may keep a connection open between sends.
 
     Sends come from a pool of threads, concurrently. A transport that does no network
@@ -46,10 +54,14 @@ class Transport(Protocol):
 
     name: str
 
-    def send(self, message: OutgoingMessage) -> SendResult:
+    def send(self, message: M_contra) -> SendResult:
         """Hand `message` to the provider or raise `SendError`."""
         ...
 
     def close(self) -> None:
         """Release connections; the transport may not be used afterwards."""
         ...
+
+
+# An email transport: `ses`, `smtp`, `file`, `null`, or a fallback list of them.
+Transport: TypeAlias = Sender[OutgoingMessage]

@@ -7,8 +7,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from digest.channels.base import SendError, Transport
 from digest.models import OutgoingMessage, SendResult
-from digest.transports.base import SendError, Transport
 
 log = logging.getLogger(__name__)
 
