@@ -18,7 +18,8 @@ from sqlalchemy.exc import DataError, IntegrityError
 from digest import untrusted
 from digest.cli_data import AppContext
 from digest.errors import DigestError, ValidationError
-from digest.feedback import MAX_BODY_BYTES, FeedbackError, ingest, parse_event, unwrap
+from digest.feedback.apply import ingest
+from digest.feedback.ses import MAX_BODY_BYTES, FeedbackError, parse_event, unwrap
 from digest.ingest.lines import BAD_LINES_SHOWN, UTF8_BOM
 
 # One document is at most what one SNS message can carry.

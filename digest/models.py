@@ -58,6 +58,9 @@ class RunCadence(StrEnum):
     IMMEDIATE = "immediate"
 
 
+# The SES event types feedback records (`feedback_events.event_type`).
+FEEDBACK_EVENT_TYPES = ("Bounce", "Complaint", "Delivery", "Reject", "DeliveryDelay", "Send")
+
 # How a send failed (`channels.base.SendError`):
 # - transient: try again later (throttling, 4xx, timeouts before DATA);
 # - permanent: this message will never go (invalid address, 5xx for the recipient);

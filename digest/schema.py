@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
-from digest.models import Cadence, DeliveryStatus, RunCadence, RunStatus
+from digest.models import FEEDBACK_EVENT_TYPES, Cadence, DeliveryStatus, RunCadence, RunStatus
 
 metadata = MetaData()
 
@@ -176,8 +176,6 @@ suppressions = Table(
     Column("source", Text, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=NOW),
 )
-
-FEEDBACK_EVENT_TYPES = ("Bounce", "Complaint", "Delivery", "Reject", "DeliveryDelay", "Send")
 
 # Every SES event received, matched to its delivery or kept as an orphan. The SNS MessageId
 # is unique: an SNS retry of the same message finds its row and changes nothing.

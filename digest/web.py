@@ -40,10 +40,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from digest import recipients, sns
+from digest import recipients
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.feedback import ses_webhook_route
+from digest.feedback import sns
+from digest.feedback.webhook import ses_webhook_route
 from digest.models import Cadence
 from digest.recipients import Preferences
 from digest.schema import CADENCES
