@@ -48,7 +48,7 @@ def serve(app: AppContext, host: str | None, port: int | None) -> None:
     """
     import uvicorn  # here, not at the top: 50 ms that every other command would pay
 
-    from digest.web import create_app, require_secret
+    from digest.web.app import create_app, require_secret
 
     settings = app.settings
     require_secret(settings)  # before anything starts, even the embedded database

@@ -38,7 +38,7 @@ from digest.feedback.apply import ingest
 from digest.feedback.ses import FeedbackError
 from digest.feedback.sns import canonical_string
 from digest.unsubscribe import make_legacy_token
-from digest.web import create_app
+from digest.web.app import create_app
 
 Invoke = Callable[..., Result]
 
