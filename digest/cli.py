@@ -300,7 +300,8 @@ def work_cmd(
     the database's own under the outbox.
     """
     from digest import channels
-    from digest.worker import signing_key, work_processes
+    from digest.compose import signing_key
+    from digest.worker import work_processes
 
     options = {
         "batch_size": batch_size,

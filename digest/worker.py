@@ -28,31 +28,24 @@ from types import FrameType
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from digest import channels, claim, retry, unsubscribe, watchdog
+from digest import channels, claim, retry, watchdog
 from digest.channels.base import SendError, Transport
-from digest.channels.email import mime as message
 from digest.channels.ratelimit import TokenBucket
+from digest.compose import Composer, signing_key
 from digest.config import Settings
 from digest.db import make_engine
 from digest.errors import DigestError
 from digest.models import (
-    Cadence,
     ClaimedRun,
     Delivery,
     DeliveryStatus,
-    DigestRequest,
     Outcome,
     OutgoingMessage,
-    Recipient,
     RunStatus,
 )
 from digest.render import Renderer
 
 log = logging.getLogger(__name__)
-
-# Used to sign unsubscribe links when no DIGEST_SECRET_KEY is set; only the `file` and
-# `null` transports accept it (their mail never reaches a real inbox).
-DEV_SECRET = "digest-development-key-not-for-real-mail"
 
 # A database outage (see `Worker.run`). A worker that holds nothing unrecorded gives up on
 # a database it has not reached for this long and exits non-zero, for a supervisor to see.
@@ -78,15 +71,6 @@ GIL_SWITCH_SECONDS = 0.001
 def worker_id() -> str:
     """host:pid:random, unique per worker process and readable in `locked_by`."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-
-
-def signing_key(settings: Settings, transport_name: str) -> str:
-    """The key for unsubscribe tokens; real transports refuse to run without one."""
-    if settings.secret_key:
-        return settings.secret_key
-    if transport_name in ("file", "null"):
-        return DEV_SECRET
-    raise DigestError(f"DIGEST_SECRET_KEY must be set to send real mail ({transport_name})")
 
 
 @dataclass
@@ -222,12 +206,15 @@ class Worker:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.settings = settings
         self.transport = transport
-        self.renderer = renderer or Renderer(settings.templates_dir)
+        self.composer = Composer(
+            settings,
+            renderer or Renderer(settings.templates_dir),
+            signing_key(settings, transport.name),
+            transport.name,
+        )
         self.stop = stop or threading.Event()
         self.me = me or worker_id()
         self.rand = rand or random.Random()
-        self.key = signing_key(settings, transport.name)
-        self.domain = settings.from_address.rpartition("@")[2] or "localhost"
         self.stats = WorkerStats()
         self.fatal: str | None = None
         self.at_most_once = settings.delivery == "at-most-once"
@@ -495,7 +482,7 @@ class Worker:
         outgoing: list[tuple[ClaimedRun, OutgoingMessage, int]] = []
         for run in claimed.runs:
             try:
-                prepared = self.prepare(run)
+                prepared = self.composer.compose(run)
             except Exception as exc:  # a bug fails the run, never the loop
                 log.exception("run_error run_id=%s", run.id)
                 prepared = Outcome(
@@ -561,84 +548,6 @@ class Worker:
         except Exception as exc:  # a transport bug fails the run, never the loop
             log.exception("run_error run_id=%s", run.id)
             return Outcome(run, RunStatus.FAILED, count, error=f"internal error: {exc!r}")
-
-    def prepare(self, run: ClaimedRun) -> Outcome | OutgoingMessage:
-        """The message to send for `run` (its digest, to its recipient), or the outcome that
-        makes sending pointless."""
-        recipient, digest = run.recipient, run.digest
-        count = digest.total_events
-        if self.at_most_once and run.sending_attempt is not None:
-            # the previous attempt reached the send step and never recorded its outcome
-            return Outcome(
-                run,
-                RunStatus.FAILED,
-                count,
-                error=f"unknown_outcome: attempt {run.sending_attempt} may have sent it",
-            )
-        if digest.is_empty:
-            return Outcome(run, RunStatus.SKIPPED, 0, error="no events")
-        if recipient is None:
-            return Outcome(run, RunStatus.SKIPPED, count, error="no recipient")
-        blocked = _blocked_reason(recipient)
-        if blocked:
-            return Outcome(
-                run,
-                RunStatus.SKIPPED,
-                count,
-                error=blocked,
-                delivery=Delivery(
-                    recipient.email, self.transport.name, DeliveryStatus.SUPPRESSED, reason=blocked
-                ),
-            )
-        try:
-            to_address = message.validate_email(recipient.email)
-        except message.HeaderError as exc:
-            return Outcome(run, RunStatus.FAILED, count, error=f"invalid email address: {exc}")
-        token = unsubscribe.make_token(
-            self.key, recipient.recipient_id, recipient.subscription_version, run.frozen_at
-        )
-        unsubscribe_url = f"{self.settings.base_url}/u/{token}"
-        rendered = self.renderer.render(
-            DigestRequest(
-                recipient
-                if to_address == recipient.email
-                else recipient._replace(email=to_address),
-                digest,
-                run.cadence,
-                run.period_start,
-                self.settings.base_url,
-                unsubscribe_url,
-            )
-        )
-        message_id = message.make_message_id(run.id, self.domain)
-        idempotency_key = message.idempotency_key(run.id)
-        mailto = self.settings.unsubscribe_mailto
-        data = message.build_message(
-            from_name=self.settings.from_name,
-            from_address=self.settings.from_address,
-            to_name=recipient.name,
-            to_address=to_address,
-            subject=rendered.subject,
-            html=rendered.html,
-            text=rendered.text,
-            message_id=message_id,
-            idempotency_key=idempotency_key,
-            list_unsubscribe_url=unsubscribe_url,
-            list_unsubscribe_mailto=f"mailto:{mailto}?subject=unsubscribe-{token}"
-            if mailto
-            else None,
-            date=run.frozen_at,
-        )
-        return OutgoingMessage(
-            run_id=run.id,
-            attempt=run.attempt,
-            user_id=run.user_id,
-            to_address=to_address,
-            message_id=message_id,
-            idempotency_key=idempotency_key,
-            data=data,
-            html=rendered.html,
-        )
 
     def send(self, run: ClaimedRun, outgoing: OutgoingMessage, event_count: int) -> Outcome | None:
         """Hand the message to the transport and classify what happened.
@@ -740,16 +649,6 @@ def _unknown(outcome: Outcome) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _blocked_reason(recipient: Recipient) -> str | None:
-    if recipient.unsubscribed_at is not None:
-        return "unsubscribed"
-    if recipient.cadence == Cadence.OFF:
-        return "cadence off"
-    if recipient.suppressed_reason is not None:
-        return f"suppressed: {recipient.suppressed_reason}"
-    return None
 
 
 # -- processes ----------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from rich.console import Console
@@ -45,16 +44,12 @@ sys.path.insert(0, str(ROOT))
 import bench_queues  # noqa: E402  (scripts/ is on sys.path when run as a script)
 import bench_scale  # noqa: E402
 
-from digest import content, migrate, unsubscribe  # noqa: E402
+from digest import content, migrate, recipients  # noqa: E402
 from digest.channels.email.null import NullTransport  # noqa: E402
+from digest.compose import Composer  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import embedded_url, make_engine  # noqa: E402
-from digest.models import (  # noqa: E402
-    DigestRequest,
-    OutgoingMessage,
-    Recipient,
-    SendResult,
-)
+from digest.models import ClaimedRun, OutgoingMessage, SendResult  # noqa: E402
 from digest.render import Renderer  # noqa: E402
 from digest.scheduler import schedule_once  # noqa: E402
 from digest.worker import Worker  # noqa: E402
@@ -262,62 +257,46 @@ def naive(url: str, engine: Engine, settings: Settings, limit: int) -> Row:
     return Row("naive way, 1 process", sent, time.perf_counter() - started, 1)
 
 
-def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float, float]:
-    """Render and build the MIME message of each digest, no database; (count, seconds, CPU
-    seconds of this process)."""
-    items, settings = args
-    renderer = Renderer(settings.templates_dir)
+def _render_slice(args: tuple[list[ClaimedRun], Settings]) -> tuple[int, float, float]:
+    """Compose each run as the worker does (render and MIME bytes), no database; (count,
+    seconds, CPU seconds of this process)."""
+    runs, settings = args
+    composer = Composer(settings, Renderer(settings.templates_dir), "k", "null")
     gc.freeze()  # as `digest work` does once its templates are loaded
     started, cpu = time.perf_counter(), time.process_time()
-    for index, (recipient, digest, period_start) in enumerate(items, 1):
-        url = unsubscribe.unsubscribe_url(settings.base_url, "k", index, 0, period_start)
-        rendered = renderer.render(
-            DigestRequest(recipient, digest, "daily", period_start, settings.base_url, url)
-        )
-        _build(rendered, recipient, url)
-    return len(items), time.perf_counter() - started, time.process_time() - cpu
-
-
-def _build(rendered: Any, recipient: Recipient, unsubscribe_url: str) -> None:
-    from digest.channels.email import mime as message
-
-    message.build_message(
-        from_name="Digest",
-        from_address="digest@localhost",
-        to_name=recipient.name,
-        to_address=recipient.email,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
-        message_id="<x@localhost>",
-        idempotency_key="k",
-        list_unsubscribe_url=unsubscribe_url,
-        list_unsubscribe_mailto=None,
-        date=datetime.now(UTC),
-    )
+    for run in runs:
+        if not isinstance(composer.compose(run), OutgoingMessage):
+            raise SystemExit(f"bench run {run.id} composes no message")
+    return len(runs), time.perf_counter() - started, time.process_time() - cpu
 
 
 def render_only(engine: Engine, settings: Settings, processes: int, count: int) -> Row:
-    """The CPU ceiling: the same digests rendered in a tight loop, no database."""
+    """The CPU ceiling: the same digests composed in a tight loop, no database."""
     with engine.connect() as conn:
-        run_ids = list(
-            conn.execute(
-                text("SELECT id FROM digest_runs WHERE status = 'sent' ORDER BY id LIMIT :n"),
-                {"n": count},
-            ).scalars()
-        )
-        digests = content.load_contents(conn, run_ids, settings.group_cap)
         rows = conn.execute(
             text(
-                "SELECT r.id, c.user_id, c.email, c.name, c.cadence, c.timezone, c.locale, "
-                "r.period_start FROM digest_runs r JOIN recipients c USING (user_id) "
-                "WHERE r.id = ANY(:ids)"
+                "SELECT id, user_id, cadence, period_start, attempt, frozen_at FROM digest_runs"
+                " WHERE status = 'sent' ORDER BY id LIMIT :n"
             ),
-            {"ids": run_ids},
+            {"n": count},
         ).all()
-    items = [(Recipient(*row[1:7]), digests[row[0]], row[7]) for row in rows]
+        digests = content.load_contents(conn, [row.id for row in rows], settings.group_cap)
+        people = recipients.load_many(conn, [row.user_id for row in rows])
+    runs = [
+        ClaimedRun(
+            row.id,
+            row.user_id,
+            row.cadence,
+            row.period_start,
+            row.attempt,
+            row.frozen_at,
+            recipient=people[row.user_id],
+            digest=digests[row.id],
+        )
+        for row in rows
+    ]
     # fresh processes, as the end-to-end rows have
-    slices = [(items[i::processes], settings) for i in range(processes)]
+    slices = [(runs[i::processes], settings) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         results = pool.map(_render_slice, slices)
     return Row(

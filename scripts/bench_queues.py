@@ -120,7 +120,7 @@ def digest_job(ctx: JobContext, run_id: int) -> str:
             )
         return "skipped"
     worker = ctx.worker
-    prepared = worker.prepare(
+    prepared = worker.composer.compose(
         ClaimedRun(
             run_id,
             run.user_id,
