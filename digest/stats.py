@@ -1,11 +1,9 @@
-"""`digest stats`: the health of the queue in a few numbers."""
+"""`digest stats`: the health of the queue in a few numbers (`collect`; the CLI prints them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
 from sqlalchemy import Connection, text
 
 from digest import recipients
@@ -96,41 +94,3 @@ def collect(conn: Connection) -> dict[str, Any]:
         "users_with_events_waiting": waiting.users,
         "recipients_with_unknown_timezone": recipients.count_unschedulable(conn),
     }
-
-
-def print_report(report: dict[str, Any], console: Console | None = None) -> None:
-    """A small table for people."""
-    console = console or Console()
-    runs = Table(title="digest runs", show_header=True)
-    for status in STATUSES:
-        runs.add_column(status, justify="right")
-    runs.add_row(*(str(report["runs"][s]) for s in STATUSES))
-    console.print(runs)
-    lag = report["oldest_due_lag_seconds"]
-    console.print(
-        f"due now: {report['due_now']}"
-        + (f" (oldest due {report['oldest_due_pending']}, {lag:.0f}s late)" if lag else "")
-    )
-    console.print(
-        f"events waiting: {report['events_waiting']} "
-        f"for {report['users_with_events_waiting']} users"
-    )
-    if report["deliveries_by_day"]:
-        rates = Table(title="deliveries, last 7 days (UTC)")
-        rates.add_column("day")
-        for key in RATE_KEYS:
-            rates.add_column(key, justify="right")
-        for day in report["deliveries_by_day"]:
-            rates.add_row(day["day"], *(str(day[key]) for key in RATE_KEYS))
-        console.print(rates)
-        console.print(
-            f"complaint rate {report['complaint_rate_7d']:.2%}, "
-            f"bounce rate {report['bounce_rate_7d']:.2%} (7 days)"
-        )
-    for warning in report["warnings"]:
-        console.print(f"[bold red]warning:[/] {warning}")
-    if report["recipients_with_unknown_timezone"]:
-        console.print(
-            f"[yellow]warning:[/] {report['recipients_with_unknown_timezone']} recipients have a "
-            "time zone PostgreSQL does not know; they are not scheduled"
-        )

@@ -7,34 +7,25 @@ outcomes of the whole batch commit afterwards in one fenced statement.
 
 from __future__ import annotations
 
-import gc
 import logging
-import multiprocessing
-import multiprocessing.queues
 import os
-import queue
 import random
 import secrets
-import signal
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import FrameType
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from digest import channels, claim, retry, watchdog
+from digest import claim, retry, watchdog
 from digest.channels.base import SendError, Transport
 from digest.channels.ratelimit import TokenBucket
 from digest.compose import Composer, signing_key
 from digest.config import Settings
-from digest.db import make_engine
-from digest.errors import DigestError
 from digest.models import (
     ClaimedRun,
     Delivery,
@@ -649,138 +640,3 @@ def _unknown(outcome: Outcome) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-# -- processes ----------------------------------------------------------------------------
-
-
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT: stop claiming, finish or release what is in flight, exit 0."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping on %s", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def work_in_process(
-    url: str, settings: Settings, transport_name: str, drain: bool
-) -> tuple[WorkerStats, str | None]:
-    """Run one worker in this process until stopped; returns its stats and any fatal error."""
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    # The database thread waits on the server between short bursts of Python; under the
-    # default 5 ms GIL switch interval each reply would wait for the rendering thread's slice
-    # to run out, and the next batch would not be loaded in time.
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    # No ping on every checkout: a connection the server dropped fails its statement, the
-    # pool is invalidated, and the loop's outage handling retries (see `Worker.run`).
-    engine = make_engine(url, pool_pre_ping=False)
-    try:
-        worker = Worker(engine, settings, channels.make(transport_name, settings), stop=stop)
-        # What exists now (modules, templates) lives as long as the process: keep it out of
-        # every later garbage collection, which otherwise walks it again and again.
-        gc.freeze()
-        stats = worker.run(drain=drain)
-        return stats, worker.fatal
-    finally:
-        engine.dispose()
-
-
-def _child(
-    url: str,
-    settings: Settings,
-    transport_name: str,
-    drain: bool,
-    log_level: int,
-    results: multiprocessing.queues.Queue[tuple[WorkerStats, str | None]],
-    cpu: int | None,
-) -> None:
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
-    if cpu is not None:
-        pin_to_cpu(cpu)
-    results.put(work_in_process(url, settings, transport_name, drain))
-
-
-def worker_cpus(processes: int) -> list[int]:
-    """The CPU for each of `processes` pinned workers: round robin over the CPUs this
-    process may run on. Linux only (`sched_setaffinity`)."""
-    if not hasattr(os, "sched_setaffinity"):
-        raise DigestError("--pin-cpus needs Linux (os.sched_setaffinity)")
-    cpus = sorted(os.sched_getaffinity(0))
-    return [cpus[i % len(cpus)] for i in range(processes)]
-
-
-def pin_to_cpu(cpu: int) -> None:
-    """Keep this process, all its threads, on one CPU: the renderer, its database thread
-    and their GIL hand-offs then share that core's caches instead of migrating."""
-    os.sched_setaffinity(0, {cpu})
-    log.info("worker process pinned to CPU %d", cpu)
-
-
-LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
-
-
-def work_processes(
-    url: str,
-    settings: Settings,
-    transport_name: str,
-    processes: int,
-    drain: bool,
-    *,
-    pin_cpus: bool = False,
-) -> tuple[WorkerStats, list[str]]:
-    """Run `processes` workers (1 = in this process), each pinned to a CPU of its own if
-    `pin_cpus`; returns summed stats and fatal errors."""
-    cpus: list[int | None] = list(worker_cpus(processes)) if pin_cpus else [None] * processes
-    if processes == 1:
-        if cpus[0] is not None:
-            pin_to_cpu(cpus[0])
-        stats, fatal = work_in_process(url, settings, transport_name, drain)
-        return stats, [fatal] if fatal else []
-    # spawn, not fork: a child must not inherit the parent's connections or threads
-    ctx = multiprocessing.get_context("spawn")
-    results: multiprocessing.queues.Queue[tuple[WorkerStats, str | None]] = ctx.Queue()
-    level = logging.getLogger().getEffectiveLevel()
-    children = [
-        ctx.Process(
-            target=_child,
-            args=(url, settings, transport_name, drain, level, results, cpus[i]),
-            name=f"digest-worker-{i}",
-        )
-        for i in range(processes)
-    ]
-    for child in children:
-        child.start()
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        collected: list[tuple[WorkerStats, str | None]] = []
-        # a child killed by a signal never reports: stop waiting once all have exited
-        while len(collected) < len(children):
-            try:
-                collected.append(results.get(timeout=0.5))
-            except queue.Empty:
-                if not any(child.is_alive() for child in children) and results.empty():
-                    break
-        total = WorkerStats()
-        errors: list[str] = []
-        for stats, fatal in collected:
-            total += stats
-            if fatal:
-                errors.append(fatal)
-        for child in children:
-            child.join()
-            if child.exitcode not in (0, None):
-                errors.append(f"{child.name} exited with code {child.exitcode}")
-        return total, errors
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -23,11 +23,17 @@ from sqlalchemy import Connection, Engine
 from digest.config import Settings
 from digest.db import atomic
 from digest.errors import ValidationError
-from digest.ingest.fields import json_type, optional_text, show, text_field, unknown_fields
+from digest.ingest.fields import (
+    MAX_PAYLOAD_BYTES,
+    json_type,
+    optional_text,
+    show,
+    text_field,
+    unknown_fields,
+)
 from digest.ingest.lines import BadLine, BadLines, read_jsonl
 from digest.ingest.store import EVENT_FIELDS, EventRow, insert_one, store_rows
 
-MAX_PAYLOAD_BYTES: Final = 64 * 1024
 CATEGORY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _EVENT_FIELD_SET: Final = frozenset(EVENT_FIELDS)
 # created_at must fall in this range: anything PostgreSQL and Python can both read back.

@@ -10,6 +10,7 @@ from typing import Final
 from digest.errors import ValidationError
 
 MAX_TEXT: Final = 1000
+MAX_PAYLOAD_BYTES: Final = 64 * 1024  # an event payload, serialized
 # C0 and C1 controls and the Unicode line/paragraph separators: line breaks in all but name.
 CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 

@@ -8,6 +8,7 @@ import email.policy
 import logging
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -23,10 +24,11 @@ from sqlalchemy import Engine, text
 from digest import watchdog
 from digest.channels.base import SendError
 from digest.channels.email.file import FileTransport
+from digest.cli.work import worker_cpus
 from digest.config import Settings
 from digest.models import OutgoingMessage, SendResult
 from digest.scheduler import schedule_once
-from digest.worker import Worker, worker_cpus
+from digest.worker import Worker
 
 RunDigest = Callable[..., subprocess.CompletedProcess[str]]  # the conftest fixture
 
@@ -659,7 +661,7 @@ def test_pin_cpus_gives_each_worker_process_its_cpu(
     assert done.returncode == 0, done.stderr
     assert "sent 3," in done.stderr
     pinned = re.findall(
-        r" (\d+) INFO digest\.worker worker process pinned to CPU (\d+)", done.stderr
+        r" (\d+) INFO digest\.cli\.work worker process pinned to CPU (\d+)", done.stderr
     )
     assert len({pid for pid, _ in pinned}) == 2, done.stderr
     assert sorted(int(cpu) for _, cpu in pinned) == sorted(worker_cpus(2))
@@ -671,3 +673,29 @@ def test_worker_cpus_go_round_robin_over_the_allowed_cpus(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 2}, raising=False)
     monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: None, raising=False)
     assert worker_cpus(3) == [2, 5, 2]
+
+
+def test_a_worker_process_restores_the_signal_handlers_it_found(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    """`digest work`'s SIGTERM/SIGINT handlers live only as long as the worker: on return the
+    handlers the process had before are back."""
+    from digest.cli.work import work_in_process
+
+    add_user(engine, "sig")
+    add_events(engine, "sig", 2)
+    schedule(engine)
+
+    def before(signum: int, frame: object) -> None:
+        raise AssertionError("not expected to run")
+
+    previous = {sig: signal.signal(sig, before) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        settings = Settings(outbox=tmp_path / "outbox", secret_key="test-secret")
+        stats, fatal = work_in_process(db_url, settings, "file", drain=True)
+        assert (stats.sent, fatal) == (1, None)
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
