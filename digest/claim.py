@@ -37,6 +37,10 @@ from digest.models import EMPTY_DIGEST, ClaimedRun, Outcome, Recipient
 # The batch size is written into the statement (`claim_statement`): with it a parameter,
 # the generic plan PostgreSQL would cache cannot know the LIMIT and scans both tables, so
 # every claim was planned afresh.
+#
+# The parts come from `digest.content` (the grouping) and `digest.recipients` (the
+# recipient): docs/sql/claim_batch.sql shows the whole statement as PostgreSQL gets it, and
+# tests/unit/test_sql.py fails when that file and the statement part ways.
 _CLAIM_BATCH_SQL = """
     WITH due AS MATERIALIZED (
         SELECT id, frozen_at FROM digest_runs
