@@ -10,7 +10,9 @@
 5-7. ingest (COPY and one event at a time), the scheduler over 1,000,000 recipients (on
      its default number of connections, and on one), and one user with 100,000 events in
      a fresh worker process (scripts/bench_scale.py);
-8.   a 50 ms transport at 16 threads.
+8.   a 50 ms transport at 16 threads;
+9.   CLI start-up: wall and CPU seconds of `digest --help` and `digest stats` in fresh
+     processes (the best of a few tries).
 
 All rows run against the same embedded PostgreSQL (its default, durable settings), each
 group on databases of their own recreated each time. Figures on a shared 2-core machine
@@ -25,6 +27,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -217,6 +220,37 @@ def end_to_end(url: str, engine: Engine, processes: int, *, pinned: bool = False
     )
 
 
+@dataclass(frozen=True)
+class Startup:
+    """One command run in fresh processes: the best wall and CPU seconds of `tries`."""
+
+    command: str
+    wall: float
+    cpu: float
+    tries: int
+
+
+STARTUP_TRIES = 5
+
+
+def cli_startup(url: str, args: tuple[str, ...], tries: int = STARTUP_TRIES) -> Startup:
+    """`digest ARGS` in a fresh process `tries` times, as a shell runs it; each try's CPU is
+    the child's own (user + system, from the kernel's accounting of finished children)."""
+    command = [sys.executable, "-m", "digest", *args]
+    env = {**os.environ, "DIGEST_DATABASE_URL": url}
+    walls, cpus = [], []
+    for _ in range(tries):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        walls.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode:
+            raise SystemExit(f"digest {' '.join(args)} failed: {done.stderr.strip()}")
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return Startup(f"digest {' '.join(args)}", min(walls), min(cpus), tries)
+
+
 class SlowTransport(NullTransport):
     """A provider that takes `delay` seconds per message (network + API time)."""
 
@@ -391,6 +425,7 @@ TARGETS = (
     ("scheduler, 1,000,000 recipients <= 20 s", "schedule_1m_seconds", 20.0, False),
     ("100,000-event user < 3 s", "heavy_user_seconds", 3.0, False),
     ("100,000-event user peak RSS < 200 MB", "heavy_user_peak_rss_mb", 200.0, False),
+    ("digest --help < 0.3 s of CPU", "startup_help_cpu_seconds", 0.3, False),
 )
 
 
@@ -449,6 +484,8 @@ def main() -> None:
                 {"n": sizes.slow_users},
             )
         slow = slow_transport(url, engine, settings, args.send_concurrency)
+    with console.status("CLI start-up"):
+        startups = [cli_startup(url, ("--help",)), cli_startup(url, ("stats",))]
     engine.dispose()
 
     scale_url = bench_queues.fresh_database(server, bench_scale.DATABASE)
@@ -513,6 +550,10 @@ def main() -> None:
         "heavy_user_events": heavy.events,
         "slow_transport_digests_per_s": slow.rate,
         "slow_transport_ideal_digests_per_s": args.send_concurrency / SLOW_SECONDS,
+        "startup_help_seconds": startups[0].wall,
+        "startup_help_cpu_seconds": startups[0].cpu,
+        "startup_stats_seconds": startups[1].wall,
+        "startup_stats_cpu_seconds": startups[1].cpu,
         "users": sizes.users,
         "events_per_user": args.events_per_user,
         "queue_jobs": sizes.queue_jobs,
@@ -620,6 +661,15 @@ def main() -> None:
         f"{slow.rate:,.0f}/s",
         f"{slow.rate / ideal:.2f} of {args.send_concurrency} threads / 0.05 s = {ideal:,.0f}/s",
     )
+    section("9. CLI start-up, fresh processes")
+    for startup in startups:
+        table.add_row(
+            startup.command,
+            f"best of {startup.tries}",
+            f"{startup.wall:.2f}",
+            f"{startup.cpu:.2f} s CPU",
+            "wall and CPU seconds from start to exit",
+        )
     console.print(table)
 
     targets = Table(title="targets")
