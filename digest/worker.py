@@ -1,8 +1,14 @@
-"""`digest work`: claim due runs, freeze, group, render, send, and record the outcome.
+"""The worker: batches of claimed runs through compose, send and record, overlapped, and
+held through database outages until their outcomes are recorded.
 
-The loop is thin (`Worker.run`); each step is a plain function or method testable alone.
-No transaction is open while a message is being sent: claim+freeze commit first, the
-outcomes of the whole batch commit afterwards in one fenced statement.
+One concern, kept in one module though it is long: the pipeline's overlap (a database
+thread claims and records while this thread composes and the sending threads send) and
+its recovery from outages share the same batches and state, and read as one loop. The
+steps it drives live elsewhere: the SQL in `digest.claim`, composing in `digest.compose`,
+the outcome of a send in `digest.retry`, the leases in `digest.heartbeat`, signals and
+processes in `digest.cli.work`. No transaction is open while a message is being sent:
+claim+freeze commit first, the outcomes of the whole batch commit afterwards in one
+fenced statement.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from digest.channels.base import SendError, Transport
 from digest.channels.ratelimit import TokenBucket
 from digest.compose import Composer, signing_key
 from digest.config import Settings
+from digest.errors import first_line
+from digest.heartbeat import Heartbeat
 from digest.models import (
     ClaimedRun,
-    Delivery,
     DeliveryStatus,
     Outcome,
     OutgoingMessage,
@@ -54,9 +61,6 @@ STOP_GRACE_SECONDS = 20.0
 # Batches whose sends may be queued or in progress while the next one is claimed and
 # rendered: two keep the sending threads busy through a claim, a render and a commit.
 BATCHES_AHEAD = 2
-
-# The GIL switch interval of a worker process (see `work_in_process`).
-GIL_SWITCH_SECONDS = 0.001
 
 
 def worker_id() -> str:
@@ -98,41 +102,6 @@ class WorkerStats:
         for name, value in vars(other).items():
             setattr(self, name, getattr(self, name) + value)
         return self
-
-
-@dataclass
-class _Heartbeat:
-    """Extends the lease of in-flight runs from a side thread, so a slow batch keeps them."""
-
-    engine: Engine
-    me: str
-    lease_seconds: float
-    in_flight: set[int] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def add(self, ids: list[int]) -> None:
-        with self.lock:
-            self.in_flight.update(ids)
-
-    def drop(self, ids: list[int]) -> None:
-        with self.lock:
-            self.in_flight.difference_update(ids)
-
-    def run(self) -> None:
-        interval = max(self.lease_seconds / 3, 0.5)
-        while not self.stop.wait(interval):
-            with self.lock:
-                ids = sorted(self.in_flight)
-            if not ids:
-                continue
-            try:
-                with self.engine.connect() as conn:
-                    claim.extend_lease(conn, self.me, ids, self.lease_seconds)
-            except OperationalError as exc:  # a missed beat is survivable; the next one retries
-                log.warning("heartbeat_missed runs=%d error=%r", len(ids), _first_line(exc))
-            except Exception:
-                log.exception("heartbeat failed")
 
 
 @dataclass
@@ -240,7 +209,7 @@ class Worker:
         does not give up on outcomes of sent mail; it exits on an outage only when it
         holds nothing, after MAX_OUTAGE_SECONDS.
         """
-        beat = _Heartbeat(self.engine, self.me, self.settings.lease_seconds)
+        beat = Heartbeat(self.engine, self.me, self.settings.lease_seconds)
         beater = threading.Thread(target=beat.run, name="heartbeat", daemon=True)
         beater.start()
         pool = ThreadPoolExecutor(self.settings.send_concurrency, thread_name_prefix="send")
@@ -289,7 +258,7 @@ class Worker:
                     if outage is None:
                         outage = _Outage(time.monotonic())
                     outage.tries += 1
-                    outage.cause = _first_line(exc)
+                    outage.cause = first_line(exc)
                     held = len(in_flight) + len(recording) + len(self.unreleased)
                     if not held and outage.seconds() > MAX_OUTAGE_SECONDS:
                         self.fatal = f"database unavailable: {outage.cause}"
@@ -337,7 +306,7 @@ class Worker:
         self,
         recording: deque[tuple[_Batch, Future[None]]],
         in_flight: deque[_Batch],
-        beat: _Heartbeat,
+        beat: Heartbeat,
     ) -> None:
         """Record every batch this worker holds, oldest first, and give back the runs it
         did not send; raises OperationalError (keeping the rest) while the database is away.
@@ -359,7 +328,7 @@ class Worker:
         self,
         recording: deque[tuple[_Batch, Future[None]]],
         in_flight: deque[_Batch],
-        beat: _Heartbeat,
+        beat: Heartbeat,
     ) -> None:
         """Stopping: record what is held; while the database is away keep trying for
         STOP_GRACE_SECONDS, then give up and say what will be sent again."""
@@ -375,7 +344,7 @@ class Worker:
                 tries += 1
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self._give_up(in_flight, _first_line(exc))
+                    self._give_up(in_flight, first_line(exc))
                     return
                 delay = min(self._retry_delay(tries), left)
                 log.error(
@@ -384,7 +353,7 @@ class Worker:
                     delay,
                     len(in_flight),
                     sum(b.sent() for b in in_flight),
-                    _first_line(exc),
+                    first_line(exc),
                 )
                 time.sleep(delay)
 
@@ -411,7 +380,7 @@ class Worker:
 
     # -- one batch ------------------------------------------------------------------------
 
-    def claim_batch(self, beat: _Heartbeat) -> _Claimed | None:
+    def claim_batch(self, beat: Heartbeat) -> _Claimed | None:
         """Claim a batch with its digests and recipients; None when nothing is due."""
         with self.engine.connect() as conn:  # autocommit: the claim is one statement
             runs = claim.claim_batch(
@@ -426,7 +395,7 @@ class Worker:
         beat.add([r.id for r in runs])
         return _Claimed(runs, time.monotonic())
 
-    def _give_back(self, runs: list[ClaimedRun], beat: _Heartbeat) -> None:
+    def _give_back(self, runs: list[ClaimedRun], beat: Heartbeat) -> None:
         """Release runs nothing was sent for now, rather than keep their leases alive with
         the heartbeat until the worker stops; kept, to release later, while the database is
         away."""
@@ -437,10 +406,10 @@ class Worker:
             log.warning(
                 "release_failed runs=%d error=%r: kept, given back when the database answers",
                 len(self.unreleased),
-                _first_line(exc),
+                first_line(exc),
             )
 
-    def _release_unreleased(self, beat: _Heartbeat) -> None:
+    def _release_unreleased(self, beat: Heartbeat) -> None:
         """Give back the runs kept unsent; raises OperationalError while the database is
         away (and keeps them)."""
         if not self.unreleased:
@@ -451,7 +420,7 @@ class Worker:
         del self.unreleased[: len(ids)]
         beat.drop(ids)
 
-    def _give_back_ahead(self, ahead: Future[_Claimed | None] | None, beat: _Heartbeat) -> None:
+    def _give_back_ahead(self, ahead: Future[_Claimed | None] | None, beat: Heartbeat) -> None:
         """Release the batch the loader claimed ahead, if any (stopping, or an outage)."""
         try:
             claimed = ahead.result() if ahead is not None else None
@@ -460,7 +429,7 @@ class Worker:
         if claimed is not None:
             self._give_back(claimed.runs, beat)
 
-    def start_batch(self, claimed: _Claimed, pool: ThreadPoolExecutor, beat: _Heartbeat) -> _Batch:
+    def start_batch(self, claimed: _Claimed, pool: ThreadPoolExecutor, beat: Heartbeat) -> _Batch:
         """Render a claimed batch, (at most once) mark it sending, and queue its sends."""
         try:
             return self._prepare_batch(claimed, pool)
@@ -509,7 +478,7 @@ class Worker:
                 batch.decided.append(result)
         batch.sending = []
 
-    def finish_batch(self, batch: _Batch, beat: _Heartbeat) -> None:
+    def finish_batch(self, batch: _Batch, beat: Heartbeat) -> None:
         """Wait for the batch's sends, record every outcome in one statement and give back
         the runs not sent; a failed try keeps the batch as it was, to be tried again."""
         self._settle(batch)
@@ -553,51 +522,19 @@ class Worker:
                 self.fatal = exc.reason
                 log.critical("transport_fatal transport=%s reason=%s", self.transport.name, exc)
                 return None
-            decision = retry.decide(
-                exc.kind,
-                exc.reason,
-                attempt=run.attempt,
+            return retry.after_failure(
+                run,
+                outgoing,
+                exc,
+                self.transport.name,
+                event_count,
                 max_attempts=self.settings.max_attempts,
                 base=self.settings.backoff_base_seconds,
                 cap=self.settings.backoff_max_seconds,
-                retry_after=exc.retry_after,
                 rand=self.rand,
                 at_most_once=self.at_most_once,
             )
-            if exc.kind == "unknown":
-                delivery_status = DeliveryStatus.UNKNOWN
-            elif decision.status == RunStatus.PENDING:
-                delivery_status = DeliveryStatus.DEFERRED
-            else:
-                delivery_status = DeliveryStatus.FAILED
-            return Outcome(
-                run,
-                decision.status,
-                event_count,
-                message_id=outgoing.message_id,
-                error=decision.error,
-                retry_in=decision.retry_in,
-                delivery=Delivery(
-                    outgoing.to_address,
-                    self.transport.name,
-                    delivery_status,
-                    message_id=outgoing.message_id,
-                    reason=exc.reason,
-                ),
-            )
-        return Outcome(
-            run,
-            RunStatus.SENT,
-            event_count,
-            message_id=outgoing.message_id,
-            delivery=Delivery(
-                outgoing.to_address,
-                result.transport,
-                DeliveryStatus.SENT,
-                message_id=outgoing.message_id,
-                provider_message_id=result.provider_message_id,
-            ),
-        )
+        return retry.after_success(run, outgoing, result, event_count)
 
     def _log(self, outcome: Outcome, landed: bool, duration_ms: float) -> None:
         status = outcome.status if landed else "lease_lost"
@@ -636,7 +573,3 @@ def _recorded(
 
 def _unknown(outcome: Outcome) -> bool:
     return outcome.delivery is not None and outcome.delivery.status == DeliveryStatus.UNKNOWN
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from digest.db import raw
-from digest.errors import DigestError
+from digest.errors import DigestError, first_line
 
 # The columns of a stored event, in the order of `EventRow`.
 EVENT_FIELDS: Final = (
@@ -119,13 +119,9 @@ def store_rows(conn: Connection, rows: Iterable[EventRow]) -> tuple[int, int]:
                 ignored += len(chunk) - cursor.rowcount
                 chunk = following
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
-        raise DigestError(f"the database refused the events: {_first_line(exc)}") from exc
+        raise DigestError(f"the database refused the events: {first_line(exc)}") from exc
     except DBAPIError as exc:
         if isinstance(exc.orig, psycopg.DataError | psycopg.IntegrityError):
-            raise DigestError(f"the database refused the events: {_first_line(exc.orig)}") from exc
+            raise DigestError(f"the database refused the events: {first_line(exc.orig)}") from exc
         raise
     return inserted, ignored
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

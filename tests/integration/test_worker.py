@@ -415,7 +415,7 @@ def crash_after_send(engine: Engine, tmp_path: Path, **settings: Any) -> Scripte
     """A worker sends its batch and dies before recording it; its lease then runs out."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from digest.worker import _Heartbeat
+    from digest.heartbeat import Heartbeat as _Heartbeat
 
     transport = ScriptedTransport({})
     doomed = make_worker(engine, tmp_path, transport, **settings)
@@ -548,7 +548,7 @@ def test_a_batch_is_claimed_with_its_digests_in_one_autocommit_statement(
     statements that are atomic on their own."""
     from sqlalchemy import event
 
-    from digest.worker import _Heartbeat
+    from digest.heartbeat import Heartbeat as _Heartbeat
 
     for user in ("a", "b", "c"):
         add_user(engine, user)
@@ -624,17 +624,17 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
 ) -> None:
     """While the database restarts every beat fails: a warning line each, no traceback."""
     from digest.db import make_engine
-    from digest.worker import _Heartbeat
+    from digest.heartbeat import Heartbeat as _Heartbeat
 
     beat = _Heartbeat(make_engine("postgresql://nobody@127.0.0.1:1/none"), "me", 1.5)
     beat.add([1, 2])
     beater = threading.Thread(target=beat.run)
-    with caplog.at_level(logging.WARNING, logger="digest.worker"):
+    with caplog.at_level(logging.WARNING, logger="digest.heartbeat"):
         beater.start()
         time.sleep(0.8)  # one beat: every max(lease / 3, 0.5) s
         beat.stop.set()
         beater.join()
-    records = [r for r in caplog.records if r.name == "digest.worker"]
+    records = [r for r in caplog.records if r.name == "digest.heartbeat"]
     assert records
     assert all(r.getMessage().startswith("heartbeat_missed runs=2") for r in records)
     assert all(r.exc_info is None for r in records)
