@@ -2,8 +2,8 @@
 their outcomes, messages and send results, and the status names of runs and deliveries.
 
 Pure data: no database, no I/O. The types made once per digest on the worker's path are
-named tuples (a third to a quarter of a frozen dataclass's construction time, see
-docs/performance.md); the rest are frozen dataclasses. Values read from the database
+named tuples, much cheaper to build than frozen dataclasses (docs/performance.md); the
+rest are frozen dataclasses. Values read from the database
 (a recipient's cadence, a run's cadence) stay plain `str`: they compare equal to the enum
 members, and converting each would cost time per digest for nothing.
 """
