@@ -612,7 +612,7 @@ def main() -> None:
             f"{1000 / q.noop.rate:.2f} ms of queue per job; "
             f"{q.noop.rate / e2e_1p:.1f}x our digests/s",
         )
-    section("5. ingest (digest.events), events/s")
+    section("5. ingest (digest.ingest), events/s")
     ingest_rows = (
         ("record_events, COPY, no event_key", ingest.copy),
         ("the same rows formatted once, bare COPY (the server's ceiling)", ingest.bare),

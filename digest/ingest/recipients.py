@@ -1,4 +1,6 @@
-"""Recipients: who gets a digest, how often and when; validated at the boundary, upserted in bulk.
+"""Recipients in: who gets a digest, how often and when; validated at the boundary, upserted
+in bulk (imports) or one at a time (`digest recipients set`). Reads are in
+`digest.recipients`.
 
 A field an input leaves out keeps the stored value of an existing recipient and gets its
 default for a new one; an update that changes nothing writes nothing, so re-importing the

@@ -772,7 +772,7 @@ def test_no_line_break_reaches_a_header(
 def test_encoded_words_in_display_names_cannot_inject_headers(field: str, name: str) -> None:
     """A display name that is (or holds) an encoded-word of CR/LF adds no header and does
     not end the header block. (The recipients import refuses such names too, but names
-    already stored and the sender name from the settings reach message.py.)"""
+    already stored and the sender name from the settings reach the MIME writer.)"""
     rendered = RenderedDigest("Subject", "<p>x</p>", "x")
     recipient = Recipient("u", "ana@example.com", name if field == "to_name" else "Ana", "", "", "")
     raw = message_for(recipient, rendered, name if field == "from_name" else "Digest")
