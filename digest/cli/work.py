@@ -178,19 +178,22 @@ def work_in_process(
     # to run out, and the next batch would not be loaded in time.
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    # No ping on every checkout: a connection the server dropped fails its statement, the
-    # pool is invalidated, and the loop's outage handling retries (see `Worker.run`).
-    engine = make_engine(url, pool_pre_ping=False)
     try:
-        worker = Worker(engine, settings, channels.make(transport_name, settings), stop=stop)
-        # What exists now (modules, templates) lives as long as the process: keep it out of
-        # every later garbage collection, which otherwise walks it again and again.
-        gc.freeze()
-        stats = worker.run(drain=drain)
-        return stats, worker.fatal
+        # No ping on every checkout: a connection the server dropped fails its statement,
+        # the pool is invalidated, and the loop's outage handling retries (`Worker.run`).
+        engine = make_engine(url, pool_pre_ping=False)
+        try:
+            transport = channels.make(transport_name, settings)
+            worker = Worker(engine, settings, transport, stop=stop)
+            # What exists now (modules, templates) lives as long as the process: keep it
+            # out of every later garbage collection, which otherwise walks it again and again.
+            gc.freeze()
+            stats = worker.run(drain=drain)
+            return stats, worker.fatal
+        finally:
+            gc.unfreeze()
+            engine.dispose()
     finally:
-        gc.unfreeze()
-        engine.dispose()
         sys.setswitchinterval(switch_interval)
         restore_handlers(previous)
 
