@@ -179,7 +179,7 @@ def test_release_returns_runs_without_spending_an_attempt(engine: Engine) -> Non
     event = add_event(engine, "u")
     claim_as(engine, "w")
     with engine.connect() as conn:
-        assert claim.release(conn, "w", [run_id]) == 1
+        assert claim.release(conn, "w", [(run_id, 1)]) == 1
     row = run_row(engine, run_id)
     assert (row.status, row.attempt, row.locked_by) == ("pending", 0, None)
     assert attached(engine, run_id) == [event]

@@ -624,7 +624,7 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
     from digest.worker import _Heartbeat
 
     beat = _Heartbeat(make_engine("postgresql://nobody@127.0.0.1:1/none"), "me", 1.5)
-    beat.add([1, 2])
+    beat.add([(1, 1), (2, 1)])
     beater = threading.Thread(target=beat.run)
     with caplog.at_level(logging.WARNING, logger="digest.worker"):
         beater.start()
