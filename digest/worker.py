@@ -271,6 +271,8 @@ class Worker:
                                 conn,
                                 self.settings.max_attempts,
                                 restart_grace=self.settings.lease_seconds,
+                                backoff_base=self.settings.backoff_base_seconds,
+                                backoff_cap=self.settings.backoff_max_seconds,
                             )
                         next_watchdog = time.monotonic() + self.settings.watchdog_interval_seconds
                     if ahead is None:

@@ -1,17 +1,27 @@
-"""Every statement on a held run is fenced by its attempt."""
+"""Every statement on a held run is fenced by its attempt; rescued runs back off."""
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
+from click.testing import Result
 from sqlalchemy import Engine, text
 
-from digest import claim, watchdog
+from digest import claim, retry, watchdog
 from digest.claim import ClaimedRun
-from digest.worker import _Heartbeat
+from digest.config import Settings
+from digest.transports.file import FileTransport
+from digest.worker import Worker, _Heartbeat
+
+Invoke = Callable[..., Result]
 
 ADD_RUNS = text(
     """
@@ -21,6 +31,13 @@ ADD_RUNS = text(
     """
 )
 EXPIRE_LEASES = text("UPDATE digest_runs SET lease_expires_at = now() - interval '1 second'")
+# A run left by a dead worker on attempt `attempt`, its lease expired.
+ORPHAN = text(
+    """
+    UPDATE digest_runs SET status = 'processing', attempt = :attempt, locked_by = 'dead',
+           lease_expires_at = now() - interval '1 minute'
+    """
+)
 
 
 def add_runs(engine: Engine, n: int = 1) -> list[int]:
@@ -144,3 +161,124 @@ def test_fenced_statements_find_a_batch_by_key(engine: Engine) -> None:
 def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     """A node of EXPLAIN (FORMAT JSON) and all the nodes under it."""
     return [node, *(n for child in node.get("Plans", ()) for n in plan_nodes(child))]
+
+
+# -- rescued runs back off --------------------------------------------------------------
+
+
+class Fixed(random.Random):
+    """A random source that always draws `value`: the ends of the jitter."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def bounds(attempt: int, base: float, cap: float) -> tuple[float, float]:
+    """The least and the most retry.backoff waits after `attempt`."""
+    return (
+        retry.backoff(attempt, base, cap, Fixed(0.0)),
+        retry.backoff(attempt, base, cap, Fixed(1.0)),
+    )
+
+
+def clock(engine: Engine) -> datetime:
+    with engine.connect() as conn:
+        now: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    return now
+
+
+def delays(engine: Engine, since: datetime) -> list[float]:
+    """Seconds from `since` to each pending run's scheduled_for."""
+    with engine.connect() as conn:
+        return [
+            float(d)
+            for d in conn.execute(
+                text(
+                    "SELECT extract(epoch FROM scheduled_for - :since) FROM digest_runs"
+                    " WHERE status = 'pending'"
+                ),
+                {"since": since},
+            ).scalars()
+        ]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base", "cap"),
+    [(1, 30, 3600), (3, 30, 3600), (3, 30, 90), (4, 0, 3600)],
+)
+def test_a_rescued_run_waits_the_backoff_of_its_attempt(
+    engine: Engine, attempt: int, base: int, cap: int
+) -> None:
+    """A run whose lease expired is due again after the backoff a transient failure of the
+    same attempt gets (jittered, capped), so a worker polling at once does not claim it."""
+    add_runs(engine, 40)
+    with engine.begin() as conn:
+        conn.execute(ORPHAN, {"attempt": attempt})
+    start = clock(engine)
+    with engine.connect() as conn:
+        assert watchdog.reset_expired_once(conn, 5, backoff_base=base, backoff_cap=cap) == (40, 0)
+    end = clock(engine)
+    least, most = bounds(attempt, base, cap)
+    waits = delays(engine, start)
+    assert len(waits) == 40
+    assert all(least <= w <= most + (end - start).total_seconds() for w in waits), (
+        least,
+        most,
+        waits,
+    )
+    if most > 0:
+        # jittered: a dead worker's batch does not all come due at the same instant
+        assert max(waits) - min(waits) > (most - least) / 4
+        assert claim_as(engine, "next") == []
+
+
+def wait_for_uptime(engine: Engine, seconds: float) -> None:
+    """Wait until the server has been up `seconds` (the watchdog's grace after a start)."""
+    with engine.connect() as conn:
+        uptime = conn.execute(
+            text("SELECT extract(epoch FROM clock_timestamp() - pg_postmaster_start_time())")
+        ).scalar_one()
+    time.sleep(max(0.0, seconds - float(uptime) + 0.1))
+
+
+def test_the_watchdog_command_backs_off_as_configured(engine: Engine, digest_cli: Invoke) -> None:
+    """`digest watchdog` (cron) takes DIGEST_BACKOFF_BASE and DIGEST_BACKOFF_MAX."""
+    add_runs(engine)
+    with engine.begin() as conn:
+        conn.execute(ORPHAN, {"attempt": 2})
+    wait_for_uptime(engine, 5)
+    start = clock(engine)
+    env = {"DIGEST_LEASE_SECONDS": "5", "DIGEST_BACKOFF_BASE": "100", "DIGEST_BACKOFF_MAX": "150"}
+    result = digest_cli("watchdog", env=env)
+    assert result.exit_code == 0, result.output
+    assert "requeued 1, failed 0" in result.output
+    [wait] = delays(engine, start)
+    assert 75 <= wait <= 150 + (clock(engine) - start).total_seconds()
+
+
+def test_work_backs_off_the_runs_it_rescues(engine: Engine, tmp_path: Path) -> None:
+    """`digest work` runs the watchdog with its settings' backoff: a run it rescues from a
+    dead worker is not claimed again at once, by itself or anyone."""
+    [run_id] = add_runs(engine)
+    with engine.begin() as conn:
+        conn.execute(ORPHAN, {"attempt": 1})
+    wait_for_uptime(engine, 5)
+    settings = Settings(
+        outbox=tmp_path / "outbox",
+        secret_key="test-secret",
+        lease_seconds=5,
+        backoff_base_seconds=100,
+        backoff_max_seconds=3600,
+    )
+    worker = Worker(engine, settings, FileTransport(settings.outbox))
+    start = clock(engine)
+    stats = worker.run(drain=True)
+    assert (stats.batches, stats.skipped, stats.sent) == (0, 0, 0)
+    row = run_row(engine, run_id)
+    assert (row.status, row.attempt) == ("pending", 1)
+    [wait] = delays(engine, start)
+    assert 50 <= wait <= 100 + (clock(engine) - start).total_seconds()
