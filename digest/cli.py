@@ -346,11 +346,17 @@ def work_cmd(
 @cli.command("watchdog")
 @pass_app
 def watchdog_cmd(app: App) -> None:
-    """Return runs whose lease expired to the queue (or fail them after max attempts);
-    none until the database has been up for a lease (DIGEST_LEASE_SECONDS)."""
+    """Return runs whose lease expired to the queue, due after the retry backoff of their
+    attempt (or fail them after max attempts); none until the database has been up for a
+    lease (DIGEST_LEASE_SECONDS)."""
+    settings = app.settings
     with app.engine().connect() as conn:
         pending, failed = watchdog.reset_expired_once(
-            conn, app.settings.max_attempts, restart_grace=app.settings.lease_seconds
+            conn,
+            settings.max_attempts,
+            restart_grace=settings.lease_seconds,
+            backoff_base=settings.backoff_base_seconds,
+            backoff_cap=settings.backoff_max_seconds,
         )
     click.echo(f"requeued {pending}, failed {failed}")
 

@@ -106,35 +106,38 @@ class WorkerStats:
 
 @dataclass
 class _Heartbeat:
-    """Extends the lease of in-flight runs from a side thread, so a slow batch keeps them."""
+    """Extends the lease of in-flight runs from a side thread, so a slow batch keeps them.
+
+    Runs are held as (id, attempt): a run the worker claimed again after its lease ran out
+    is two entries, and the stale batch's end drops only its own."""
 
     engine: Engine
     me: str
     lease_seconds: float
-    in_flight: set[int] = field(default_factory=set)
+    in_flight: set[tuple[int, int]] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def add(self, ids: list[int]) -> None:
+    def add(self, held: list[tuple[int, int]]) -> None:
         with self.lock:
-            self.in_flight.update(ids)
+            self.in_flight.update(held)
 
-    def drop(self, ids: list[int]) -> None:
+    def drop(self, held: list[tuple[int, int]]) -> None:
         with self.lock:
-            self.in_flight.difference_update(ids)
+            self.in_flight.difference_update(held)
 
     def run(self) -> None:
         interval = max(self.lease_seconds / 3, 0.5)
         while not self.stop.wait(interval):
             with self.lock:
-                ids = sorted(self.in_flight)
-            if not ids:
+                held = sorted(self.in_flight)
+            if not held:
                 continue
             try:
                 with self.engine.connect() as conn:
-                    claim.extend_lease(conn, self.me, ids, self.lease_seconds)
+                    claim.extend_lease(conn, self.me, held, self.lease_seconds)
             except OperationalError as exc:  # a missed beat is survivable; the next one retries
-                log.warning("heartbeat_missed runs=%d error=%r", len(ids), _first_line(exc))
+                log.warning("heartbeat_missed runs=%d error=%r", len(held), _first_line(exc))
             except Exception:
                 log.exception("heartbeat failed")
 
@@ -155,7 +158,7 @@ class _Batch:
     started: float
     decided: list[Outcome] = field(default_factory=list)
     sending: list[tuple[ClaimedRun, Future[Outcome | None]]] = field(default_factory=list)
-    unsent: list[int] = field(default_factory=list)
+    unsent: list[tuple[int, int]] = field(default_factory=list)  # (run id, attempt)
     landed: set[int] | None = None  # set once its outcomes are recorded
 
     def sent(self) -> int:
@@ -216,8 +219,9 @@ class Worker:
         # Set while the database does not answer: the sending threads hand no more messages
         # to the transport (they go back unsent), as their outcomes could not be recorded.
         self.db_away = threading.Event()
-        # Runs to give back unsent whose release the database has not confirmed yet.
-        self.unreleased: list[int] = []
+        # Runs to give back unsent whose release the database has not confirmed yet, as
+        # (id, attempt).
+        self.unreleased: list[tuple[int, int]] = []
         # False after a statement failed: a claim may have committed without its reply.
         self.swept = True
 
@@ -267,6 +271,8 @@ class Worker:
                                 conn,
                                 self.settings.max_attempts,
                                 restart_grace=self.settings.lease_seconds,
+                                backoff_base=self.settings.backoff_base_seconds,
+                                backoff_cap=self.settings.backoff_max_seconds,
                             )
                         next_watchdog = time.monotonic() + self.settings.watchdog_interval_seconds
                     if ahead is None:
@@ -424,14 +430,14 @@ class Worker:
             )
         if not runs:
             return None
-        beat.add([r.id for r in runs])
+        beat.add([(r.id, r.attempt) for r in runs])
         return _Claimed(runs, time.monotonic())
 
     def _give_back(self, runs: list[ClaimedRun], beat: _Heartbeat) -> None:
         """Release runs nothing was sent for now, rather than keep their leases alive with
         the heartbeat until the worker stops; kept, to release later, while the database is
         away."""
-        self.unreleased.extend(r.id for r in runs)
+        self.unreleased.extend((r.id, r.attempt) for r in runs)
         try:
             self._release_unreleased(beat)
         except OperationalError as exc:
@@ -446,11 +452,11 @@ class Worker:
         away (and keeps them)."""
         if not self.unreleased:
             return
-        ids = list(self.unreleased)
+        held = list(self.unreleased)
         with self.engine.connect() as conn:
-            self.stats.released += claim.release(conn, self.me, ids)
-        del self.unreleased[: len(ids)]
-        beat.drop(ids)
+            self.stats.released += claim.release(conn, self.me, held)
+        del self.unreleased[: len(held)]
+        beat.drop(held)
 
     def _give_back_ahead(self, ahead: Future[_Claimed | None] | None, beat: _Heartbeat) -> None:
         """Release the batch the loader claimed ahead, if any (stopping, or an outage)."""
@@ -491,7 +497,7 @@ class Worker:
             if self.inline_sends:
                 outcome = self._send_one(run, message_, count)
                 if outcome is None:
-                    batch.unsent.append(run.id)
+                    batch.unsent.append((run.id, run.attempt))
                 else:
                     batch.decided.append(outcome)
             else:
@@ -505,7 +511,7 @@ class Worker:
                 future.cancel()  # not started yet: it goes back to the queue unsent
             result = None if future.cancelled() else future.result()
             if result is None:
-                batch.unsent.append(run.id)
+                batch.unsent.append((run.id, run.attempt))
             else:
                 batch.decided.append(result)
         batch.sending = []
@@ -520,7 +526,7 @@ class Worker:
             if batch.unsent:
                 self.stats.released += claim.release(conn, self.me, batch.unsent)
                 batch.unsent = []
-        beat.drop([r.id for r in batch.runs])
+        beat.drop([(r.id, r.attempt) for r in batch.runs])
         self.stats.batches += 1
         duration_ms = (time.monotonic() - batch.started) * 1000 / max(len(batch.runs), 1)
         for outcome in batch.decided:

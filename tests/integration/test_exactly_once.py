@@ -282,7 +282,7 @@ def test_sigkilled_worker_runs_are_recovered_by_watchdog(
 ) -> None:
     """SIGKILL mid-batch: the watchdog returns its runs, another worker completes them once."""
     inserted = seed_backlog(engine, users=300, per_user=4)
-    env = env_for(db_url, outbox)
+    env = env_for(db_url, outbox, DIGEST_BACKOFF_BASE="0")  # rescued runs due at once
     victim = slow_worker_mid_batch(engine, db_url, outbox, stop_children)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
