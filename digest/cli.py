@@ -347,14 +347,14 @@ def work_cmd(
 @pass_app
 def watchdog_cmd(app: App) -> None:
     """Return runs whose lease expired to the queue, due after the retry backoff of their
-    attempt (or fail them after max attempts); none until the database has been up for a
-    lease (DIGEST_LEASE_SECONDS)."""
+    attempt (or fail them after max attempts); none until the database has been up for
+    DIGEST_RESTART_GRACE seconds (60)."""
     settings = app.settings
     with app.engine().connect() as conn:
         pending, failed = watchdog.reset_expired_once(
             conn,
             settings.max_attempts,
-            restart_grace=settings.lease_seconds,
+            restart_grace=settings.restart_grace_seconds,
             backoff_base=settings.backoff_base_seconds,
             backoff_cap=settings.backoff_max_seconds,
         )

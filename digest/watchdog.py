@@ -1,11 +1,11 @@
 """Return runs whose worker vanished: an expired lease goes back to `pending`, or to
 `failed` once it has used `max_attempts` (a dead letter with its reason, never silent).
 
-No lease is taken back until the server has been up for `restart_grace` seconds (one
-lease): a worker cannot extend a lease while PostgreSQL is down, so a lease that ran out
-during a stop or restart is not a sign that its worker died. The worker keeps the outcomes
-of what it sent and records them as soon as the server answers (`digest.worker`), within
-that grace, so a long outage does not turn into mail sent twice.
+No lease is taken back until the server has been up for `restart_grace` seconds
+(DIGEST_RESTART_GRACE, 60): a worker cannot extend a lease while PostgreSQL is down, so a
+lease that ran out during a stop or restart is not a sign that its worker died. The worker
+keeps the outcomes of what it sent and records them as soon as the server answers
+(`digest.worker`), within that grace, so a long outage does not turn into mail sent twice.
 """
 
 from __future__ import annotations

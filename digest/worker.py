@@ -61,6 +61,9 @@ STOP_GRACE_SECONDS = 20.0
 # rendered: two keep the sending threads busy through a claim, a render and a commit.
 BATCHES_AHEAD = 2
 
+# After a missed heartbeat, the next one comes this soon (not a third of the lease later).
+MISSED_BEAT_RETRY_SECONDS = 2.0
+
 # The GIL switch interval of a worker process (see `work_in_process`).
 GIL_SWITCH_SECONDS = 0.001
 
@@ -128,7 +131,9 @@ class _Heartbeat:
 
     def run(self) -> None:
         interval = max(self.lease_seconds / 3, 0.5)
-        while not self.stop.wait(interval):
+        wait = interval
+        while not self.stop.wait(wait):
+            wait = interval
             with self.lock:
                 held = sorted(self.in_flight)
             if not held:
@@ -136,7 +141,10 @@ class _Heartbeat:
             try:
                 with self.engine.connect() as conn:
                     claim.extend_lease(conn, self.me, held, self.lease_seconds)
-            except OperationalError as exc:  # a missed beat is survivable; the next one retries
+            except OperationalError as exc:
+                # A missed beat is survivable, but beat again soon: once the server is back
+                # the leases must be extended within the watchdog's restart grace.
+                wait = min(interval, MISSED_BEAT_RETRY_SECONDS)
                 log.warning("heartbeat_missed runs=%d error=%r", len(held), _first_line(exc))
             except Exception:
                 log.exception("heartbeat failed")
@@ -270,7 +278,7 @@ class Worker:
                             watchdog.reset_expired_once(
                                 conn,
                                 self.settings.max_attempts,
-                                restart_grace=self.settings.lease_seconds,
+                                restart_grace=self.settings.restart_grace_seconds,
                                 backoff_base=self.settings.backoff_base_seconds,
                                 backoff_cap=self.settings.backoff_max_seconds,
                             )

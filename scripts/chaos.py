@@ -777,8 +777,10 @@ class Chaos:
                 "DIGEST_BACKOFF_BASE": "1",
                 "DIGEST_BACKOFF_MAX": "4",
                 "DIGEST_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-                # `digest watchdog` waits one lease after PostgreSQL starts: the workers'
                 "DIGEST_LEASE_SECONDS": str(LEASE_SECONDS),
+                # The watchdogs (cron's and the workers') take no lease back for one lease
+                # after PostgreSQL starts: the workers record what they sent first.
+                "DIGEST_RESTART_GRACE": str(LEASE_SECONDS),
                 "DIGEST_WATCHDOG_INTERVAL": "2",
                 "DIGEST_POLL_INTERVAL": "0.5",
                 "DIGEST_DELIVERY": self.o.delivery,

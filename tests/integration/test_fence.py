@@ -236,23 +236,13 @@ def test_a_rescued_run_waits_the_backoff_of_its_attempt(
         assert claim_as(engine, "next") == []
 
 
-def wait_for_uptime(engine: Engine, seconds: float) -> None:
-    """Wait until the server has been up `seconds` (the watchdog's grace after a start)."""
-    with engine.connect() as conn:
-        uptime = conn.execute(
-            text("SELECT extract(epoch FROM clock_timestamp() - pg_postmaster_start_time())")
-        ).scalar_one()
-    time.sleep(max(0.0, seconds - float(uptime) + 0.1))
-
-
 def test_the_watchdog_command_backs_off_as_configured(engine: Engine, digest_cli: Invoke) -> None:
     """`digest watchdog` (cron) takes DIGEST_BACKOFF_BASE and DIGEST_BACKOFF_MAX."""
     add_runs(engine)
     with engine.begin() as conn:
         conn.execute(ORPHAN, {"attempt": 2})
-    wait_for_uptime(engine, 5)
     start = clock(engine)
-    env = {"DIGEST_LEASE_SECONDS": "5", "DIGEST_BACKOFF_BASE": "100", "DIGEST_BACKOFF_MAX": "150"}
+    env = {"DIGEST_RESTART_GRACE": "0", "DIGEST_BACKOFF_BASE": "100", "DIGEST_BACKOFF_MAX": "150"}
     result = digest_cli("watchdog", env=env)
     assert result.exit_code == 0, result.output
     assert "requeued 1, failed 0" in result.output
@@ -266,11 +256,10 @@ def test_work_backs_off_the_runs_it_rescues(engine: Engine, tmp_path: Path) -> N
     [run_id] = add_runs(engine)
     with engine.begin() as conn:
         conn.execute(ORPHAN, {"attempt": 1})
-    wait_for_uptime(engine, 5)
     settings = Settings(
         outbox=tmp_path / "outbox",
         secret_key="test-secret",
-        lease_seconds=5,
+        restart_grace_seconds=0,
         backoff_base_seconds=100,
         backoff_max_seconds=3600,
     )
