@@ -25,6 +25,8 @@ EVENT_STATES_OK = frozenset(
 
 @dataclass(frozen=True)
 class Check:
+    """One line of the verdict."""
+
     name: str
     ok: bool
     detail: str
@@ -217,6 +219,7 @@ class Audit:
         delivery: str,
         outage: bool,
     ) -> list[Check]:
+        """Every check in the order they are printed."""
         checks: list[Check] = []
         bad_states = {s: n for s, n in end.event_states.items() if s not in EVENT_STATES_OK}
         checks.append(

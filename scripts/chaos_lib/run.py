@@ -27,6 +27,8 @@ from digest import db
 
 
 class Chaos:
+    """One run: the providers, the server and the workers up; faults; drain; the verdict."""
+
     def __init__(self, options: Options, console: Console) -> None:
         self.o = options
         self.console = console
@@ -35,6 +37,7 @@ class Chaos:
         self.bag = Mailbag()
 
     def run(self) -> int:
+        """The whole run; its exit status (0: every check holds)."""
         o = self.o
         self.console.print(
             f"[bold]chaos[/bold] seed={o.seed} workers={o.workers} users={o.users} "

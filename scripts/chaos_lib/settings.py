@@ -37,6 +37,8 @@ QUICK_OUTAGE_SECONDS = (63.0, 68.0)
 
 @dataclass(frozen=True)
 class Options:
+    """The command line, with the defaults of the full or the quick run filled in."""
+
     seed: int
     workers: int
     users: int

@@ -132,5 +132,6 @@ def left(engine: Engine) -> tuple[int, int, int]:
 
 
 def fetch_attempts(engine: Engine, statement: Any, **params: Any) -> list[Attempt]:
+    """The (run id, attempt) pairs `statement` returns."""
     with engine.connect() as conn:
         return [(int(a), int(b)) for a, b in conn.execute(statement, params)]

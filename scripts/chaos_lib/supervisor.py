@@ -43,6 +43,7 @@ class Supervisor:
             self.tally.workers_started += 1
 
     def note_exits(self) -> list[Proc]:
+        """The workers that exited: how (told or not), and the runs each left leased."""
         gone = self.procs.exited()
         for proc in gone:
             code = proc.popen.returncode
@@ -78,6 +79,7 @@ class Supervisor:
         self.procs.commands.append(self.procs.spawn("watchdog", "watchdog"))
 
     def reap_watchdogs(self) -> None:
+        """Count the watchdog runs that finished, and what they requeued."""
         for proc, output in self.procs.reap_commands():
             self.tally.watchdog_runs += 1
             requeued = logs.requeued(output)

@@ -60,5 +60,6 @@ class Schedule:
         self.due[kind] = max(self.due[kind], until)
 
     def calm(self) -> None:
+        """The faults are over: every provider back to normal."""
         for fault in self.faults:
             fault.calm()

@@ -13,6 +13,8 @@ from chaos_lib.settings import SES_TIMEOUT
 
 
 class SesFaults(Fault):
+    """Spells of SES misbehaviour, each in a mode drawn from SES_MODES."""
+
     kind = "ses"
 
     def __init__(self, server: SesServer, rand: random.Random, tally: Tally) -> None:

@@ -13,6 +13,8 @@ from chaos_lib.records import Tally
 
 
 class SmtpFaults(Fault):
+    """Spells of SMTP misbehaviour, each in a mode drawn from SMTP_MODES."""
+
     kind = "smtp"
 
     def __init__(self, server: SmtpServer, rand: random.Random, tally: Tally) -> None:
