@@ -404,9 +404,9 @@ class Audit:
 
     def duplicates_text(self) -> str:
         return (
-            f"{self.duplicates} duplicates in {self.duplicated_runs} runs: "
-            f"{self.explained['unknown']} after a lost reply, "
-            f"{self.explained['interrupted']} after an attempt cut short"
+            f"{self.duplicates} duplicates in {self.duplicated_runs} runs; emails beyond the "
+            f"recorded sends (unsent runs' included): {self.explained['unknown']} after a lost "
+            f"reply, {self.explained['interrupted']} after an attempt cut short"
         )
 
     def recovery_text(self) -> str:
