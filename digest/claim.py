@@ -2,7 +2,8 @@
 
 Every state change after the claim is fenced by owner and attempt
 (`locked_by = :me AND attempt = :attempt AND status = 'processing'`): zero rows means the
-lease was lost to the watchdog and another worker; the late worker changes nothing.
+lease was lost to the watchdog and another claim, this worker's own included; the late
+batch changes nothing. (Only RUN_RELEASE_LEFTOVERS names no attempt: see there why.)
 """
 
 from __future__ import annotations
@@ -97,11 +98,17 @@ def claim_statement(n: int) -> TextClause:
     )
 
 
+# The statements on held runs below take them as (id, attempt), two parallel arrays: the
+# owner alone does not fence a run this worker claimed again after its lease ran out (the
+# stale batch would extend, mark or give back the new attempt). The runs are found by key,
+# as in RUN_FINISH_MANY.
 RUN_EXTEND_LEASE = text(
     """
-    UPDATE digest_runs
+    UPDATE digest_runs r
        SET lease_expires_at = now() + make_interval(secs => :lease)
-     WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'processing' AND locked_by = :me
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS h(id, attempt)
+     WHERE r.id = ANY(CAST(:ids AS bigint[])) AND r.id = h.id AND r.attempt = h.attempt
+       AND r.status = 'processing' AND r.locked_by = :me
     """
 )
 
@@ -164,18 +171,23 @@ RUN_FINISH_MANY = text(
 # means the attempt died between send and record, and the mail may be out.
 RUN_MARK_SENDING = text(
     """
-    UPDATE digest_runs SET sending_attempt = attempt
-     WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'processing' AND locked_by = :me
+    UPDATE digest_runs r
+       SET sending_attempt = r.attempt
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS h(id, attempt)
+     WHERE r.id = ANY(CAST(:ids AS bigint[])) AND r.id = h.id AND r.attempt = h.attempt
+       AND r.status = 'processing' AND r.locked_by = :me
     """
 )
 
 # Give runs back without spending an attempt (graceful shutdown before they were sent).
 RUN_RELEASE_MANY = text(
     """
-    UPDATE digest_runs
-       SET status = 'pending', attempt = attempt - 1, locked_by = NULL,
+    UPDATE digest_runs r
+       SET status = 'pending', attempt = r.attempt - 1, locked_by = NULL,
            lease_expires_at = NULL, last_error = 'released at shutdown', sending_attempt = NULL
-     WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'processing' AND locked_by = :me
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS h(id, attempt)
+     WHERE r.id = ANY(CAST(:ids AS bigint[])) AND r.id = h.id AND r.attempt = h.attempt
+       AND r.status = 'processing' AND r.locked_by = :me
     """
 )
 
@@ -183,7 +195,12 @@ RUN_RELEASE_MANY = text(
 # come from a claim whose reply the outage lost (the claim committed, the worker never saw
 # its runs), so nothing was sent for them. Give them back too, rather than let them wait
 # out their lease and spend an attempt. `lease_expires_at IS NOT NULL` reads the lease
-# index: the processing runs only.
+# index: the processing runs only. Not fenced by attempt: the worker never saw these runs,
+# so it knows no attempt to name. The owner fences it: the worker id is this process's
+# alone, its only claims are its own database thread's (idle by then, nothing claimed
+# ahead), and every run it did see is recorded or given back first, so what is still
+# under its name is the lost claim's attempt; a run the watchdog took back meanwhile is
+# pending or someone else's, and not touched.
 RUN_RELEASE_LEFTOVERS = text(
     """
     UPDATE digest_runs
@@ -193,6 +210,11 @@ RUN_RELEASE_LEFTOVERS = text(
      WHERE lease_expires_at IS NOT NULL AND status = 'processing' AND locked_by = :me
     """
 )
+
+
+def _fence(held: Sequence[tuple[int, int]]) -> dict[str, list[int]]:
+    """(run id, attempt) pairs as the two parallel arrays the fenced statements take."""
+    return {"ids": [run_id for run_id, _ in held], "attempts": [a for _, a in held]}
 
 
 def claim_batch(
@@ -221,12 +243,14 @@ def claim_batch(
     return runs
 
 
-def extend_lease(conn: Connection, me: str, ids: Sequence[int], lease_seconds: float) -> int:
-    """Push the lease of runs still held by `me` forward; returns how many are still held."""
+def extend_lease(
+    conn: Connection, me: str, held: Sequence[tuple[int, int]], lease_seconds: float
+) -> int:
+    """Push forward the lease of each (run id, attempt) `me` still holds; returns how many
+    are still held."""
+    params = {**_fence(held), "me": me, "lease": lease_seconds}
     with conn.begin():
-        result = conn.execute(
-            RUN_EXTEND_LEASE, {"ids": list(ids), "me": me, "lease": lease_seconds}
-        )
+        result = conn.execute(RUN_EXTEND_LEASE, params)
     return int(result.rowcount)
 
 
@@ -260,16 +284,18 @@ def finish_batch(conn: Connection, me: str, outcomes: Sequence[Outcome]) -> set[
 
 def mark_sending(conn: Connection, me: str, runs: Sequence[ClaimedRun]) -> None:
     """Record that these runs' messages are about to leave (at-most-once delivery)."""
+    params = {**_fence([(r.id, r.attempt) for r in runs]), "me": me}
     with conn.begin():
-        conn.execute(RUN_MARK_SENDING, {"ids": [r.id for r in runs], "me": me})
+        conn.execute(RUN_MARK_SENDING, params)
 
 
-def release(conn: Connection, me: str, ids: Sequence[int]) -> int:
-    """Give runs back to the queue unsent, without spending their attempt."""
-    if not ids:
+def release(conn: Connection, me: str, held: Sequence[tuple[int, int]]) -> int:
+    """Give runs back to the queue unsent, without spending their attempt; `held` names
+    each by (run id, attempt)."""
+    if not held:
         return 0
     with conn.begin():
-        return int(conn.execute(RUN_RELEASE_MANY, {"ids": list(ids), "me": me}).rowcount)
+        return int(conn.execute(RUN_RELEASE_MANY, {**_fence(held), "me": me}).rowcount)
 
 
 def release_leftovers(conn: Connection, me: str) -> int:

@@ -65,6 +65,10 @@ class Settings:
     # possibly sent (README, delivery semantics).
     batch_size: int = setting(100, minimum=1)
     lease_seconds: int = setting(300, minimum=5)
+    # After PostgreSQL (re)starts, no lease is taken back for this long: one that ran out
+    # while the server was down says nothing about its worker, which records what it sent
+    # within seconds of the server answering (digest.watchdog).
+    restart_grace_seconds: int = setting(60, env="DIGEST_RESTART_GRACE", minimum=0)
     max_attempts: int = setting(5, minimum=1)
     group_cap: int = setting(50, minimum=1)
     stagger_seconds: int = setting(3600, minimum=0)

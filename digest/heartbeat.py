@@ -15,40 +15,51 @@ from digest.errors import first_line
 
 log = logging.getLogger(__name__)
 
+# After a missed heartbeat, the next one comes this soon (not a third of the lease later).
+MISSED_BEAT_RETRY_SECONDS = 2.0
+
 
 @dataclass
 class Heartbeat:
-    """Extends the lease of in-flight runs from a side thread, so a slow batch keeps them."""
+    """Extends the lease of in-flight runs from a side thread, so a slow batch keeps them.
+
+    Runs are held as (id, attempt): a run the worker claimed again after its lease ran out
+    is two entries, and the stale batch's end drops only its own."""
 
     engine: Engine
     me: str
     lease_seconds: float
-    in_flight: set[int] = field(default_factory=set)
+    in_flight: set[tuple[int, int]] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def add(self, ids: list[int]) -> None:
-        """Keep the leases of these runs."""
+    def add(self, held: list[tuple[int, int]]) -> None:
+        """Keep the leases of these (run id, attempt)s."""
         with self.lock:
-            self.in_flight.update(ids)
+            self.in_flight.update(held)
 
-    def drop(self, ids: list[int]) -> None:
-        """Stop keeping the leases of these runs (their outcomes are recorded, or given up)."""
+    def drop(self, held: list[tuple[int, int]]) -> None:
+        """Stop keeping these leases (their outcomes are recorded, or given back)."""
         with self.lock:
-            self.in_flight.difference_update(ids)
+            self.in_flight.difference_update(held)
 
     def run(self) -> None:
-        """Beat every third of a lease until `stop` is set."""
+        """Beat every third of a lease until `stop` is set (sooner after a missed beat)."""
         interval = max(self.lease_seconds / 3, 0.5)
-        while not self.stop.wait(interval):
+        wait = interval
+        while not self.stop.wait(wait):
+            wait = interval
             with self.lock:
-                ids = sorted(self.in_flight)
-            if not ids:
+                held = sorted(self.in_flight)
+            if not held:
                 continue
             try:
                 with self.engine.connect() as conn:
-                    claim.extend_lease(conn, self.me, ids, self.lease_seconds)
-            except OperationalError as exc:  # a missed beat is survivable; the next one retries
-                log.warning("heartbeat_missed runs=%d error=%r", len(ids), first_line(exc))
+                    claim.extend_lease(conn, self.me, held, self.lease_seconds)
+            except OperationalError as exc:
+                # A missed beat is survivable, but beat again soon: once the server is back
+                # the leases must be extended within the watchdog's restart grace.
+                wait = min(interval, MISSED_BEAT_RETRY_SECONDS)
+                log.warning("heartbeat_missed runs=%d error=%r", len(held), first_line(exc))
             except Exception:
                 log.exception("heartbeat failed")

@@ -1,11 +1,11 @@
 """Return runs whose worker vanished: an expired lease goes back to `pending`, or to
 `failed` once it has used `max_attempts` (a dead letter with its reason, never silent).
 
-No lease is taken back until the server has been up for `restart_grace` seconds (one
-lease): a worker cannot extend a lease while PostgreSQL is down, so a lease that ran out
-during a stop or restart is not a sign that its worker died. The worker keeps the outcomes
-of what it sent and records them as soon as the server answers (`digest.worker`), within
-that grace, so a long outage does not turn into mail sent twice.
+No lease is taken back until the server has been up for `restart_grace` seconds
+(DIGEST_RESTART_GRACE, 60): a worker cannot extend a lease while PostgreSQL is down, so a
+lease that ran out during a stop or restart is not a sign that its worker died. The worker
+keeps the outcomes of what it sent and records them as soon as the server answers
+(`digest.worker`), within that grace, so a long outage does not turn into mail sent twice.
 """
 
 from __future__ import annotations
@@ -16,31 +16,63 @@ from sqlalchemy import Connection, text
 
 log = logging.getLogger(__name__)
 
+# Two updates over disjoint runs (attempts left or not) rather than one with a CASE per
+# column: no now() or random() inside a CASE. A run back to pending waits what
+# `retry.backoff` gives a transient failure of the same attempt, jitter from random() per
+# run, so a run that kills its worker does not hit the next one at once, and a dead
+# worker's batch does not come due all at the same instant. The exponent stops at 60: past
+# it any base is over any cap, and 2^1024 would overflow.
 RUN_RESET_EXPIRED = text(
     """
-    UPDATE digest_runs
-       SET status = CASE WHEN attempt >= :max_attempts THEN 'failed' ELSE 'pending' END,
-           completed_at = CASE WHEN attempt >= :max_attempts THEN now() END,
-           last_error = CASE WHEN attempt >= :max_attempts
-                             THEN 'lease expired ' || attempt || ' times (worker '
-                                  || coalesce(locked_by, '?') || ' was last)'
-                             ELSE 'lease expired (worker ' || coalesce(locked_by, '?')
-                                  || ' lost it)' END,
-           locked_by = NULL,
-           lease_expires_at = NULL
-     WHERE status = 'processing' AND lease_expires_at < now()
-       AND pg_postmaster_start_time() < now() - make_interval(secs => :restart_grace)
-    RETURNING id, status
+    WITH requeued AS (
+        UPDATE digest_runs
+           SET status = 'pending',
+               scheduled_for = now() + make_interval(secs =>
+                   least(CAST(:backoff_cap AS float8),
+                         CAST(:backoff_base AS float8) * 2 ^ least(greatest(attempt - 1, 0), 60))
+                   * (0.5 + random() / 2)),
+               last_error = 'lease expired (worker ' || coalesce(locked_by, '?') || ' lost it)',
+               locked_by = NULL,
+               lease_expires_at = NULL
+         WHERE status = 'processing' AND lease_expires_at < now() AND attempt < :max_attempts
+           AND pg_postmaster_start_time() < now() - make_interval(secs => :restart_grace)
+        RETURNING id, status
+    ), failed AS (
+        UPDATE digest_runs
+           SET status = 'failed',
+               completed_at = now(),
+               last_error = 'lease expired ' || attempt || ' times (worker '
+                            || coalesce(locked_by, '?') || ' was last)',
+               locked_by = NULL,
+               lease_expires_at = NULL
+         WHERE status = 'processing' AND lease_expires_at < now() AND attempt >= :max_attempts
+           AND pg_postmaster_start_time() < now() - make_interval(secs => :restart_grace)
+        RETURNING id, status
+    )
+    SELECT id, status FROM requeued
+    UNION ALL
+    SELECT id, status FROM failed
     """
 )
 
 
 def reset_expired_once(
-    conn: Connection, max_attempts: int, *, restart_grace: float = 0.0
+    conn: Connection,
+    max_attempts: int,
+    *,
+    restart_grace: float = 0.0,
+    backoff_base: float = 0.0,
+    backoff_cap: float = 0.0,
 ) -> tuple[int, int]:
-    """One pass, none until the server has been up `restart_grace` seconds; returns (runs
-    back to pending, runs failed)."""
-    params = {"max_attempts": max_attempts, "restart_grace": restart_grace}
+    """One pass, none until the server has been up `restart_grace` seconds; a run back to
+    pending is due after `retry.backoff(attempt, backoff_base, backoff_cap)` (0: at once);
+    returns (runs back to pending, runs failed)."""
+    params = {
+        "max_attempts": max_attempts,
+        "restart_grace": restart_grace,
+        "backoff_base": float(backoff_base),
+        "backoff_cap": float(backoff_cap),
+    }
     with conn.begin():
         rows = conn.execute(RUN_RESET_EXPIRED, params).all()
     pending = sum(1 for _, status in rows if status == "pending")

@@ -120,7 +120,7 @@ class _Batch:
     started: float
     decided: list[Outcome] = field(default_factory=list)
     sending: list[tuple[ClaimedRun, Future[Outcome | None]]] = field(default_factory=list)
-    unsent: list[int] = field(default_factory=list)
+    unsent: list[tuple[int, int]] = field(default_factory=list)  # (run id, attempt)
     landed: set[int] | None = None  # set once its outcomes are recorded
 
     def sent(self) -> int:
@@ -184,8 +184,9 @@ class Worker:
         # Set while the database does not answer: the sending threads hand no more messages
         # to the transport (they go back unsent), as their outcomes could not be recorded.
         self.db_away = threading.Event()
-        # Runs to give back unsent whose release the database has not confirmed yet.
-        self.unreleased: list[int] = []
+        # Runs to give back unsent whose release the database has not confirmed yet, as
+        # (id, attempt).
+        self.unreleased: list[tuple[int, int]] = []
         # False after a statement failed: a claim may have committed without its reply.
         self.swept = True
 
@@ -234,7 +235,9 @@ class Worker:
                             watchdog.reset_expired_once(
                                 conn,
                                 self.settings.max_attempts,
-                                restart_grace=self.settings.lease_seconds,
+                                restart_grace=self.settings.restart_grace_seconds,
+                                backoff_base=self.settings.backoff_base_seconds,
+                                backoff_cap=self.settings.backoff_max_seconds,
                             )
                         next_watchdog = time.monotonic() + self.settings.watchdog_interval_seconds
                     if ahead is None:
@@ -392,14 +395,14 @@ class Worker:
             )
         if not runs:
             return None
-        beat.add([r.id for r in runs])
+        beat.add([(r.id, r.attempt) for r in runs])
         return _Claimed(runs, time.monotonic())
 
     def _give_back(self, runs: list[ClaimedRun], beat: Heartbeat) -> None:
         """Release runs nothing was sent for now, rather than keep their leases alive with
         the heartbeat until the worker stops; kept, to release later, while the database is
         away."""
-        self.unreleased.extend(r.id for r in runs)
+        self.unreleased.extend((r.id, r.attempt) for r in runs)
         try:
             self._release_unreleased(beat)
         except OperationalError as exc:
@@ -414,11 +417,11 @@ class Worker:
         away (and keeps them)."""
         if not self.unreleased:
             return
-        ids = list(self.unreleased)
+        held = list(self.unreleased)
         with self.engine.connect() as conn:
-            self.stats.released += claim.release(conn, self.me, ids)
-        del self.unreleased[: len(ids)]
-        beat.drop(ids)
+            self.stats.released += claim.release(conn, self.me, held)
+        del self.unreleased[: len(held)]
+        beat.drop(held)
 
     def _give_back_ahead(self, ahead: Future[_Claimed | None] | None, beat: Heartbeat) -> None:
         """Release the batch the loader claimed ahead, if any (stopping, or an outage)."""
@@ -459,7 +462,7 @@ class Worker:
             if self.inline_sends:
                 outcome = self._send_one(run, message_, count)
                 if outcome is None:
-                    batch.unsent.append(run.id)
+                    batch.unsent.append((run.id, run.attempt))
                 else:
                     batch.decided.append(outcome)
             else:
@@ -473,7 +476,7 @@ class Worker:
                 future.cancel()  # not started yet: it goes back to the queue unsent
             result = None if future.cancelled() else future.result()
             if result is None:
-                batch.unsent.append(run.id)
+                batch.unsent.append((run.id, run.attempt))
             else:
                 batch.decided.append(result)
         batch.sending = []
@@ -488,7 +491,7 @@ class Worker:
             if batch.unsent:
                 self.stats.released += claim.release(conn, self.me, batch.unsent)
                 batch.unsent = []
-        beat.drop([r.id for r in batch.runs])
+        beat.drop([(r.id, r.attempt) for r in batch.runs])
         self.stats.batches += 1
         duration_ms = (time.monotonic() - batch.started) * 1000 / max(len(batch.runs), 1)
         for outcome in batch.decided:

@@ -102,13 +102,19 @@ def schedule_cmd(app: App, now_text: str | None, spread: int | None, jobs: int |
 @click.command("watchdog")
 @pass_app
 def watchdog_cmd(app: App) -> None:
-    """Return runs whose lease expired to the queue (or fail them after max attempts);
-    none until the database has been up for a lease (DIGEST_LEASE_SECONDS)."""
+    """Return runs whose lease expired to the queue, due after the retry backoff of their
+    attempt (or fail them after max attempts); none until the database has been up for
+    DIGEST_RESTART_GRACE seconds (60)."""
     from digest import watchdog
 
+    settings = app.settings
     with app.engine().connect() as conn:
         pending, failed = watchdog.reset_expired_once(
-            conn, app.settings.max_attempts, restart_grace=app.settings.lease_seconds
+            conn,
+            settings.max_attempts,
+            restart_grace=settings.restart_grace_seconds,
+            backoff_base=settings.backoff_base_seconds,
+            backoff_cap=settings.backoff_max_seconds,
         )
     click.echo(f"requeued {pending}, failed {failed}")
 

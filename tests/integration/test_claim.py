@@ -183,7 +183,7 @@ def test_release_returns_runs_without_spending_an_attempt(engine: Engine) -> Non
     event = add_event(engine, "u")
     claim_as(engine, "w")
     with engine.connect() as conn:
-        assert claim.release(conn, "w", [run_id]) == 1
+        assert claim.release(conn, "w", [(run_id, 1)]) == 1
     row = run_row(engine, run_id)
     assert (row.status, row.attempt, row.locked_by) == ("pending", 0, None)
     assert attached(engine, run_id) == [event]
@@ -261,7 +261,7 @@ def test_a_batch_is_recorded_through_its_own_runs_not_every_held_run(engine: Eng
         ).scalar_one()
         sweep = conn.execute(
             text("EXPLAIN (FORMAT JSON) " + str(watchdog.RUN_RESET_EXPIRED.text)),
-            {"max_attempts": 5, "restart_grace": 300},
+            {"max_attempts": 5, "restart_grace": 300, "backoff_base": 30, "backoff_cap": 3600},
         ).scalar_one()
     assert "digest_runs_lease_idx" not in json.dumps(record)
     assert "digest_runs_lease_idx" in json.dumps(sweep)

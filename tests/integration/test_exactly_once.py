@@ -283,7 +283,8 @@ def test_sigkilled_worker_runs_are_recovered_by_watchdog(
 ) -> None:
     """SIGKILL mid-batch: the watchdog returns its runs, another worker completes them once."""
     inserted = seed_backlog(engine, users=300, per_user=4)
-    env = env_for(db_url, outbox)
+    # rescued runs due at once, even on a server started moments ago
+    env = env_for(db_url, outbox, DIGEST_BACKOFF_BASE="0", DIGEST_RESTART_GRACE="0")
     victim = slow_worker_mid_batch(engine, db_url, outbox, stop_children)
     victim.send_signal(signal.SIGKILL)
     victim.wait()

@@ -19,11 +19,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import Result
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from digest import claim, migrate, watchdog
+from digest import claim, heartbeat, migrate, watchdog
 from digest import worker as worker_module
 from digest.config import Settings
 from digest.db import _embedded, embedded_url, libpq_url, make_engine, stop_embedded
@@ -164,6 +165,7 @@ def start(worker: Worker) -> tuple[threading.Thread, list[WorkerStats]]:
 
 
 Make = Callable[..., Worker]
+Invoke = Callable[..., Result]
 
 
 @pytest.fixture
@@ -393,6 +395,62 @@ def test_the_watchdog_leaves_a_lease_alone_until_the_server_has_been_up_a_grace(
         assert watchdog.reset_expired_once(conn, 5, restart_grace=0) == (1, 0)
 
 
+def test_the_watchdog_command_takes_its_grace_from_the_settings(
+    engine: Engine, digest_cli: Invoke
+) -> None:
+    """`digest watchdog` waits DIGEST_RESTART_GRACE after the server starts; 0 does not wait."""
+    seed(engine, 1)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE digest_runs SET status = 'processing', attempt = 1, locked_by = 'w', "
+                "lease_expires_at = now() - interval '1 minute'"
+            )
+        )
+        uptime = conn.execute(
+            text("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")
+        ).scalar_one()
+    waiting = digest_cli("watchdog", env={"DIGEST_RESTART_GRACE": str(int(uptime) + 600)})
+    assert waiting.exit_code == 0
+    assert waiting.output.startswith("requeued 0, failed 0")
+    taken = digest_cli("watchdog", env={"DIGEST_RESTART_GRACE": "0"})
+    assert taken.exit_code == 0
+    assert taken.output.startswith("requeued 1, failed 0")
+
+
+def test_a_missed_heartbeat_is_retried_soon(engine: Engine, relay: Relay) -> None:
+    """After a missed beat the heartbeat tries again within seconds, not a third of a lease
+    later, so live workers extend their leases within the watchdog's restart grace."""
+    seed(engine, 1)
+    lease = 15  # beats every 5 s; a missed one is retried after 2 s
+    with engine.begin() as conn:
+        (run,) = claim.claim_batch(conn, "me", 1, lease, 50)
+    beat = heartbeat.Heartbeat(make_engine(relay.url, pool_pre_ping=False), "me", lease)
+    beat.add([(run.id, run.attempt)])
+
+    def expiry() -> datetime:
+        with engine.connect() as conn:
+            found: datetime = conn.execute(
+                text("SELECT lease_expires_at FROM digest_runs WHERE id = :id"), {"id": run.id}
+            ).scalar_one()
+        return found
+
+    first = expiry()
+    relay.cut()
+    thread = threading.Thread(target=beat.run)
+    thread.start()
+    try:
+        time.sleep(lease / 3 + 0.5)  # the first beat has been missed
+        assert expiry() == first
+        relay.restore()
+        time.sleep(heartbeat.MISSED_BEAT_RETRY_SECONDS + 1)  # well before the next beat
+        assert expiry() > first
+    finally:
+        beat.stop.set()
+        thread.join()
+        beat.engine.dispose()
+
+
 # -- a real restart: PostgreSQL stopped for longer than the lease --------------------------
 
 PRIVATE_PGDATA = ROOT / ".digest" / "test-outage-pgdata"
@@ -459,7 +517,13 @@ def test_postgres_down_for_longer_than_the_lease_sends_nothing_twice(
                 requeued += sum(watchdog.reset_expired_once(conn, 5, restart_grace=lease))
 
     transport = Counting(stop_at_ten)
-    worker = make(url, transport, lease_seconds=lease, watchdog_interval_seconds=1)
+    worker = make(
+        url,
+        transport,
+        lease_seconds=lease,
+        restart_grace_seconds=lease,
+        watchdog_interval_seconds=1,
+    )
     watchdog_thread = threading.Thread(target=cron)
     watchdog_thread.start()
     try:

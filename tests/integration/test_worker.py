@@ -362,7 +362,9 @@ def test_work_runs_the_watchdog_itself(engine: Engine, tmp_path: Path) -> None:
                 "lease_expires_at = now() - interval '1 minute'"
             )
         )
-    stats = make_worker(engine, tmp_path).run(drain=True)
+    stats = make_worker(engine, tmp_path, backoff_base_seconds=0, restart_grace_seconds=0).run(
+        drain=True
+    )
     assert stats.sent == 1
     run = runs(engine)["orphan"]
     assert (run.status, run.attempt) == ("sent", 2)
@@ -440,7 +442,14 @@ def test_at_most_once_fails_a_run_whose_send_may_have_happened(
     schedule(engine)
     first = crash_after_send(engine, tmp_path, delivery="at-most-once")
     second = ScriptedTransport({})
-    make_worker(engine, tmp_path, second, delivery="at-most-once").run(drain=True)
+    make_worker(
+        engine,
+        tmp_path,
+        second,
+        delivery="at-most-once",
+        backoff_base_seconds=0,
+        restart_grace_seconds=0,
+    ).run(drain=True)
     run = runs(engine)["once"]
     assert (run.status, run.last_error) == ("failed", "unknown_outcome: attempt 1 may have sent it")
     assert (len(first.sent), len(second.sent)) == (1, 0)
@@ -453,7 +462,9 @@ def test_at_least_once_resends_after_the_same_crash(engine: Engine, tmp_path: Pa
     schedule(engine)
     first = crash_after_send(engine, tmp_path)
     second = ScriptedTransport({})
-    make_worker(engine, tmp_path, second).run(drain=True)
+    make_worker(engine, tmp_path, second, backoff_base_seconds=0, restart_grace_seconds=0).run(
+        drain=True
+    )
     assert runs(engine)["twice"].status == "sent"
     assert first.sent[0].message_id == second.sent[0].message_id
 
@@ -627,7 +638,7 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
     from digest.heartbeat import Heartbeat as _Heartbeat
 
     beat = _Heartbeat(make_engine("postgresql://nobody@127.0.0.1:1/none"), "me", 1.5)
-    beat.add([1, 2])
+    beat.add([(1, 1), (2, 1)])
     beater = threading.Thread(target=beat.run)
     with caplog.at_level(logging.WARNING, logger="digest.heartbeat"):
         beater.start()
