@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The bench also needs the `bench` extra (procrastinate, pgqueuer), installed on its own stamp.
 BENCH_STAMP := $(VENV)/.installed-bench

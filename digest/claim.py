@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import NamedTuple
 
 import orjson
 from sqlalchemy import Connection, TextClause, text
 
-from digest import content
-from digest.content import RecipientRow
-from digest.grouping import DigestContent
+from digest import content, recipients
+from digest.models import EMPTY_DIGEST, ClaimedRun, Outcome, Recipient
 
 # One statement claims a batch, freezes its events and loads what its digests need: one
 # round trip, atomic on its own. `due` walks the small partial index of pending runs in due
@@ -42,6 +38,10 @@ from digest.grouping import DigestContent
 # The batch size is written into the statement (`claim_statement`): with it a parameter,
 # the generic plan PostgreSQL would cache cannot know the LIMIT and scans both tables, so
 # every claim was planned afresh.
+#
+# The parts come from `digest.content` (the grouping) and `digest.recipients` (the
+# recipient): docs/sql/claim_batch.sql shows the whole statement as PostgreSQL gets it, and
+# tests/unit/test_sql.py fails when that file and the statement part ways.
 _CLAIM_BATCH_SQL = """
     WITH due AS MATERIALIZED (
         SELECT id, frozen_at FROM digest_runs
@@ -93,7 +93,7 @@ def claim_statement(n: int) -> TextClause:
             n=int(n),
             columns=content.EVENT_COLUMNS,
             grouping=content.grouping("attached"),
-            recipient=content.recipient_of("c.user_id"),
+            recipient=recipients.recipient_of("c.user_id"),
         )
     )
 
@@ -212,45 +212,6 @@ RUN_RELEASE_LEFTOVERS = text(
 )
 
 
-class ClaimedRun(NamedTuple):
-    """A run this worker holds the lease on, for this attempt (a named tuple: one per run)."""
-
-    id: int
-    user_id: str
-    cadence: str
-    period_start: datetime
-    attempt: int
-    frozen_at: datetime
-    sending_attempt: int | None = None  # set: an earlier attempt reached the send step
-    recipient: RecipientRow | None = None  # None: no such recipient (any more)
-    digest: DigestContent = content.EMPTY  # what the frozen events make
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One send attempt's outcome, as logged in `deliveries`."""
-
-    recipient: str
-    transport: str
-    status: str
-    message_id: str | None = None
-    provider_message_id: str | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one claimed run in this attempt."""
-
-    run: ClaimedRun
-    status: str  # sent | skipped | failed | pending (retry later)
-    event_count: int | None = None
-    message_id: str | None = None
-    error: str | None = None
-    retry_in: float = 0.0
-    delivery: Delivery | None = None
-
-
 def _fence(held: Sequence[tuple[int, int]]) -> dict[str, list[int]]:
     """(run id, attempt) pairs as the two parallel arrays the fenced statements take."""
     return {"ids": [run_id for run_id, _ in held], "attempts": [a for _, a in held]}
@@ -275,8 +236,8 @@ def claim_batch(
                 attempt,
                 frozen_at,
                 sending_attempt,
-                recipient=None if row[10] is None else RecipientRow(user_id, *row[10:]),
-                digest=content.EMPTY if row[9] is None else content.digest_content(*row[7:10]),
+                recipient=None if row[10] is None else Recipient(user_id, *row[10:]),
+                digest=EMPTY_DIGEST if row[9] is None else content.digest_content(*row[7:10]),
             )
         )
     return runs

@@ -60,9 +60,9 @@ class Settings:
     data_dir: Path = setting(None, factory=default_data_dir)
     transport: str = setting("file")
     outbox: Path = setting(Path("outbox"))
-    # Runs per claim. 100 rather than 50: at 2 worker processes the bench measured about 5%
-    # less CPU per digest (fewer statements and commits per digest); a crash leaves up to
-    # five batches to the lease, four of them possibly sent (README, delivery semantics).
+    # Runs per claim. 100 rather than 50: fewer statements and commits per digest, less CPU
+    # (docs/performance.md); a crash leaves up to five batches to the lease, four of them
+    # possibly sent (README, delivery semantics).
     batch_size: int = setting(100, minimum=1)
     lease_seconds: int = setting(300, minimum=5)
     # After PostgreSQL (re)starts, no lease is taken back for this long: one that ran out

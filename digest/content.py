@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
-from digest.grouping import DigestContent, Group
-from digest.render import Recipient
+from digest.models import EMPTY_DIGEST, DigestContent, Group
 
 # The grouping as common table expressions over `{events}`, a relation of one run's (or
 # several runs') events: (run_id, id, category, entity_type, entity_id, actor_id, created_at,
@@ -106,57 +105,6 @@ EVENT_GROUPS_UNSENT = _digests_of(
 )
 
 
-def recipient_of(user_id: str) -> str:
-    """A subquery for `LATERAL`: the recipient `user_id` (an SQL expression of this module or
-    `digest.claim`) names, as `RecipientRow`'s fields after the user id, with any
-    suppression of the address. Looked up by key: the LIMIT keeps the planner from hashing
-    whole tables."""
-    return f"""(
-        SELECT p.email, p.name, p.cadence, p.timezone, p.locale, p.unsubscribed_at,
-               (SELECT s.reason FROM suppressions s WHERE s.email = lower(p.email))
-                   AS suppressed_reason,
-               p.id AS recipient_id, p.subscription_version
-          FROM recipients p
-         WHERE p.user_id = {user_id}
-         LIMIT 1)"""
-
-
-RECIPIENT_LOAD_MANY = text(
-    f"""
-    SELECT u.user_id, p.*
-      FROM unnest(CAST(:user_ids AS text[])) AS u(user_id)
-     CROSS JOIN LATERAL {recipient_of("u.user_id")} p
-    """
-)
-
-
-class RecipientRow(NamedTuple):
-    """A recipient as the worker needs it, with any suppression of their address (a named
-    tuple, like `Group`: one per claimed run, built in a third of a frozen dataclass's time)."""
-
-    user_id: str
-    email: str
-    name: str | None
-    cadence: str
-    timezone: str
-    locale: str
-    unsubscribed_at: datetime | None
-    suppressed_reason: str | None
-    recipient_id: int  # what unsubscribe tokens name (`digest.unsubscribe`)
-    subscription_version: int
-
-    def recipient(self, email: str | None = None) -> Recipient:
-        """Who the digest is for, as the renderer sees it (`email` once normalised)."""
-        return Recipient(
-            user_id=self.user_id,
-            email=email or self.email,
-            name=self.name,
-            cadence=self.cadence,
-            timezone=self.timezone,
-            locale=self.locale,
-        )
-
-
 def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> DigestContent:
     """A digest from a `digests` row of the grouping: its totals and its groups' JSON."""
     return DigestContent(
@@ -168,7 +116,7 @@ def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> D
                 event_count,
                 actor_count,
                 tuple(actor_names),
-                datetime.fromisoformat(latest_at + "+00:00"),  # UTC; `replace` costs 6x
+                datetime.fromisoformat(latest_at + "+00:00"),  # UTC (docs/performance.md)
                 last_event_id,
                 payload,
             )
@@ -189,9 +137,6 @@ def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> D
     )
 
 
-EMPTY = DigestContent(groups=(), total_groups=0, total_events=0)
-
-
 def load_contents(conn: Connection, run_ids: Sequence[int], cap: int) -> dict[int, DigestContent]:
     """The digest of each run from its frozen events; runs with no events are absent."""
     if not run_ids:
@@ -203,10 +148,4 @@ def load_contents(conn: Connection, run_ids: Sequence[int], cap: int) -> dict[in
 def load_unsent_content(conn: Connection, user_id: str, cap: int) -> DigestContent:
     """The digest a run for `user_id` would get if it froze now (changes nothing)."""
     row = conn.execute(EVENT_GROUPS_UNSENT, {"user_id": user_id, "cap": cap}).one_or_none()
-    return EMPTY if row is None else digest_content(*row[1:])
-
-
-def load_recipients(conn: Connection, user_ids: Sequence[str]) -> dict[str, RecipientRow]:
-    """Recipients by user id, in one query."""
-    rows = conn.execute(RECIPIENT_LOAD_MANY, {"user_ids": list(set(user_ids))}).all()
-    return {row.user_id: RecipientRow(*row) for row in rows}
+    return EMPTY_DIGEST if row is None else digest_content(*row[1:])

@@ -16,59 +16,11 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
+
+from digest.models import DigestContent, Event, Group
 
 MAX_ACTOR_NAMES = 3
-
-
-@dataclass(frozen=True)
-class Event:
-    """One notification event as stored in `digest_events`."""
-
-    id: int
-    category: str
-    entity_type: str
-    entity_id: str
-    actor_id: str | None
-    payload: Mapping[str, Any]
-    created_at: datetime
-
-
-class Group(NamedTuple):
-    """All events about one entity in one category, summarised.
-
-    A named tuple, immutable like the dataclasses around it but built in a quarter of the
-    time: the worker makes one per group of every digest."""
-
-    category: str
-    entity_type: str
-    entity_id: str
-    event_count: int
-    actor_count: int
-    actor_names: tuple[str, ...]
-    latest_at: datetime
-    last_event_id: int
-    payload: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class DigestContent:
-    """The ranked, capped groups of one digest and what was left out."""
-
-    groups: tuple[Group, ...]
-    total_groups: int
-    total_events: int
-
-    @property
-    def more_groups(self) -> int:
-        """How many groups the cap left out ("and N more")."""
-        return self.total_groups - len(self.groups)
-
-    @property
-    def is_empty(self) -> bool:
-        return self.total_events == 0
 
 
 def actor_name(actor_id: str | None, payload: Mapping[str, Any]) -> str | None:

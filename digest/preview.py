@@ -1,4 +1,8 @@
-"""`digest preview`: a user's next digest as it would be sent now, changing nothing."""
+"""`digest preview`: a user's next digest as it would be sent now, changing nothing.
+
+It composes the user's waiting events as the worker composes a claimed run
+(`digest.compose`), as of now, whatever would keep the digest from being sent.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,27 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from digest import content, unsubscribe
+from digest import content, recipients
+from digest.compose import Composer, signing_key
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.render import RenderedDigest, Renderer
-from digest.worker import signing_key
+from digest.models import Cadence, ClaimedRun, RenderedDigest, RunCadence
+from digest.render import Renderer
 
 
 def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
     """Render the waiting events of `user_id` with the production templates."""
     with engine.connect() as conn:
-        recipients = content.load_recipients(conn, [user_id])
+        found = recipients.load_many(conn, [user_id])
         digest = content.load_unsent_content(conn, user_id, settings.group_cap)
-    row = recipients.get(user_id)
-    if row is None:
+    recipient = found.get(user_id)
+    if recipient is None:
         raise DigestError(f"no recipient with user id {user_id!r}")
-    key = signing_key(settings, "file")
     now = datetime.now(UTC)
-    return Renderer(settings.templates_dir).render(
-        row.recipient(),
-        digest,
-        cadence=row.cadence if row.cadence != "off" else "daily",
-        period_start=now,
-        base_url=settings.base_url,
-        unsubscribe_url=unsubscribe.unsubscribe_url(
-            settings.base_url, key, row.recipient_id, row.subscription_version, now.date()
-        ),
+    cadence = recipient.cadence if recipient.cadence != Cadence.OFF else RunCadence.DAILY
+    # the run the next schedule would make, claimed now: its period and its Date are now
+    run = ClaimedRun(0, user_id, cadence, now, 0, now, recipient=recipient, digest=digest)
+    composer = Composer(
+        settings, Renderer(settings.templates_dir), signing_key(settings, "file"), "file"
     )
+    return composer.render(run)

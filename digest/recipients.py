@@ -1,495 +1,249 @@
-"""Recipients: who gets a digest, how often and when; validated at the boundary, upserted in bulk.
+"""Every read of `recipients`, and the preference changes a recipient makes themselves.
 
-A field an input leaves out keeps the stored value of an existing recipient and gets its
-default for a new one; an update that changes nothing writes nothing, so re-importing the
-same file neither touches `updated_at` nor fires the trigger that cancels pending runs.
+One home for the statements: the recipient a claim loads with each run (`recipient_of`,
+also for `digest preview`), the row `digest recipients show` prints, the preferences the
+unsubscribe pages show and change, the facts `digest why` explains, and the unsubscribe a
+complaint makes. Imports and `digest recipients set` write through `digest.ingest.recipients`.
+Every change of cadence or unsubscribe fires the trigger on `recipients` that cancels the
+user's pending runs.
 """
 
 from __future__ import annotations
 
-import csv
-import re
-import zoneinfo
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from typing import Any, Final, Literal
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Row, RowMapping, text
 
-from digest.db import raw
-from digest.errors import DigestError, ValidationError
-from digest.events import (
-    MAX_TEXT,
-    UTF8_BOM,
-    BadLine,
-    BadLines,
-    atomic,
-    read_jsonl,
-    text_field,
-    unknown_fields,
-)
-from digest.message import HeaderError, validate_email
-from digest.schema import CADENCES
+from digest.ingest.fields import text_field
+from digest.models import Recipient
 
-RECIPIENT_FIELDS: Final = (
-    "user_id",
-    "email",
-    "name",
-    "cadence",
-    "timezone",
-    "send_hour",
-    "weekly_day",
-    "locale",
-)
-_FIELD_SET: Final = frozenset(RECIPIENT_FIELDS)
-WEEKDAYS: Final = {
-    name: number
-    for number, day in enumerate(
-        ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"), 1
-    )
-    for name in (day, day[:3])
-}
-# Zone names Python can load that are not zones PostgreSQL knows (the scheduler converts
-# times with `AT TIME ZONE`, so such a recipient would never be scheduled).
-_HOST_ONLY_ZONES: Final = frozenset({"localtime", "posixrules"})
-LOCALE_PATTERN: Final = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
-# C0 and C1 controls and the Unicode line/paragraph separators.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_ENCODED_WORD = re.compile(r"=\?.*\?=", re.S)
-# Rows per upsert statement: big enough to amortise the round trips, small enough to keep
-# memory and each statement's lock set modest.
-BATCH_ROWS: Final = 20_000
-Format = Literal["jsonl", "csv"]
 
-# Rows reach PostgreSQL by COPY into a staging table (dumping big parameter arrays costs
-# more than the upsert itself); `shape` numbers each set of given fields in the batch.
-RECIPIENT_STAGE_CREATE = text(
-    """
-    CREATE TEMP TABLE IF NOT EXISTS recipients_stage (
-        user_id text, email text, name text, cadence text, timezone text,
-        send_hour smallint, weekly_day smallint, locale text, shape smallint
-    ) ON COMMIT DROP
+def recipient_of(user_id: str) -> str:
+    """A subquery for `LATERAL`: the recipient `user_id` (an SQL expression of this module or
+    `digest.claim`, never user input) names, as `Recipient`'s fields after the user id,
+    with any suppression of the address. Looked up by key: the LIMIT keeps the planner from
+    hashing whole tables."""
+    return f"""(
+        SELECT p.email, p.name, p.cadence, p.timezone, p.locale, p.unsubscribed_at,
+               (SELECT s.reason FROM suppressions s WHERE s.email = lower(p.email))
+                   AS suppressed_reason,
+               p.id AS recipient_id, p.subscription_version
+          FROM recipients p
+         WHERE p.user_id = {user_id}
+         LIMIT 1)"""
+
+
+RECIPIENT_LOAD_MANY = text(
+    f"""
+    SELECT u.user_id, p.*
+      FROM unnest(CAST(:user_ids AS text[])) AS u(user_id)
+     CROSS JOIN LATERAL {recipient_of("u.user_id")} p
     """
 )
-# TRUNCATE, not DELETE: temp tables are never autovacuumed, dead rows would pile up.
-RECIPIENT_STAGE_TRUNCATE = text("TRUNCATE recipients_stage")
-RECIPIENT_STAGE_COPY: Final = (
-    "COPY recipients_stage (user_id, email, name, cadence, timezone, send_hour, weekly_day, "
-    "locale, shape) FROM STDIN"
-)
-# Rows are taken in user_id order so concurrent imports lock recipients in the same order
-# and cannot deadlock. (xmax = 0) tells an inserted row from an updated one.
-RECIPIENT_UPSERT = text(
+RECIPIENT_GET = text(
     """
-    WITH upserted AS (
-        INSERT INTO recipients AS r
-               (user_id, email, name, cadence, timezone, send_hour, weekly_day, locale)
-        SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale
-          FROM recipients_stage
-         WHERE shape = :shape
-         ORDER BY user_id
-        ON CONFLICT (user_id) DO UPDATE SET
-            email = CASE WHEN :set_email THEN excluded.email ELSE r.email END,
-            name = CASE WHEN :set_name THEN excluded.name ELSE r.name END,
-            cadence = CASE WHEN :set_cadence THEN excluded.cadence ELSE r.cadence END,
-            timezone = CASE WHEN :set_timezone THEN excluded.timezone ELSE r.timezone END,
-            send_hour = CASE WHEN :set_send_hour THEN excluded.send_hour ELSE r.send_hour END,
-            weekly_day = CASE WHEN :set_weekly_day THEN excluded.weekly_day
-                              ELSE r.weekly_day END,
-            locale = CASE WHEN :set_locale THEN excluded.locale ELSE r.locale END,
-            updated_at = now()
-        -- Only a real change is written: an unchanged row keeps its updated_at and does not
-        -- fire recipients_schedule_changed (which cancels pending runs).
-        WHERE (:set_email AND r.email IS DISTINCT FROM excluded.email)
-           OR (:set_name AND r.name IS DISTINCT FROM excluded.name)
-           OR (:set_cadence AND r.cadence IS DISTINCT FROM excluded.cadence)
-           OR (:set_timezone AND r.timezone IS DISTINCT FROM excluded.timezone)
-           OR (:set_send_hour AND r.send_hour IS DISTINCT FROM excluded.send_hour)
-           OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM excluded.weekly_day)
-           OR (:set_locale AND r.locale IS DISTINCT FROM excluded.locale)
-        RETURNING (r.xmax = 0) AS created
-    )
-    SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
+    SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+           unsubscribed_at, created_at, updated_at
+      FROM recipients
+     WHERE user_id = :user_id
     """
 )
-_COLUMNS = (
-    "user_id, email, name, cadence, timezone, send_hour, weekly_day, locale, "
-    "unsubscribed_at, created_at, updated_at"
-)
-RECIPIENT_GET = text(f"SELECT {_COLUMNS} FROM recipients WHERE user_id = :user_id")
 RECIPIENT_GET_FOR_UPDATE = text(
-    f"SELECT {_COLUMNS} FROM recipients WHERE user_id = :user_id FOR UPDATE"
+    """
+    SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+           unsubscribed_at, created_at, updated_at
+      FROM recipients
+     WHERE user_id = :user_id
+       FOR UPDATE
+    """
 )
-# The trigger stamps the runs it cancels with completed_at = now(), our transaction's time.
-RUN_COUNT_CANCELLED_NOW = text(
+# Unsubscribe tokens name the recipient by id; legacy tokens (mail sent before format 1)
+# by user id. A change locks the row first: the version it checks is the one the update sees.
+RECIPIENT_GET_PREFERENCES = text(
     """
-    SELECT count(*) FROM digest_runs
-     WHERE user_id = :user_id AND status = 'cancelled' AND completed_at = now()
+    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version
+      FROM recipients
+     WHERE id = :id
+    """
+)
+RECIPIENT_GET_PREFERENCES_BY_USER = text(
+    """
+    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version
+      FROM recipients
+     WHERE user_id = :user_id
+    """
+)
+RECIPIENT_LOCK_PREFERENCES = text(
+    """
+    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version
+      FROM recipients
+     WHERE id = :id
+       FOR UPDATE
+    """
+)
+RECIPIENT_LOCK_PREFERENCES_BY_USER = text(
+    """
+    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version
+      FROM recipients
+     WHERE user_id = :user_id
+       FOR UPDATE
+    """
+)
+# One-click unsubscribe (the pages) and a complaint (SES feedback).
+RECIPIENT_UNSUBSCRIBE = text(
+    """
+    UPDATE recipients
+       SET unsubscribed_at = now(), updated_at = now()
+     WHERE id = :id AND unsubscribed_at IS NULL
+    RETURNING id
+    """
+)
+RECIPIENT_UNSUBSCRIBE_BY_USER = text(
+    """
+    UPDATE recipients
+       SET unsubscribed_at = now(), updated_at = now()
+     WHERE user_id = :user_id AND unsubscribed_at IS NULL
+    RETURNING user_id
+    """
+)
+# daily/weekly re-subscribes; off keeps whatever unsubscribed_at is. A choice that changes
+# nothing writes nothing.
+RECIPIENT_SET_CADENCE = text(
+    """
+    UPDATE recipients
+       SET cadence = CAST(:cadence AS text),
+           unsubscribed_at = CASE WHEN CAST(:cadence AS text) = 'off' THEN unsubscribed_at END,
+           updated_at = now()
+     WHERE id = :id
+       AND (cadence <> CAST(:cadence AS text)
+            OR (CAST(:cadence AS text) <> 'off' AND unsubscribed_at IS NOT NULL))
+    RETURNING id
+    """
+)
+RECIPIENT_GET_FOR_WHY = text(
+    """
+    SELECT r.user_id, r.email, r.cadence, r.timezone, r.send_hour, r.weekly_day,
+           r.unsubscribed_at,
+           r.timezone IN (SELECT name FROM pg_timezone_names) AS timezone_known
+      FROM recipients r
+     WHERE r.user_id = :user_id
+    """
+)
+RECIPIENT_COUNT_UNSCHEDULABLE = text(
+    """
+    SELECT count(*) FROM recipients
+     WHERE timezone NOT IN (SELECT name FROM pg_timezone_names)
     """
 )
 
 
-@dataclass(slots=True)  # not frozen: a frozen init costs ~1 µs a row at a million rows
-class RecipientIn:
-    """A validated recipient; `given` names the fields its input set (the rest are defaults).
+@dataclass(frozen=True)
+class Preferences:
+    """What the unsubscribe page shows about a recipient, and what its tokens name."""
 
-    The defaults here are what a new recipient gets (the same as the schema's).
-    """
+    id: int
+    user_id: str
+    email: str
+    name: str | None
+    cadence: str
+    unsubscribed: bool
+    subscription_version: int
+
+
+@dataclass(frozen=True)
+class RecipientFacts:
+    """The preferences that decide when a user's digest goes out (`digest why`)."""
 
     user_id: str
-    email: str | None  # None only for `set` on an existing recipient: the email is kept
-    name: str | None = None
-    cadence: str = "daily"
-    timezone: str = "UTC"
-    send_hour: int = 8
-    weekly_day: int = 1
-    locale: str = "en"
-    given: frozenset[str] = frozenset({"email"})
+    email: str
+    cadence: str
+    timezone: str
+    send_hour: int
+    weekly_day: int
+    unsubscribed_at: datetime | None
+    timezone_known: bool
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientImport:
-    """What an import did: valid rows read, recipients created and updated, bad lines skipped."""
-
-    rows: int
-    created: int
-    updated: int
-    skipped: int
-
-    @property
-    def unchanged(self) -> int:
-        """Rows that changed nothing (including earlier rows for a user_id listed again)."""
-        return self.rows - self.created - self.updated
+def load_many(conn: Connection, user_ids: Sequence[str]) -> dict[str, Recipient]:
+    """Recipients by user id, as a claim loads them, in one query."""
+    rows = conn.execute(RECIPIENT_LOAD_MANY, {"user_ids": list(set(user_ids))}).all()
+    return {row.user_id: Recipient(*row) for row in rows}
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientSet:
-    """What `set_recipient` did, the fields it changed (old, new), and runs it cancelled."""
-
-    action: Literal["created", "updated", "unchanged"]
-    changes: Mapping[str, tuple[object, object]]
-    cancelled_runs: int
-
-
-def _show(value: object) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
-def _email(value: object) -> str:
-    if value is None:
-        raise ValidationError("email is required")
-    if not isinstance(value, str):
-        raise ValidationError(f"email must be a string, got {type(value).__name__}")
-    try:
-        return validate_email(value)
-    except HeaderError as exc:  # its message names the address and what is wrong
-        raise ValidationError(str(exc)) from None
-
-
-def _name(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(f"name must be a string, got {type(value).__name__}")
-    value = value.strip()
-    if len(value) > MAX_TEXT:
-        raise ValidationError(f"name is longer than {MAX_TEXT} characters")
-    # The name goes into the To: header; line breaks there are header injection.
-    if _CONTROL.search(value):
-        raise ValidationError(f"name contains a line break or control character: {_show(value)}")
-    # "=?utf-8?q?=0D=0ABcc:...?=" is an RFC 2047 encoded-word: mail code that parses the
-    # To: header would decode it into a line break. No real name contains one.
-    if _ENCODED_WORD.search(value):
-        raise ValidationError(f"name looks like MIME-encoded text (=?...?=): {_show(value)}")
-    return value or None
-
-
-def _cadence(value: object) -> str:
-    cadence = value.strip().lower() if isinstance(value, str) else value
-    if cadence not in CADENCES:
-        raise ValidationError(f"cadence must be one of {', '.join(CADENCES)}, got {_show(value)}")
-    return str(cadence)
-
-
-@cache
-def _zone_exists(name: str) -> bool:
-    if name in _HOST_ONLY_ZONES:
-        return False
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
-
-
-def _timezone(value: object) -> str:
-    if not isinstance(value, str) or not _zone_exists(value.strip()):
-        raise ValidationError(
-            f"unknown time zone {_show(value)} (use an IANA name like 'Europe/Berlin' or 'UTC')"
-        )
-    return value.strip()
-
-
-def _whole(name: str, value: object, low: int, high: int) -> int:
-    number: object = value
-    if isinstance(value, str) and value.strip().isdigit():
-        number = int(value.strip())
-    if type(number) is not int or not low <= number <= high:
-        raise ValidationError(
-            f"{name} must be a whole number from {low} to {high}, got {_show(value)}"
-        )
-    return number
-
-
-def _weekly_day(value: object) -> int:
-    if isinstance(value, str) and value.strip().lower() in WEEKDAYS:
-        return WEEKDAYS[value.strip().lower()]
-    try:
-        return _whole("weekly_day", value, 1, 7)
-    except ValidationError:
-        raise ValidationError(
-            f"weekly_day must be 1-7 (Monday=1) or a day name like 'mon' or 'monday', "
-            f"got {_show(value)}"
-        ) from None
-
-
-def _locale(value: object) -> str:
-    if not isinstance(value, str) or not LOCALE_PATTERN.fullmatch(value.strip()):
-        raise ValidationError(f"locale must look like 'en' or 'pt-BR', got {_show(value)}")
-    return value.strip()
-
-
-_CHECKS: Final[tuple[tuple[str, Callable[[object], object]], ...]] = (
-    ("name", _name),
-    ("cadence", _cadence),
-    ("timezone", _timezone),
-    ("send_hour", lambda v: _whole("send_hour", v, 0, 23)),
-    ("weekly_day", _weekly_day),
-    ("locale", _locale),
-)
-
-
-def validate_recipient(row: object, *, require_email: bool = True) -> RecipientIn:
-    """Validate one input row (user_id, and email unless not required) into a RecipientIn.
-
-    A missing or null field is "not given" (default for a new recipient, kept for an
-    existing one); a null or empty name is given and means "no name".
-    """
-    if type(row) is not dict and not isinstance(row, Mapping):
-        raise ValidationError("a recipient must be a JSON object")
-    if not row.keys() <= _FIELD_SET:
-        raise ValidationError(unknown_fields(row.keys() - _FIELD_SET, RECIPIENT_FIELDS))
-    email = row.get("email")
-    given = ["email"] if require_email or email is not None else []
-    person = RecipientIn(
-        text_field("user_id", row.get("user_id")), _email(email) if given else None
-    )
-    for name, check in _CHECKS:
-        value = row.get(name)
-        if value is not None or (name == "name" and name in row):
-            setattr(person, name, check(value))
-            given.append(name)
-    person.given = frozenset(given)
-    return person
-
-
-def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[int, int]:
-    # One statement per set of given fields: a file usually has one.
-    shapes: dict[frozenset[str], int] = {}
-    conn.execute(RECIPIENT_STAGE_CREATE)
-    conn.execute(RECIPIENT_STAGE_TRUNCATE)
-    with raw(conn).cursor() as cursor, cursor.copy(RECIPIENT_STAGE_COPY) as copy:
-        for r in batch.values():
-            shape = shapes.setdefault(r.given, len(shapes))
-            row = (r.user_id, r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day)
-            copy.write_row((*row, r.locale, shape))
-    created = updated = 0
-    for given, shape in shapes.items():
-        params: dict[str, Any] = {f"set_{name}": name in given for name in RECIPIENT_FIELDS[1:]}
-        new, changed = conn.execute(RECIPIENT_UPSERT, {**params, "shape": shape}).one()
-        created, updated = created + new, updated + changed
-    return created, updated
-
-
-def _store(conn: Connection, rows: Iterable[RecipientIn]) -> tuple[int, int, int]:
-    count = created = updated = 0
-    batch: dict[str, RecipientIn] = {}
-    for row in rows:
-        count += 1
-        # A user_id repeated in one batch becomes one row (a statement cannot update the
-        # same row twice): the later row's given fields over the earlier's, exactly what
-        # two statements do when the repeat falls in the next batch. Either way the rows
-        # apply in file order, and each field ends with the last value given for it.
-        earlier = batch.get(row.user_id)
-        batch[row.user_id] = row if earlier is None else _merged(earlier, row)
-        if len(batch) >= BATCH_ROWS:
-            c, u = _upsert_batch(conn, batch)
-            created, updated, batch = created + c, updated + u, {}
-    if batch:
-        c, u = _upsert_batch(conn, batch)
-        created, updated = created + c, updated + u
-    return count, created, updated
-
-
-def _merged(earlier: RecipientIn, later: RecipientIn) -> RecipientIn:
-    """One row with the effect of upserting `earlier`, then `later`."""
-    merged = RecipientIn(later.user_id, later.email, given=earlier.given | later.given)
-    for name in RECIPIENT_FIELDS[1:]:
-        source = later if name in later.given else earlier
-        setattr(merged, name, getattr(source, name))
-    return merged
-
-
-def upsert_recipients(
-    target: Connection | Engine, rows: Iterable[Mapping[str, Any] | RecipientIn]
-) -> RecipientImport:
-    """Validate and upsert recipients in batches, all or none; a bad row raises ValidationError."""
-
-    def validated() -> Iterator[RecipientIn]:
-        for index, row in enumerate(rows):
-            if isinstance(row, RecipientIn):
-                yield row
-                continue
-            try:
-                yield validate_recipient(row)
-            except ValidationError as exc:
-                raise ValidationError(f"rows[{index}]: {exc}") from None
-
-    with atomic(target) as conn:
-        count, created, updated = _store(conn, validated())
-    return RecipientImport(rows=count, created=created, updated=updated, skipped=0)
-
-
-# A CR not followed by LF ends a line too: "CSV (Macintosh)" files from Excel use bare CRs.
-_BARE_CR = re.compile("(?<=\r)(?!\n)")
-
-
-def _decoded(lines: Iterable[bytes], source: str) -> Iterator[str]:
-    for number, line in enumerate(lines, 1):
-        if number == 1 and line.startswith(UTF8_BOM):
-            line = line[3:]
-        try:
-            text = line.decode()
-        except UnicodeDecodeError as exc:
-            # A CSV record can span lines, so a broken line cannot be skipped on its own.
-            raise DigestError(
-                f"{source}:{number}: not valid UTF-8 (byte {exc.start + 1})"
-            ) from None
-        if "\r" in text[:-2]:
-            yield from (part for part in _BARE_CR.split(text) if part)
-        else:
-            yield text
-
-
-def read_csv(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, object, str | None]]:
-    """Parse CSV with a header row: yields (line number, row dict, None) or (number, None, reason).
-
-    Cells are stripped; an empty cell counts as a missing field. An unknown or missing
-    column fails the whole file, before anything is written.
-    """
-    reader = csv.reader(_decoded(lines, source))
-    try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise DigestError(f"{source}:{reader.line_num}: bad CSV header: {exc}") from None
-    if header is None:
-        return
-    columns = [cell.strip().lower() for cell in header]
-    unknown = [c for c in columns if c not in _FIELD_SET]
-    if unknown:
-        reason = unknown_fields(unknown, RECIPIENT_FIELDS).replace("field", "column", 1)
-        raise DigestError(f"{source}:1: {reason}")
-    missing = [c for c in ("user_id", "email") if c not in columns]
-    if missing or len(set(columns)) != len(columns):
-        raise DigestError(
-            f"{source}:1: the header needs each of user_id and email, and no column twice"
-        )
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield reader.line_num, None, f"bad CSV: {exc}"
-            continue
-        if not any(cell.strip() for cell in record):
-            continue
-        if len(record) != len(columns):
-            yield (
-                reader.line_num,
-                None,
-                f"has {len(record)} fields, the header has {len(columns)}",
-            )
-            continue
-        row = {c: cell.strip() for c, cell in zip(columns, record, strict=True) if cell.strip()}
-        yield reader.line_num, row, None
-
-
-def import_recipients(
-    target: Connection | Engine,
-    lines: Iterable[bytes],
-    *,
-    fmt: Format,
-    source: str = "<input>",
-    skip_bad: bool = False,
-    on_bad: Callable[[BadLine], None] | None = None,
-) -> RecipientImport:
-    """Upsert recipients from JSON Lines or CSV, in one transaction, all or nothing by default.
-
-    Like `digest.events.import_events`: any bad line raises BadInputError and nothing is
-    written; with `skip_bad` the good lines are written and each bad one goes to `on_bad`.
-    """
-    bad = BadLines(source, on_bad if skip_bad else None)
-    records = read_jsonl(lines) if fmt == "jsonl" else read_csv(lines, source)
-
-    with atomic(target) as conn:
-        valid = bad.valid(records, validate_recipient, skip_bad=skip_bad)
-        count, created, updated = _store(conn, valid)
-        if bad.count and not skip_bad:
-            raise bad.error()
-    return RecipientImport(rows=count, created=created, updated=updated, skipped=bad.count)
+def get(conn: Connection, user_id: str, *, lock: bool = False) -> RowMapping | None:
+    """The stored recipient (locked for update with `lock`), or None."""
+    statement = RECIPIENT_GET_FOR_UPDATE if lock else RECIPIENT_GET
+    return conn.execute(statement, {"user_id": user_id}).mappings().first()
 
 
 def get_recipient(target: Connection | Engine, user_id: str | int) -> dict[str, Any] | None:
     """The stored recipient as a dict, or None."""
-    params = {"user_id": text_field("user_id", user_id)}
+    uid = text_field("user_id", user_id)
     if isinstance(target, Engine):
         with target.connect() as conn:
-            row = conn.execute(RECIPIENT_GET, params).mappings().first()
+            row = get(conn, uid)
     else:
-        row = target.execute(RECIPIENT_GET, params).mappings().first()
+        row = get(target, uid)
     return None if row is None else dict(row)
 
 
-def set_recipient(
-    target: Connection | Engine, user_id: str | int, changes: Mapping[str, object]
-) -> RecipientSet:
-    """Create or update one recipient, changing only the fields in `changes`.
+def preferences(
+    conn: Connection,
+    *,
+    recipient_id: int | None = None,
+    user_id: str | None = None,
+    lock: bool = False,
+) -> Preferences | None:
+    """The preferences of the recipient with `recipient_id`, else of `user_id` (locked for
+    update with `lock`), or None."""
+    if recipient_id is not None:
+        statement = RECIPIENT_LOCK_PREFERENCES if lock else RECIPIENT_GET_PREFERENCES
+        row = conn.execute(statement, {"id": recipient_id}).first()
+    else:
+        by_user = RECIPIENT_LOCK_PREFERENCES_BY_USER if lock else RECIPIENT_GET_PREFERENCES_BY_USER
+        row = conn.execute(by_user, {"user_id": user_id}).first()
+    return _preferences(row)
 
-    A new recipient needs an email. A changed cadence, zone, hour or day cancels the
-    user's pending runs (the database trigger does it); the count is reported.
-    """
-    uid = text_field("user_id", user_id)
-    if not changes:
-        raise ValidationError("nothing to change: give at least one field")
-    with atomic(target) as conn:
-        current = conn.execute(RECIPIENT_GET_FOR_UPDATE, {"user_id": uid}).mappings().first()
-        if current is None and changes.get("email") is None:
-            raise ValidationError(f"no recipient {uid!r} yet: an email is needed to create one")
-        wanted = validate_recipient({**changes, "user_id": uid}, require_email=False)
-        if wanted.email is None and current is not None:
-            # Not given, so not written; only fills the insert half of the upsert, which a
-            # row locked above can never take.
-            wanted.email = current["email"]
-        _upsert_batch(conn, {uid: wanted})
-        cancelled = int(conn.execute(RUN_COUNT_CANCELLED_NOW, {"user_id": uid}).scalar_one())
-    if current is None:
-        return RecipientSet("created", {}, cancelled)
-    diff: dict[str, tuple[object, object]] = {
-        name: (current[name], getattr(wanted, name))
-        for name in RECIPIENT_FIELDS
-        if name in wanted.given and current[name] != getattr(wanted, name)
-    }
-    return RecipientSet("updated" if diff else "unchanged", diff, cancelled)
+
+def _preferences(row: Row[Any] | None) -> Preferences | None:
+    if row is None:
+        return None
+    return Preferences(
+        row.id,
+        row.user_id,
+        row.email,
+        row.name,
+        row.cadence,
+        row.unsubscribed_at is not None,
+        row.subscription_version,
+    )
+
+
+def unsubscribe(conn: Connection, recipient_id: int) -> bool:
+    """Unsubscribe the recipient; False when they already were."""
+    return conn.execute(RECIPIENT_UNSUBSCRIBE, {"id": recipient_id}).first() is not None
+
+
+def unsubscribe_user(conn: Connection, user_id: str) -> bool:
+    """Unsubscribe the recipient of `user_id`; False when there is none or they already were."""
+    return conn.execute(RECIPIENT_UNSUBSCRIBE_BY_USER, {"user_id": user_id}).first() is not None
+
+
+def set_cadence(conn: Connection, recipient_id: int, cadence: str) -> bool:
+    """Set the cadence (daily and weekly also re-subscribe); False when nothing changed."""
+    params = {"id": recipient_id, "cadence": cadence}
+    return conn.execute(RECIPIENT_SET_CADENCE, params).first() is not None
+
+
+def facts(conn: Connection, user_id: str) -> RecipientFacts | None:
+    """What `digest why` says about the recipient of `user_id`, or None."""
+    row = conn.execute(RECIPIENT_GET_FOR_WHY, {"user_id": user_id}).one_or_none()
+    return RecipientFacts(**row._asdict()) if row else None
+
+
+def count_unschedulable(conn: Connection) -> int:
+    """Recipients whose time zone PostgreSQL does not know (`digest schedule` skips them)."""
+    return int(conn.execute(RECIPIENT_COUNT_UNSCHEDULABLE).scalar_one())

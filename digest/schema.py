@@ -22,25 +22,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
+from digest.models import FEEDBACK_EVENT_TYPES, Cadence, DeliveryStatus, RunCadence, RunStatus
+
 metadata = MetaData()
 
 TZ = TIMESTAMP(timezone=True)
 NOW = text("now()")
 
-CADENCES = ("daily", "weekly", "off")
-RUN_CADENCES = ("daily", "weekly", "immediate")
-RUN_STATUSES = ("pending", "processing", "sent", "skipped", "failed", "cancelled")
-DELIVERY_STATUSES = (
-    "sent",
-    "delivered",
-    "bounced",
-    "complained",
-    "rejected",
-    "failed",
-    "suppressed",
-    "deferred",
-    "unknown",
-)
+# The CHECK constraints' value lists, from the enums in `digest.models`.
+CADENCES = tuple(c.value for c in Cadence)
+RUN_CADENCES = tuple(c.value for c in RunCadence)
+RUN_STATUSES = tuple(s.value for s in RunStatus)
+DELIVERY_STATUSES = tuple(s.value for s in DeliveryStatus)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -183,8 +176,6 @@ suppressions = Table(
     Column("source", Text, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=NOW),
 )
-
-FEEDBACK_EVENT_TYPES = ("Bounce", "Complaint", "Delivery", "Reject", "DeliveryDelay", "Send")
 
 # Every SES event received, matched to its delivery or kept as an orphan. The SNS MessageId
 # is unique: an SNS retry of the same message finds its row and changes nothing.

@@ -1,12 +1,13 @@
-"""`digest stats`: the health of the queue in a few numbers."""
+"""`digest stats`: the health of the queue in a few numbers (`collect`; the CLI prints them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
 from sqlalchemy import Connection, text
+
+from digest import recipients
+from digest.models import DeliveryStatus, RunStatus
 
 RUN_COUNT_BY_STATUS = text("SELECT status, count(*) FROM digest_runs GROUP BY status")
 
@@ -24,13 +25,6 @@ EVENT_COUNT_WAITING = text(
     """
     SELECT count(*) AS events, count(DISTINCT user_id) AS users
       FROM digest_events WHERE digest_run_id IS NULL
-    """
-)
-
-RECIPIENT_COUNT_UNSCHEDULABLE = text(
-    """
-    SELECT count(*) FROM recipients
-     WHERE timezone NOT IN (SELECT name FROM pg_timezone_names)
     """
 )
 
@@ -55,8 +49,13 @@ DELIVERY_RATES_BY_DAY = text(
 COMPLAINT_WARN = 0.001
 BOUNCE_WARN = 0.04
 
-RATE_KEYS = ("sent", "delivered", "bounced", "complained")
-STATUSES = ("pending", "processing", "sent", "skipped", "failed", "cancelled")
+RATE_KEYS = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.BOUNCED,
+    DeliveryStatus.COMPLAINED,
+)
+STATUSES = tuple(RunStatus)
 
 
 def collect(conn: Connection) -> dict[str, Any]:
@@ -69,9 +68,9 @@ def collect(conn: Connection) -> dict[str, Any]:
         {"day": row.day.isoformat(), **{k: int(getattr(row, k)) for k in RATE_KEYS}}
         for row in conn.execute(DELIVERY_RATES_BY_DAY)
     ]
-    sent = sum(d["sent"] for d in days)
-    complaint_rate = sum(d["complained"] for d in days) / sent if sent else 0.0
-    bounce_rate = sum(d["bounced"] for d in days) / sent if sent else 0.0
+    sent = sum(d[DeliveryStatus.SENT] for d in days)
+    complaint_rate = sum(d[DeliveryStatus.COMPLAINED] for d in days) / sent if sent else 0.0
+    bounce_rate = sum(d[DeliveryStatus.BOUNCED] for d in days) / sent if sent else 0.0
     warnings = []
     if complaint_rate > COMPLAINT_WARN:
         warnings.append(
@@ -93,45 +92,5 @@ def collect(conn: Connection) -> dict[str, Any]:
         "oldest_due_lag_seconds": float(oldest.lag_seconds) if oldest.lag_seconds else 0.0,
         "events_waiting": waiting.events,
         "users_with_events_waiting": waiting.users,
-        "recipients_with_unknown_timezone": conn.execute(
-            RECIPIENT_COUNT_UNSCHEDULABLE
-        ).scalar_one(),
+        "recipients_with_unknown_timezone": recipients.count_unschedulable(conn),
     }
-
-
-def print_report(report: dict[str, Any], console: Console | None = None) -> None:
-    """A small table for people."""
-    console = console or Console()
-    runs = Table(title="digest runs", show_header=True)
-    for status in STATUSES:
-        runs.add_column(status, justify="right")
-    runs.add_row(*(str(report["runs"][s]) for s in STATUSES))
-    console.print(runs)
-    lag = report["oldest_due_lag_seconds"]
-    console.print(
-        f"due now: {report['due_now']}"
-        + (f" (oldest due {report['oldest_due_pending']}, {lag:.0f}s late)" if lag else "")
-    )
-    console.print(
-        f"events waiting: {report['events_waiting']} "
-        f"for {report['users_with_events_waiting']} users"
-    )
-    if report["deliveries_by_day"]:
-        rates = Table(title="deliveries, last 7 days (UTC)")
-        rates.add_column("day")
-        for key in RATE_KEYS:
-            rates.add_column(key, justify="right")
-        for day in report["deliveries_by_day"]:
-            rates.add_row(day["day"], *(str(day[key]) for key in RATE_KEYS))
-        console.print(rates)
-        console.print(
-            f"complaint rate {report['complaint_rate_7d']:.2%}, "
-            f"bounce rate {report['bounce_rate_7d']:.2%} (7 days)"
-        )
-    for warning in report["warnings"]:
-        console.print(f"[bold red]warning:[/] {warning}")
-    if report["recipients_with_unknown_timezone"]:
-        console.print(
-            f"[yellow]warning:[/] {report['recipients_with_unknown_timezone']} recipients have a "
-            "time zone PostgreSQL does not know; they are not scheduled"
-        )

@@ -7,6 +7,7 @@ return, so every sentence it can say is testable without a database.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, text
 
+from digest import recipients
 from digest.errors import DigestError, ValidationError
+from digest.models import Cadence, DeliveryStatus, RunStatus
+from digest.recipients import RecipientFacts
 
 RECENT_RUNS = 3
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -31,16 +35,6 @@ DELIVERY_LIST = text(
        AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
      ORDER BY created_at DESC, id DESC
      LIMIT CAST(:limit AS bigint)
-    """
-)
-
-RECIPIENT_GET_FOR_WHY = text(
-    """
-    SELECT r.user_id, r.email, r.cadence, r.timezone, r.send_hour, r.weekly_day,
-           r.unsubscribed_at,
-           r.timezone IN (SELECT name FROM pg_timezone_names) AS timezone_known
-      FROM recipients r
-     WHERE r.user_id = :user_id
     """
 )
 
@@ -103,20 +97,6 @@ class DeliveryRow:
     status: str
     provider_message_id: str | None
     reason: str | None
-
-
-@dataclass(frozen=True)
-class RecipientFacts:
-    """The preferences that decide when a user's digest goes out."""
-
-    user_id: str
-    email: str
-    cadence: str
-    timezone: str
-    send_hour: int
-    weekly_day: int
-    unsubscribed_at: datetime | None
-    timezone_known: bool
 
 
 @dataclass(frozen=True)
@@ -214,8 +194,7 @@ def list_deliveries(
 def load_facts(conn: Connection, user_id: str) -> UserFacts:
     """The facts about `user_id`'s digest, read in a handful of small queries."""
     params: dict[str, Any] = {"user_id": user_id}
-    recipient_row = conn.execute(RECIPIENT_GET_FOR_WHY, params).one_or_none()
-    recipient = RecipientFacts(**recipient_row._asdict()) if recipient_row else None
+    recipient = recipients.facts(conn, user_id)
     suppression = None
     if recipient is not None:
         found = conn.execute(SUPPRESSION_GET_FOR_ADDRESS, {"email": recipient.email.strip()})
@@ -295,10 +274,10 @@ def _when(moment: datetime, zone: ZoneInfo) -> str:
 def _recipient_sentences(recipient: RecipientFacts, zone: ZoneInfo) -> list[str]:
     who = f"User {recipient.user_id} ({recipient.email})"
     hour = f"{recipient.send_hour:02d}:00"
-    if recipient.cadence == "weekly":
+    if recipient.cadence == Cadence.WEEKLY:
         day = WEEKDAY_NAMES[recipient.weekly_day - 1]
         schedule = f"a weekly digest on {day}s at {hour} {recipient.timezone} local time"
-    elif recipient.cadence == "daily":
+    elif recipient.cadence == Cadence.DAILY:
         schedule = f"a daily digest at {hour} {recipient.timezone} local time"
     else:
         schedule = f"cadence {recipient.cadence} (time zone {recipient.timezone}, send hour {hour})"
@@ -308,7 +287,7 @@ def _recipient_sentences(recipient: RecipientFacts, zone: ZoneInfo) -> list[str]
             f"PostgreSQL does not know the time zone {recipient.timezone!r}, "
             "so `digest schedule` leaves this user out."
         )
-    if recipient.cadence == "off":
+    if recipient.cadence == Cadence.OFF:
         sentences.append("Their cadence is off, so no digests are scheduled.")
     if recipient.unsubscribed_at is not None:
         sentences.append(
@@ -326,7 +305,7 @@ def _next_run_sentence(facts: UserFacts, zone: ZoneInfo) -> str:
             f"{_when(run.scheduled_for, zone)}."
         )
     recipient = facts.recipient
-    if recipient is not None and (recipient.cadence == "off" or recipient.unsubscribed_at):
+    if recipient is not None and (recipient.cadence == Cadence.OFF or recipient.unsubscribed_at):
         return "No digest run is pending, and none will be while that stays so."
     if not facts.recent_runs:
         return "Never scheduled yet — `digest schedule` runs from cron and creates the first run."
@@ -344,35 +323,35 @@ def _run_sentence(run: RunFacts, zone: ZoneInfo) -> str:
         head, at = f"Run {run.id} ({run.cadence}), due at {_when(run.scheduled_for, zone)},", ""
     attempt = f"attempt {run.attempt}"
     reason = run.last_error or "no reason recorded"
-    if run.status == "sent":
+    if run.status == RunStatus.SENT:
         events = f" with {run.event_count} events" if run.event_count is not None else ""
         return f"{head} was sent{at}{events} ({attempt})."
-    if run.status == "skipped":
+    if run.status == RunStatus.SKIPPED:
         why = "there was nothing new to send" if run.last_error == "no events" else reason
         return f"{head} was skipped{at} ({attempt}): {why}."
-    if run.status == "failed":
+    if run.status == RunStatus.FAILED:
         return f"{head} failed{at} ({attempt}): {reason}."
-    if run.status == "processing":
+    if run.status == RunStatus.PROCESSING:
         until = _when(run.lease_expires_at, zone) if run.lease_expires_at else "an unknown time"
         return (
             f"{head} is being processed ({attempt}): worker {run.locked_by or '?'} "
             f"holds the lease until {until}."
         )
-    if run.status == "cancelled":
+    if run.status == RunStatus.CANCELLED:
         return f"{head} was cancelled{at} because the user's preferences changed."
     return f"{head} is {run.status} ({attempt})."
 
 
-_DELIVERY_OUTCOMES = {
-    "sent": "was accepted by the provider; no delivery report has arrived yet",
-    "delivered": "was delivered to the mailbox",
-    "bounced": "bounced",
-    "complained": "was reported as spam by the recipient",
-    "rejected": "was rejected by the provider",
-    "failed": "failed",
-    "suppressed": "was not sent because the address is blocked",
-    "deferred": "was deferred by the receiving server and may still arrive",
-    "unknown": "has an unknown outcome",
+_DELIVERY_OUTCOMES: Mapping[str, str] = {
+    DeliveryStatus.SENT: "was accepted by the provider; no delivery report has arrived yet",
+    DeliveryStatus.DELIVERED: "was delivered to the mailbox",
+    DeliveryStatus.BOUNCED: "bounced",
+    DeliveryStatus.COMPLAINED: "was reported as spam by the recipient",
+    DeliveryStatus.REJECTED: "was rejected by the provider",
+    DeliveryStatus.FAILED: "failed",
+    DeliveryStatus.SUPPRESSED: "was not sent because the address is blocked",
+    DeliveryStatus.DEFERRED: "was deferred by the receiving server and may still arrive",
+    DeliveryStatus.UNKNOWN: "has an unknown outcome",
 }
 
 

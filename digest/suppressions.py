@@ -1,8 +1,9 @@
 """Suppressed addresses: never mailed, whatever their recipients' preferences say.
 
-The key is the whole address in lower case after `digest.message.validate_email` (trimmed,
-IDNA domain), the same form the worker compares with `lower(recipients.email)`. Adding an
-address twice keeps the first reason and source: the database decides, not a check first.
+The key is the whole address in lower case after `validate_email` (trimmed, IDNA domain;
+`digest.channels.email.mime`), the same form the worker compares with
+`lower(recipients.email)`. Adding an address twice keeps the first reason and source: the
+database decides, not a check first.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, TextClause, text
 
+from digest.channels.email.mime import HeaderError, validate_email
+from digest.db import atomic
 from digest.errors import ValidationError
-from digest.events import atomic
-from digest.message import HeaderError, validate_email
 
 MAX_LABEL = 500  # reason and source end up in run reasons and log lines: keep them short
 

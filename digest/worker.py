@@ -1,48 +1,49 @@
-"""`digest work`: claim due runs, freeze, group, render, send, and record the outcome.
+"""The worker: batches of claimed runs through compose, send and record, overlapped, and
+held through database outages until their outcomes are recorded.
 
-The loop is thin (`Worker.run`); each step is a plain function or method testable alone.
-No transaction is open while a message is being sent: claim+freeze commit first, the
-outcomes of the whole batch commit afterwards in one fenced statement.
+One concern, kept in one module though it is long: the pipeline's overlap (a database
+thread claims and records while this thread composes and the sending threads send) and
+its recovery from outages share the same batches and state, and read as one loop. The
+steps it drives live elsewhere: the SQL in `digest.claim`, composing in `digest.compose`,
+the outcome of a send in `digest.retry`, the leases in `digest.heartbeat`, signals and
+processes in `digest.cli.work`. No transaction is open while a message is being sent:
+claim+freeze commit first, the outcomes of the whole batch commit afterwards in one
+fenced statement.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import multiprocessing
-import multiprocessing.queues
 import os
-import queue
 import random
 import secrets
-import signal
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import FrameType
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from digest import claim, message, retry, transports, unsubscribe, watchdog
-from digest.claim import ClaimedRun, Delivery, Outcome
+from digest import claim, retry, watchdog
+from digest.channels.base import SendError, Transport
+from digest.channels.ratelimit import TokenBucket
+from digest.compose import Composer, signing_key
 from digest.config import Settings
-from digest.content import RecipientRow
-from digest.db import make_engine
-from digest.errors import DigestError
-from digest.ratelimit import TokenBucket
+from digest.errors import first_line
+from digest.heartbeat import Heartbeat
+from digest.models import (
+    ClaimedRun,
+    DeliveryStatus,
+    Outcome,
+    OutgoingMessage,
+    RunStatus,
+)
 from digest.render import Renderer
-from digest.transports.base import OutgoingMessage, SendError, Transport
 
 log = logging.getLogger(__name__)
-
-# Used to sign unsubscribe links when no DIGEST_SECRET_KEY is set; only the `file` and
-# `null` transports accept it (their mail never reaches a real inbox).
-DEV_SECRET = "digest-development-key-not-for-real-mail"
 
 # A database outage (see `Worker.run`). A worker that holds nothing unrecorded gives up on
 # a database it has not reached for this long and exits non-zero, for a supervisor to see.
@@ -61,25 +62,10 @@ STOP_GRACE_SECONDS = 20.0
 # rendered: two keep the sending threads busy through a claim, a render and a commit.
 BATCHES_AHEAD = 2
 
-# After a missed heartbeat, the next one comes this soon (not a third of the lease later).
-MISSED_BEAT_RETRY_SECONDS = 2.0
-
-# The GIL switch interval of a worker process (see `work_in_process`).
-GIL_SWITCH_SECONDS = 0.001
-
 
 def worker_id() -> str:
     """host:pid:random, unique per worker process and readable in `locked_by`."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-
-
-def signing_key(settings: Settings, transport_name: str) -> str:
-    """The key for unsubscribe tokens; real transports refuse to run without one."""
-    if settings.secret_key:
-        return settings.secret_key
-    if transport_name in ("file", "null"):
-        return DEV_SECRET
-    raise DigestError(f"DIGEST_SECRET_KEY must be set to send real mail ({transport_name})")
 
 
 @dataclass
@@ -96,58 +82,26 @@ class WorkerStats:
     events: int = 0
 
     def add(self, outcome: Outcome, landed: bool) -> None:
+        """Count `outcome`, or a lost lease when it did not land."""
+        status = outcome.status
         if not landed:
             self.lost += 1
-            return
-        if outcome.status == "pending":
-            self.retried += 1
-        else:
-            setattr(self, outcome.status, getattr(self, outcome.status) + 1)
-        if outcome.status == "sent":
+        elif status == RunStatus.SENT:
+            self.sent += 1
             self.events += outcome.event_count or 0
+        elif status == RunStatus.PENDING:
+            self.retried += 1
+        elif status == RunStatus.SKIPPED:
+            self.skipped += 1
+        elif status == RunStatus.FAILED:
+            self.failed += 1
+        else:  # a worker decides nothing else
+            raise ValueError(f"unexpected outcome status {status!r}")
 
-
-@dataclass
-class _Heartbeat:
-    """Extends the lease of in-flight runs from a side thread, so a slow batch keeps them.
-
-    Runs are held as (id, attempt): a run the worker claimed again after its lease ran out
-    is two entries, and the stale batch's end drops only its own."""
-
-    engine: Engine
-    me: str
-    lease_seconds: float
-    in_flight: set[tuple[int, int]] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def add(self, held: list[tuple[int, int]]) -> None:
-        with self.lock:
-            self.in_flight.update(held)
-
-    def drop(self, held: list[tuple[int, int]]) -> None:
-        with self.lock:
-            self.in_flight.difference_update(held)
-
-    def run(self) -> None:
-        interval = max(self.lease_seconds / 3, 0.5)
-        wait = interval
-        while not self.stop.wait(wait):
-            wait = interval
-            with self.lock:
-                held = sorted(self.in_flight)
-            if not held:
-                continue
-            try:
-                with self.engine.connect() as conn:
-                    claim.extend_lease(conn, self.me, held, self.lease_seconds)
-            except OperationalError as exc:
-                # A missed beat is survivable, but beat again soon: once the server is back
-                # the leases must be extended within the watchdog's restart grace.
-                wait = min(interval, MISSED_BEAT_RETRY_SECONDS)
-                log.warning("heartbeat_missed runs=%d error=%r", len(held), _first_line(exc))
-            except Exception:
-                log.exception("heartbeat failed")
+    def __iadd__(self, other: WorkerStats) -> WorkerStats:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+        return self
 
 
 @dataclass
@@ -177,7 +131,7 @@ class _Batch:
         return sum(
             1
             for o in (*self.decided, *done)
-            if o is not None and (o.status == "sent" or _unknown(o))
+            if o is not None and (o.status == RunStatus.SENT or _unknown(o))
         )
 
 
@@ -212,12 +166,15 @@ class Worker:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.settings = settings
         self.transport = transport
-        self.renderer = renderer or Renderer(settings.templates_dir)
+        self.composer = Composer(
+            settings,
+            renderer or Renderer(settings.templates_dir),
+            signing_key(settings, transport.name),
+            transport.name,
+        )
         self.stop = stop or threading.Event()
         self.me = me or worker_id()
         self.rand = rand or random.Random()
-        self.key = signing_key(settings, transport.name)
-        self.domain = settings.from_address.rpartition("@")[2] or "localhost"
         self.stats = WorkerStats()
         self.fatal: str | None = None
         self.at_most_once = settings.delivery == "at-most-once"
@@ -253,7 +210,7 @@ class Worker:
         does not give up on outcomes of sent mail; it exits on an outage only when it
         holds nothing, after MAX_OUTAGE_SECONDS.
         """
-        beat = _Heartbeat(self.engine, self.me, self.settings.lease_seconds)
+        beat = Heartbeat(self.engine, self.me, self.settings.lease_seconds)
         beater = threading.Thread(target=beat.run, name="heartbeat", daemon=True)
         beater.start()
         pool = ThreadPoolExecutor(self.settings.send_concurrency, thread_name_prefix="send")
@@ -304,7 +261,7 @@ class Worker:
                     if outage is None:
                         outage = _Outage(time.monotonic())
                     outage.tries += 1
-                    outage.cause = _first_line(exc)
+                    outage.cause = first_line(exc)
                     held = len(in_flight) + len(recording) + len(self.unreleased)
                     if not held and outage.seconds() > MAX_OUTAGE_SECONDS:
                         self.fatal = f"database unavailable: {outage.cause}"
@@ -352,7 +309,7 @@ class Worker:
         self,
         recording: deque[tuple[_Batch, Future[None]]],
         in_flight: deque[_Batch],
-        beat: _Heartbeat,
+        beat: Heartbeat,
     ) -> None:
         """Record every batch this worker holds, oldest first, and give back the runs it
         did not send; raises OperationalError (keeping the rest) while the database is away.
@@ -374,7 +331,7 @@ class Worker:
         self,
         recording: deque[tuple[_Batch, Future[None]]],
         in_flight: deque[_Batch],
-        beat: _Heartbeat,
+        beat: Heartbeat,
     ) -> None:
         """Stopping: record what is held; while the database is away keep trying for
         STOP_GRACE_SECONDS, then give up and say what will be sent again."""
@@ -390,7 +347,7 @@ class Worker:
                 tries += 1
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self._give_up(in_flight, _first_line(exc))
+                    self._give_up(in_flight, first_line(exc))
                     return
                 delay = min(self._retry_delay(tries), left)
                 log.error(
@@ -399,7 +356,7 @@ class Worker:
                     delay,
                     len(in_flight),
                     sum(b.sent() for b in in_flight),
-                    _first_line(exc),
+                    first_line(exc),
                 )
                 time.sleep(delay)
 
@@ -426,7 +383,7 @@ class Worker:
 
     # -- one batch ------------------------------------------------------------------------
 
-    def claim_batch(self, beat: _Heartbeat) -> _Claimed | None:
+    def claim_batch(self, beat: Heartbeat) -> _Claimed | None:
         """Claim a batch with its digests and recipients; None when nothing is due."""
         with self.engine.connect() as conn:  # autocommit: the claim is one statement
             runs = claim.claim_batch(
@@ -441,7 +398,7 @@ class Worker:
         beat.add([(r.id, r.attempt) for r in runs])
         return _Claimed(runs, time.monotonic())
 
-    def _give_back(self, runs: list[ClaimedRun], beat: _Heartbeat) -> None:
+    def _give_back(self, runs: list[ClaimedRun], beat: Heartbeat) -> None:
         """Release runs nothing was sent for now, rather than keep their leases alive with
         the heartbeat until the worker stops; kept, to release later, while the database is
         away."""
@@ -452,10 +409,10 @@ class Worker:
             log.warning(
                 "release_failed runs=%d error=%r: kept, given back when the database answers",
                 len(self.unreleased),
-                _first_line(exc),
+                first_line(exc),
             )
 
-    def _release_unreleased(self, beat: _Heartbeat) -> None:
+    def _release_unreleased(self, beat: Heartbeat) -> None:
         """Give back the runs kept unsent; raises OperationalError while the database is
         away (and keeps them)."""
         if not self.unreleased:
@@ -466,7 +423,7 @@ class Worker:
         del self.unreleased[: len(held)]
         beat.drop(held)
 
-    def _give_back_ahead(self, ahead: Future[_Claimed | None] | None, beat: _Heartbeat) -> None:
+    def _give_back_ahead(self, ahead: Future[_Claimed | None] | None, beat: Heartbeat) -> None:
         """Release the batch the loader claimed ahead, if any (stopping, or an outage)."""
         try:
             claimed = ahead.result() if ahead is not None else None
@@ -475,7 +432,7 @@ class Worker:
         if claimed is not None:
             self._give_back(claimed.runs, beat)
 
-    def start_batch(self, claimed: _Claimed, pool: ThreadPoolExecutor, beat: _Heartbeat) -> _Batch:
+    def start_batch(self, claimed: _Claimed, pool: ThreadPoolExecutor, beat: Heartbeat) -> _Batch:
         """Render a claimed batch, (at most once) mark it sending, and queue its sends."""
         try:
             return self._prepare_batch(claimed, pool)
@@ -488,11 +445,11 @@ class Worker:
         outgoing: list[tuple[ClaimedRun, OutgoingMessage, int]] = []
         for run in claimed.runs:
             try:
-                prepared = self.prepare(run)
+                prepared = self.composer.compose(run)
             except Exception as exc:  # a bug fails the run, never the loop
                 log.exception("run_error run_id=%s", run.id)
                 prepared = Outcome(
-                    run, "failed", run.digest.total_events, error=f"internal error: {exc!r}"
+                    run, RunStatus.FAILED, run.digest.total_events, error=f"internal error: {exc!r}"
                 )
             if isinstance(prepared, Outcome):
                 batch.decided.append(prepared)
@@ -524,7 +481,7 @@ class Worker:
                 batch.decided.append(result)
         batch.sending = []
 
-    def finish_batch(self, batch: _Batch, beat: _Heartbeat) -> None:
+    def finish_batch(self, batch: _Batch, beat: Heartbeat) -> None:
         """Wait for the batch's sends, record every outcome in one statement and give back
         the runs not sent; a failed try keeps the batch as it was, to be tried again."""
         self._settle(batch)
@@ -553,81 +510,7 @@ class Worker:
             return self.send(run, outgoing, count)
         except Exception as exc:  # a transport bug fails the run, never the loop
             log.exception("run_error run_id=%s", run.id)
-            return Outcome(run, "failed", count, error=f"internal error: {exc!r}")
-
-    def prepare(self, run: ClaimedRun) -> Outcome | OutgoingMessage:
-        """The message to send for `run` (its digest, to its recipient), or the outcome that
-        makes sending pointless."""
-        recipient, digest = run.recipient, run.digest
-        count = digest.total_events
-        if self.at_most_once and run.sending_attempt is not None:
-            # the previous attempt reached the send step and never recorded its outcome
-            return Outcome(
-                run,
-                "failed",
-                count,
-                error=f"unknown_outcome: attempt {run.sending_attempt} may have sent it",
-            )
-        if digest.is_empty:
-            return Outcome(run, "skipped", 0, error="no events")
-        if recipient is None:
-            return Outcome(run, "skipped", count, error="no recipient")
-        blocked = _blocked_reason(recipient)
-        if blocked:
-            return Outcome(
-                run,
-                "skipped",
-                count,
-                error=blocked,
-                delivery=Delivery(
-                    recipient.email, self.transport.name, "suppressed", reason=blocked
-                ),
-            )
-        try:
-            to_address = message.validate_email(recipient.email)
-        except message.HeaderError as exc:
-            return Outcome(run, "failed", count, error=f"invalid email address: {exc}")
-        token = unsubscribe.make_token(
-            self.key, recipient.recipient_id, recipient.subscription_version, run.frozen_at
-        )
-        unsubscribe_url = f"{self.settings.base_url}/u/{token}"
-        rendered = self.renderer.render(
-            recipient.recipient(to_address),
-            digest,
-            cadence=run.cadence,
-            period_start=run.period_start,
-            base_url=self.settings.base_url,
-            unsubscribe_url=unsubscribe_url,
-        )
-        message_id = message.make_message_id(run.id, self.domain)
-        idempotency_key = message.idempotency_key(run.id)
-        mailto = self.settings.unsubscribe_mailto
-        data = message.build_message(
-            from_name=self.settings.from_name,
-            from_address=self.settings.from_address,
-            to_name=recipient.name,
-            to_address=to_address,
-            subject=rendered.subject,
-            html=rendered.html,
-            text=rendered.text,
-            message_id=message_id,
-            idempotency_key=idempotency_key,
-            list_unsubscribe_url=unsubscribe_url,
-            list_unsubscribe_mailto=f"mailto:{mailto}?subject=unsubscribe-{token}"
-            if mailto
-            else None,
-            date=run.frozen_at,
-        )
-        return OutgoingMessage(
-            run_id=run.id,
-            attempt=run.attempt,
-            user_id=run.user_id,
-            to_address=to_address,
-            message_id=message_id,
-            idempotency_key=idempotency_key,
-            data=data,
-            html=rendered.html,
-        )
+            return Outcome(run, RunStatus.FAILED, count, error=f"internal error: {exc!r}")
 
     def send(self, run: ClaimedRun, outgoing: OutgoingMessage, event_count: int) -> Outcome | None:
         """Hand the message to the transport and classify what happened.
@@ -642,48 +525,19 @@ class Worker:
                 self.fatal = exc.reason
                 log.critical("transport_fatal transport=%s reason=%s", self.transport.name, exc)
                 return None
-            decision = retry.decide(
-                exc.kind,
-                exc.reason,
-                attempt=run.attempt,
+            return retry.after_failure(
+                run,
+                outgoing,
+                exc,
+                self.transport.name,
+                event_count,
                 max_attempts=self.settings.max_attempts,
                 base=self.settings.backoff_base_seconds,
                 cap=self.settings.backoff_max_seconds,
-                retry_after=exc.retry_after,
                 rand=self.rand,
                 at_most_once=self.at_most_once,
             )
-            delivery_status = {"pending": "deferred", "failed": "failed"}[decision.status]
-            if exc.kind == "unknown":
-                delivery_status = "unknown"
-            return Outcome(
-                run,
-                decision.status,
-                event_count,
-                message_id=outgoing.message_id,
-                error=decision.error,
-                retry_in=decision.retry_in,
-                delivery=Delivery(
-                    outgoing.to_address,
-                    self.transport.name,
-                    delivery_status,
-                    message_id=outgoing.message_id,
-                    reason=exc.reason,
-                ),
-            )
-        return Outcome(
-            run,
-            "sent",
-            event_count,
-            message_id=outgoing.message_id,
-            delivery=Delivery(
-                outgoing.to_address,
-                result.transport,
-                "sent",
-                message_id=outgoing.message_id,
-                provider_message_id=result.provider_message_id,
-            ),
-        )
+        return retry.after_success(run, outgoing, result, event_count)
 
     def _log(self, outcome: Outcome, landed: bool, duration_ms: float) -> None:
         status = outcome.status if landed else "lease_lost"
@@ -721,154 +575,4 @@ def _recorded(
 
 
 def _unknown(outcome: Outcome) -> bool:
-    return outcome.delivery is not None and outcome.delivery.status == "unknown"
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _blocked_reason(recipient: RecipientRow) -> str | None:
-    if recipient.unsubscribed_at is not None:
-        return "unsubscribed"
-    if recipient.cadence == "off":
-        return "cadence off"
-    if recipient.suppressed_reason is not None:
-        return f"suppressed: {recipient.suppressed_reason}"
-    return None
-
-
-# -- processes ----------------------------------------------------------------------------
-
-
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT: stop claiming, finish or release what is in flight, exit 0."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping on %s", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def work_in_process(
-    url: str, settings: Settings, transport_name: str, drain: bool
-) -> tuple[WorkerStats, str | None]:
-    """Run one worker in this process until stopped; returns its stats and any fatal error."""
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    # The database thread waits on the server between short bursts of Python; under the
-    # default 5 ms GIL switch interval each reply would wait for the rendering thread's slice
-    # to run out, and the next batch would not be loaded in time.
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    # No ping on every checkout: a connection the server dropped fails its statement, the
-    # pool is invalidated, and the loop's outage handling retries (see `Worker.run`).
-    engine = make_engine(url, pool_pre_ping=False)
-    try:
-        worker = Worker(engine, settings, transports.make(transport_name, settings), stop=stop)
-        # What exists now (modules, templates) lives as long as the process: keep it out of
-        # every later garbage collection, which otherwise walks it again and again.
-        gc.freeze()
-        stats = worker.run(drain=drain)
-        return stats, worker.fatal
-    finally:
-        engine.dispose()
-
-
-def _child(
-    url: str,
-    settings: Settings,
-    transport_name: str,
-    drain: bool,
-    log_level: int,
-    results: multiprocessing.queues.Queue[tuple[WorkerStats, str | None]],
-    cpu: int | None,
-) -> None:
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
-    if cpu is not None:
-        pin_to_cpu(cpu)
-    results.put(work_in_process(url, settings, transport_name, drain))
-
-
-def worker_cpus(processes: int) -> list[int]:
-    """The CPU for each of `processes` pinned workers: round robin over the CPUs this
-    process may run on. Linux only (`sched_setaffinity`)."""
-    if not hasattr(os, "sched_setaffinity"):
-        raise DigestError("--pin-cpus needs Linux (os.sched_setaffinity)")
-    cpus = sorted(os.sched_getaffinity(0))
-    return [cpus[i % len(cpus)] for i in range(processes)]
-
-
-def pin_to_cpu(cpu: int) -> None:
-    """Keep this process, all its threads, on one CPU: the renderer, its database thread
-    and their GIL hand-offs then share that core's caches instead of migrating."""
-    os.sched_setaffinity(0, {cpu})
-    log.info("worker process pinned to CPU %d", cpu)
-
-
-LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
-
-
-def work_processes(
-    url: str,
-    settings: Settings,
-    transport_name: str,
-    processes: int,
-    drain: bool,
-    *,
-    pin_cpus: bool = False,
-) -> tuple[WorkerStats, list[str]]:
-    """Run `processes` workers (1 = in this process), each pinned to a CPU of its own if
-    `pin_cpus`; returns summed stats and fatal errors."""
-    cpus: list[int | None] = list(worker_cpus(processes)) if pin_cpus else [None] * processes
-    if processes == 1:
-        if cpus[0] is not None:
-            pin_to_cpu(cpus[0])
-        stats, fatal = work_in_process(url, settings, transport_name, drain)
-        return stats, [fatal] if fatal else []
-    # spawn, not fork: a child must not inherit the parent's connections or threads
-    ctx = multiprocessing.get_context("spawn")
-    results: multiprocessing.queues.Queue[tuple[WorkerStats, str | None]] = ctx.Queue()
-    level = logging.getLogger().getEffectiveLevel()
-    children = [
-        ctx.Process(
-            target=_child,
-            args=(url, settings, transport_name, drain, level, results, cpus[i]),
-            name=f"digest-worker-{i}",
-        )
-        for i in range(processes)
-    ]
-    for child in children:
-        child.start()
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        collected: list[tuple[WorkerStats, str | None]] = []
-        # a child killed by a signal never reports: stop waiting once all have exited
-        while len(collected) < len(children):
-            try:
-                collected.append(results.get(timeout=0.5))
-            except queue.Empty:
-                if not any(child.is_alive() for child in children) and results.empty():
-                    break
-        total = WorkerStats()
-        errors: list[str] = []
-        for stats, fatal in collected:
-            for name in vars(total):
-                setattr(total, name, getattr(total, name) + getattr(stats, name))
-            if fatal:
-                errors.append(fatal)
-        for child in children:
-            child.join()
-            if child.exitcode not in (0, None):
-                errors.append(f"{child.name} exited with code {child.exitcode}")
-        return total, errors
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return outcome.delivery is not None and outcome.delivery.status == DeliveryStatus.UNKNOWN

@@ -10,7 +10,9 @@
 5-7. ingest (COPY and one event at a time), the scheduler over 1,000,000 recipients (on
      its default number of connections, and on one), and one user with 100,000 events in
      a fresh worker process (scripts/bench_scale.py);
-8.   a 50 ms transport at 16 threads.
+8.   a 50 ms transport at 16 threads;
+9.   CLI start-up: wall and CPU seconds of `digest --help` and `digest stats` in fresh
+     processes (the best of a few tries).
 
 All rows run against the same embedded PostgreSQL (its default, durable settings), each
 group on databases of their own recreated each time. Figures on a shared 2-core machine
@@ -25,6 +27,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -32,7 +35,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from rich.console import Console
@@ -45,13 +47,14 @@ sys.path.insert(0, str(ROOT))
 import bench_queues  # noqa: E402  (scripts/ is on sys.path when run as a script)
 import bench_scale  # noqa: E402
 
-from digest import content, migrate, unsubscribe  # noqa: E402
+from digest import content, migrate, recipients  # noqa: E402
+from digest.channels.email.null import NullTransport  # noqa: E402
+from digest.compose import Composer  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import embedded_url, make_engine  # noqa: E402
-from digest.render import Recipient, Renderer  # noqa: E402
+from digest.models import ClaimedRun, OutgoingMessage, SendResult  # noqa: E402
+from digest.render import Renderer  # noqa: E402
 from digest.scheduler import schedule_once  # noqa: E402
-from digest.transports.base import OutgoingMessage, SendResult  # noqa: E402
-from digest.transports.null import NullTransport  # noqa: E402
 from digest.worker import Worker  # noqa: E402
 
 DATABASE = "digest_bench"
@@ -217,6 +220,37 @@ def end_to_end(url: str, engine: Engine, processes: int, *, pinned: bool = False
     )
 
 
+@dataclass(frozen=True)
+class Startup:
+    """One command run in fresh processes: the best wall and CPU seconds of `tries`."""
+
+    command: str
+    wall: float
+    cpu: float
+    tries: int
+
+
+STARTUP_TRIES = 5
+
+
+def cli_startup(url: str, args: tuple[str, ...], tries: int = STARTUP_TRIES) -> Startup:
+    """`digest ARGS` in a fresh process `tries` times, as a shell runs it; each try's CPU is
+    the child's own (user + system, from the kernel's accounting of finished children)."""
+    command = [sys.executable, "-m", "digest", *args]
+    env = {**os.environ, "DIGEST_DATABASE_URL": url}
+    walls, cpus = [], []
+    for _ in range(tries):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        walls.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode:
+            raise SystemExit(f"digest {' '.join(args)} failed: {done.stderr.strip()}")
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return Startup(f"digest {' '.join(args)}", min(walls), min(cpus), tries)
+
+
 class SlowTransport(NullTransport):
     """A provider that takes `delay` seconds per message (network + API time)."""
 
@@ -257,67 +291,46 @@ def naive(url: str, engine: Engine, settings: Settings, limit: int) -> Row:
     return Row("naive way, 1 process", sent, time.perf_counter() - started, 1)
 
 
-def _render_slice(args: tuple[list[Any], Settings]) -> tuple[int, float, float]:
-    """Render and build the MIME message of each digest, no database; (count, seconds, CPU
-    seconds of this process)."""
-    items, settings = args
-    renderer = Renderer(settings.templates_dir)
+def _render_slice(args: tuple[list[ClaimedRun], Settings]) -> tuple[int, float, float]:
+    """Compose each run as the worker does (render and MIME bytes), no database; (count,
+    seconds, CPU seconds of this process)."""
+    runs, settings = args
+    composer = Composer(settings, Renderer(settings.templates_dir), "k", "null")
     gc.freeze()  # as `digest work` does once its templates are loaded
     started, cpu = time.perf_counter(), time.process_time()
-    for index, (recipient, digest, period_start) in enumerate(items, 1):
-        url = unsubscribe.unsubscribe_url(settings.base_url, "k", index, 0, period_start)
-        rendered = renderer.render(
-            recipient,
-            digest,
-            cadence="daily",
-            period_start=period_start,
-            base_url=settings.base_url,
-            unsubscribe_url=url,
-        )
-        _build(rendered, recipient, url)
-    return len(items), time.perf_counter() - started, time.process_time() - cpu
-
-
-def _build(rendered: Any, recipient: Recipient, unsubscribe_url: str) -> None:
-    from digest import message
-
-    message.build_message(
-        from_name="Digest",
-        from_address="digest@localhost",
-        to_name=recipient.name,
-        to_address=recipient.email,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
-        message_id="<x@localhost>",
-        idempotency_key="k",
-        list_unsubscribe_url=unsubscribe_url,
-        list_unsubscribe_mailto=None,
-        date=datetime.now(UTC),
-    )
+    for run in runs:
+        if not isinstance(composer.compose(run), OutgoingMessage):
+            raise SystemExit(f"bench run {run.id} composes no message")
+    return len(runs), time.perf_counter() - started, time.process_time() - cpu
 
 
 def render_only(engine: Engine, settings: Settings, processes: int, count: int) -> Row:
-    """The CPU ceiling: the same digests rendered in a tight loop, no database."""
+    """The CPU ceiling: the same digests composed in a tight loop, no database."""
     with engine.connect() as conn:
-        run_ids = list(
-            conn.execute(
-                text("SELECT id FROM digest_runs WHERE status = 'sent' ORDER BY id LIMIT :n"),
-                {"n": count},
-            ).scalars()
-        )
-        digests = content.load_contents(conn, run_ids, settings.group_cap)
         rows = conn.execute(
             text(
-                "SELECT r.id, c.user_id, c.email, c.name, c.cadence, c.timezone, c.locale, "
-                "r.period_start FROM digest_runs r JOIN recipients c USING (user_id) "
-                "WHERE r.id = ANY(:ids)"
+                "SELECT id, user_id, cadence, period_start, attempt, frozen_at FROM digest_runs"
+                " WHERE status = 'sent' ORDER BY id LIMIT :n"
             ),
-            {"ids": run_ids},
+            {"n": count},
         ).all()
-    items = [(Recipient(*row[1:7]), digests[row[0]], row[7]) for row in rows]
+        digests = content.load_contents(conn, [row.id for row in rows], settings.group_cap)
+        people = recipients.load_many(conn, [row.user_id for row in rows])
+    runs = [
+        ClaimedRun(
+            row.id,
+            row.user_id,
+            row.cadence,
+            row.period_start,
+            row.attempt,
+            row.frozen_at,
+            recipient=people[row.user_id],
+            digest=digests[row.id],
+        )
+        for row in rows
+    ]
     # fresh processes, as the end-to-end rows have
-    slices = [(items[i::processes], settings) for i in range(processes)]
+    slices = [(runs[i::processes], settings) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         results = pool.map(_render_slice, slices)
     return Row(
@@ -412,6 +425,7 @@ TARGETS = (
     ("scheduler, 1,000,000 recipients <= 20 s", "schedule_1m_seconds", 20.0, False),
     ("100,000-event user < 3 s", "heavy_user_seconds", 3.0, False),
     ("100,000-event user peak RSS < 200 MB", "heavy_user_peak_rss_mb", 200.0, False),
+    ("digest --help < 0.3 s of CPU", "startup_help_cpu_seconds", 0.3, False),
 )
 
 
@@ -470,6 +484,8 @@ def main() -> None:
                 {"n": sizes.slow_users},
             )
         slow = slow_transport(url, engine, settings, args.send_concurrency)
+    with console.status("CLI start-up"):
+        startups = [cli_startup(url, ("--help",)), cli_startup(url, ("stats",))]
     engine.dispose()
 
     scale_url = bench_queues.fresh_database(server, bench_scale.DATABASE)
@@ -534,6 +550,10 @@ def main() -> None:
         "heavy_user_events": heavy.events,
         "slow_transport_digests_per_s": slow.rate,
         "slow_transport_ideal_digests_per_s": args.send_concurrency / SLOW_SECONDS,
+        "startup_help_seconds": startups[0].wall,
+        "startup_help_cpu_seconds": startups[0].cpu,
+        "startup_stats_seconds": startups[1].wall,
+        "startup_stats_cpu_seconds": startups[1].cpu,
         "users": sizes.users,
         "events_per_user": args.events_per_user,
         "queue_jobs": sizes.queue_jobs,
@@ -592,7 +612,7 @@ def main() -> None:
             f"{1000 / q.noop.rate:.2f} ms of queue per job; "
             f"{q.noop.rate / e2e_1p:.1f}x our digests/s",
         )
-    section("5. ingest (digest.events), events/s")
+    section("5. ingest (digest.ingest), events/s")
     ingest_rows = (
         ("record_events, COPY, no event_key", ingest.copy),
         ("the same rows formatted once, bare COPY (the server's ceiling)", ingest.bare),
@@ -641,6 +661,15 @@ def main() -> None:
         f"{slow.rate:,.0f}/s",
         f"{slow.rate / ideal:.2f} of {args.send_concurrency} threads / 0.05 s = {ideal:,.0f}/s",
     )
+    section("9. CLI start-up, fresh processes")
+    for startup in startups:
+        table.add_row(
+            startup.command,
+            f"best of {startup.tries}",
+            f"{startup.wall:.2f}",
+            f"{startup.cpu:.2f} s CPU",
+            "wall and CPU seconds from start to exit",
+        )
     console.print(table)
 
     targets = Table(title="targets")

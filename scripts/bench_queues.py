@@ -36,11 +36,9 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from digest.claim import ClaimedRun
-from digest.content import RecipientRow
 from digest.db import libpq_url
-from digest.grouping import Event, build_digest
-from digest.transports.base import OutgoingMessage
+from digest.grouping import build_digest
+from digest.models import ClaimedRun, Event, OutgoingMessage, Recipient
 from digest.worker import Worker
 
 # procrastinate's concurrency and pgqueuer's settings, as described above.
@@ -122,7 +120,7 @@ def digest_job(ctx: JobContext, run_id: int) -> str:
             )
         return "skipped"
     worker = ctx.worker
-    prepared = worker.prepare(
+    prepared = worker.composer.compose(
         ClaimedRun(
             run_id,
             run.user_id,
@@ -130,7 +128,7 @@ def digest_job(ctx: JobContext, run_id: int) -> str:
             run.period_start,
             1,
             run.frozen_at,
-            recipient=RecipientRow(
+            recipient=Recipient(
                 run.user_id,
                 run.email,
                 run.name,

@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 from digest import scheduler  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import make_engine  # noqa: E402
-from digest.events import EVENT_COPY, record_event, record_events, validate_event  # noqa: E402
+from digest.ingest.events import record_event, record_events, validate_event  # noqa: E402
+from digest.ingest.store import EVENT_COPY  # noqa: E402
 
 DATABASE = "digest_bench_scale"
 EMPTY = "TRUNCATE recipients, digest_events, digest_runs, deliveries"
@@ -300,7 +301,7 @@ def _peak_rss_mb() -> float:
 
 def worker_main(url: str) -> None:
     """The child: one worker, null transport, drain, then its figures as one JSON line."""
-    from digest.transports.null import NullTransport
+    from digest.channels.email.null import NullTransport
     from digest.worker import Worker
 
     engine = make_engine(url)

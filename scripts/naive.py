@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, text
 
-from digest import message, unsubscribe
+from digest import unsubscribe
+from digest.channels.base import Transport
+from digest.channels.email import mime as message
 from digest.config import Settings
-from digest.grouping import Event, build_digest
-from digest.render import Recipient, Renderer
-from digest.transports.base import OutgoingMessage, Transport
+from digest.grouping import build_digest
+from digest.models import DigestRequest, Event, OutgoingMessage, Recipient
+from digest.render import Renderer
 
 RUN_CLAIM_ONE = text(
     """
@@ -75,12 +77,14 @@ def drain(
             run.period_start,
         )
         rendered = renderer.render_naive(
-            Recipient(*recipient[:6]),
-            digest,
-            cadence=run.cadence,
-            period_start=run.period_start,
-            base_url=settings.base_url,
-            unsubscribe_url=url,
+            DigestRequest(
+                Recipient(*recipient[:6]),
+                digest,
+                cadence=run.cadence,
+                period_start=run.period_start,
+                base_url=settings.base_url,
+                unsubscribe_url=url,
+            )
         )
         message_id = message.make_message_id(run.id, "localhost")
         mime = message.build_email_message(

@@ -122,3 +122,31 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
     yield eng
     eng.dispose()
+
+
+# Runs the command as the `digest` script does, then lists the top-level packages it loaded.
+_PROBE = """
+import sys
+from digest.cli import cli
+try:
+    cli.main(sys.argv[1:], prog_name="digest")
+except SystemExit:
+    pass
+print(" ".join(sorted({name.partition(".")[0] for name in sys.modules})))
+"""
+
+LoadedBy = Callable[..., set[str]]
+
+
+@pytest.fixture
+def loaded_by() -> LoadedBy:
+    """The top-level packages `digest ARGS` imports, run in a fresh interpreter."""
+
+    def run(*args: str) -> set[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return set(done.stdout.splitlines()[-1].split())
+
+    return run

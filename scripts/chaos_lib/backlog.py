@@ -17,7 +17,7 @@ from chaos_lib import sql
 from chaos_lib.records import Tally
 from chaos_lib.settings import Options
 from digest import migrate
-from digest.events import record_event
+from digest.ingest.events import record_event
 from digest.scheduler import schedule_once
 
 # Fewer due or in-flight runs than this during the faults: add users (a new backlog).

@@ -14,10 +14,10 @@ from aiosmtpd.controller import Controller
 from click.testing import Result
 from sqlalchemy import Engine, text
 
+from digest.channels.email.file import FileTransport
+from digest.channels.email.smtp import SmtpTransport
 from digest.config import Settings
 from digest.scheduler import schedule_once
-from digest.transports.file import FileTransport
-from digest.transports.smtp import SmtpTransport
 from digest.worker import Worker
 
 Invoke = Callable[..., Result]

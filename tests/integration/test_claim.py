@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from digest import claim, watchdog
-from digest.claim import ClaimedRun, Delivery, Outcome
+from digest.models import ClaimedRun, Delivery, DeliveryStatus, Outcome, RunStatus
 
 ADD_RUN = text(
     """
@@ -65,7 +65,11 @@ def expire_leases(engine: Engine) -> None:
 
 def sent(run: ClaimedRun) -> Outcome:
     return Outcome(
-        run, "sent", 1, message_id="<m>", delivery=Delivery("a@example.com", "null", "sent")
+        run,
+        RunStatus.SENT,
+        1,
+        message_id="<m>",
+        delivery=Delivery("a@example.com", "null", DeliveryStatus.SENT),
     )
 
 
@@ -189,7 +193,7 @@ def test_retry_outcome_reschedules_with_backoff(engine: Engine) -> None:
     """A transient failure puts the run back to pending, due after the backoff."""
     run_id = add_run(engine, "u")
     [run] = claim_as(engine, "w")
-    outcome = Outcome(run, "pending", 1, error="transient: 451", retry_in=120.0)
+    outcome = Outcome(run, RunStatus.PENDING, 1, error="transient: 451", retry_in=120.0)
     with engine.connect() as conn:
         assert claim.finish_batch(conn, "w", [outcome]) == {run_id}
         delay = conn.execute(
@@ -315,11 +319,11 @@ def test_a_retry_later_recorded_again_counts_as_landed(engine: Engine) -> None:
     [run] = claim_as(engine, "w")
     later = Outcome(
         run,
-        "pending",
+        RunStatus.PENDING,
         1,
         error="transient: 451 try again",
         retry_in=60,
-        delivery=Delivery("a@example.com", "null", "deferred", reason="451 try again"),
+        delivery=Delivery("a@example.com", "null", DeliveryStatus.DEFERRED, reason="451 try again"),
     )
     with engine.connect() as conn:
         assert claim.finish_batch(conn, "w", [later]) == {run_id}
@@ -336,7 +340,7 @@ def test_a_watchdog_reset_is_not_taken_for_our_retry_later(engine: Engine) -> No
     expire_leases(engine)
     with engine.connect() as conn:
         watchdog.reset_expired_once(conn, max_attempts=3)
-        late = Outcome(run, "pending", 1, error="transient: 451 try again", retry_in=60)
+        late = Outcome(run, RunStatus.PENDING, 1, error="transient: 451 try again", retry_in=60)
         assert claim.finish_batch(conn, "w", [late]) == set()
     row = run_row(engine, run_id)
     assert (row.status, row.last_error.startswith("lease expired")) == ("pending", True)
@@ -350,6 +354,6 @@ def test_an_outcome_the_watchdog_wrote_is_not_taken_for_ours(engine: Engine) -> 
     expire_leases(engine)
     with engine.connect() as conn:
         watchdog.reset_expired_once(conn, max_attempts=1)
-        late = Outcome(run, "failed", 1, error="permanent: 550 no such user")
+        late = Outcome(run, RunStatus.FAILED, 1, error="permanent: 550 no such user")
         assert claim.finish_batch(conn, "w", [late]) == set()
     assert run_row(engine, run_id).last_error.startswith("lease expired")

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from digest import migrate
 
 Invoke = Callable[..., Result]
+LoadedBy = Callable[..., set[str]]  # the conftest fixture
 
 
 @pytest.fixture
@@ -127,3 +128,12 @@ def test_errors_are_one_line_with_non_zero_exit(
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_stats_imports_only_what_it_uses(db_url: str, loaded_by: LoadedBy) -> None:
+    """`digest stats` in a fresh process loads the database and rich, nothing of migrations,
+    rendering, SES or the web server."""
+    unused = {"alembic", "boto3", "botocore", "chevron", "premailer", "starlette", "uvicorn"}
+    loaded = loaded_by("--database-url", db_url, "stats")
+    assert {"sqlalchemy", "psycopg", "rich"} <= loaded
+    assert loaded & unused == set()

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from digest.content import load_contents, load_unsent_content
-from digest.grouping import Event, build_digest
+from digest.grouping import build_digest
+from digest.models import Event
 
 INSERT_EVENT = text(
     """

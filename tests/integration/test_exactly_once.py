@@ -219,8 +219,9 @@ SLOW_WORKER = """
 import sys, threading, time
 from digest.config import Settings
 from digest.db import make_engine
-from digest.transports.file import FileTransport
-from digest.worker import Worker, install_stop_handlers
+from digest.channels.email.file import FileTransport
+from digest.cli.work import install_stop_handlers
+from digest.worker import Worker
 
 class Slow(FileTransport):
     def send(self, message):

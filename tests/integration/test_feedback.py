@@ -24,11 +24,12 @@ from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 
 from digest import suppressions
+from digest.channels.email.file import FileTransport
 from digest.config import Settings
-from digest.feedback import ingest, ses_webhook_route
+from digest.feedback.apply import ingest
+from digest.feedback.sns import canonical_string
+from digest.feedback.webhook import ses_webhook_route
 from digest.scheduler import schedule_once
-from digest.sns import canonical_string
-from digest.transports.file import FileTransport
 from digest.worker import Worker
 
 Invoke = Callable[..., Result]

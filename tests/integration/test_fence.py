@@ -16,10 +16,11 @@ from click.testing import Result
 from sqlalchemy import Engine, text
 
 from digest import claim, retry, watchdog
-from digest.claim import ClaimedRun
+from digest.channels.email.file import FileTransport
 from digest.config import Settings
-from digest.transports.file import FileTransport
-from digest.worker import Worker, _Heartbeat
+from digest.heartbeat import Heartbeat as _Heartbeat
+from digest.models import ClaimedRun
+from digest.worker import Worker
 
 Invoke = Callable[..., Result]
 

@@ -42,10 +42,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
-from digest import recipients as recipients_module
-from digest.events import UTF8_BOM
-from digest.message import validate_email
-from digest.recipients import BATCH_ROWS, WEEKDAYS
+from digest.channels.email.mime import validate_email
+from digest.ingest import recipients as recipients_module
+from digest.ingest.lines import UTF8_BOM
+from digest.ingest.recipients import BATCH_ROWS, WEEKDAYS
 
 Invoke = Callable[..., Result]
 

@@ -34,10 +34,11 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, text
 
 from digest.config import Settings
-from digest.feedback import FeedbackError, ingest
-from digest.sns import canonical_string
+from digest.feedback.apply import ingest
+from digest.feedback.ses import FeedbackError
+from digest.feedback.sns import canonical_string
 from digest.unsubscribe import make_legacy_token
-from digest.web import create_app
+from digest.web.app import create_app
 
 Invoke = Callable[..., Result]
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from digest.errors import ValidationError
-from digest.events import CHUNK_ROWS, EventIn, record_event, record_events, validate_event
+from digest.ingest.events import EventIn, record_event, record_events, validate_event
+from digest.ingest.store import CHUNK_ROWS
 
 NASTY = '<script>alert("x")</script> & \'quotes\' "double" <b>bold</b>'
 

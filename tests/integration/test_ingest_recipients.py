@@ -12,7 +12,8 @@ import pytest
 from click.testing import Result
 from sqlalchemy import Engine, text
 
-from digest.recipients import BATCH_ROWS, get_recipient, upsert_recipients
+from digest.ingest.recipients import BATCH_ROWS, upsert_recipients
+from digest.recipients import get_recipient
 
 Invoke = Callable[..., Result]
 

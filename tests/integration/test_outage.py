@@ -24,12 +24,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from digest import claim, migrate, watchdog
+from digest import claim, heartbeat, migrate, watchdog
 from digest import worker as worker_module
 from digest.config import Settings
 from digest.db import _embedded, embedded_url, libpq_url, make_engine, stop_embedded
+from digest.models import ClaimedRun, OutgoingMessage, SendResult
 from digest.scheduler import schedule_once
-from digest.transports.base import OutgoingMessage, SendResult
 from digest.worker import Worker, WorkerStats
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -352,7 +352,7 @@ def test_runs_of_a_claim_whose_reply_was_lost_are_given_back(
     real = claim.claim_batch
     lost = False
 
-    def reply_lost(*args: Any, **kwargs: Any) -> list[claim.ClaimedRun]:
+    def reply_lost(*args: Any, **kwargs: Any) -> list[ClaimedRun]:
         nonlocal lost
         runs = real(*args, **kwargs)
         if runs and not lost:
@@ -425,7 +425,7 @@ def test_a_missed_heartbeat_is_retried_soon(engine: Engine, relay: Relay) -> Non
     lease = 15  # beats every 5 s; a missed one is retried after 2 s
     with engine.begin() as conn:
         (run,) = claim.claim_batch(conn, "me", 1, lease, 50)
-    beat = worker_module._Heartbeat(make_engine(relay.url, pool_pre_ping=False), "me", lease)
+    beat = heartbeat.Heartbeat(make_engine(relay.url, pool_pre_ping=False), "me", lease)
     beat.add([(run.id, run.attempt)])
 
     def expiry() -> datetime:
@@ -443,7 +443,7 @@ def test_a_missed_heartbeat_is_retried_soon(engine: Engine, relay: Relay) -> Non
         time.sleep(lease / 3 + 0.5)  # the first beat has been missed
         assert expiry() == first
         relay.restore()
-        time.sleep(worker_module.MISSED_BEAT_RETRY_SECONDS + 1)  # well before the next beat
+        time.sleep(heartbeat.MISSED_BEAT_RETRY_SECONDS + 1)  # well before the next beat
         assert expiry() > first
     finally:
         beat.stop.set()

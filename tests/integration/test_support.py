@@ -12,7 +12,8 @@ from click.testing import Result
 from sqlalchemy import Engine, text
 
 from digest.errors import ValidationError
-from digest.support import RecipientFacts, UserFacts, explain, parse_since
+from digest.recipients import RecipientFacts
+from digest.support import UserFacts, explain, parse_since
 
 Invoke = Callable[..., Result]
 

@@ -12,10 +12,10 @@ from click.testing import Result
 from sqlalchemy import Engine, text
 
 from digest import suppressions
+from digest.channels.email.file import FileTransport
 from digest.config import Settings
 from digest.errors import ValidationError
 from digest.scheduler import schedule_once
-from digest.transports.file import FileTransport
 from digest.worker import Worker
 
 Invoke = Callable[..., Result]

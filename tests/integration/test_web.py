@@ -26,14 +26,14 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
 from digest import watchdog
+from digest.channels.email.file import FileTransport
 from digest.cli import cli
 from digest.config import Settings
 from digest.db import make_engine
 from digest.errors import DigestError
 from digest.scheduler import schedule_once
-from digest.transports.file import FileTransport
 from digest.unsubscribe import MAX_AGE_DAYS, make_legacy_token, make_token
-from digest.web import SECRET_MISSING, create_app
+from digest.web.app import SECRET_MISSING, create_app
 from digest.worker import Worker
 
 SECRET = "test-secret"
@@ -400,10 +400,10 @@ def test_changes_are_logged_without_the_token(
     """One log line per change with user id and action; the token is never logged."""
     add_user(engine, "ana")
     token = token_for(engine, "ana")
-    with caplog.at_level(logging.INFO, logger="digest.web"):
+    with caplog.at_level(logging.INFO, logger="digest.web.preferences"):
         site.one_click(token)
         site.request("POST", f"/u/{token}", "cadence=weekly", URLENCODED)
-    lines = [r.getMessage() for r in caplog.records if r.name == "digest.web"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "digest.web.preferences"]
     assert lines == [
         "preferences_changed user_id=ana action=unsubscribe changed=True",
         "preferences_changed user_id=ana action=weekly changed=True",

@@ -8,6 +8,7 @@ import email.policy
 import logging
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -21,11 +22,13 @@ import pytest
 from sqlalchemy import Engine, text
 
 from digest import watchdog
+from digest.channels.base import SendError
+from digest.channels.email.file import FileTransport
+from digest.cli.work import worker_cpus
 from digest.config import Settings
+from digest.models import OutgoingMessage, SendResult
 from digest.scheduler import schedule_once
-from digest.transports.base import OutgoingMessage, SendError, SendResult
-from digest.transports.file import FileTransport
-from digest.worker import Worker, worker_cpus
+from digest.worker import Worker
 
 RunDigest = Callable[..., subprocess.CompletedProcess[str]]  # the conftest fixture
 
@@ -414,7 +417,7 @@ def crash_after_send(engine: Engine, tmp_path: Path, **settings: Any) -> Scripte
     """A worker sends its batch and dies before recording it; its lease then runs out."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from digest.worker import _Heartbeat
+    from digest.heartbeat import Heartbeat as _Heartbeat
 
     transport = ScriptedTransport({})
     doomed = make_worker(engine, tmp_path, transport, **settings)
@@ -556,7 +559,7 @@ def test_a_batch_is_claimed_with_its_digests_in_one_autocommit_statement(
     statements that are atomic on their own."""
     from sqlalchemy import event
 
-    from digest.worker import _Heartbeat
+    from digest.heartbeat import Heartbeat as _Heartbeat
 
     for user in ("a", "b", "c"):
         add_user(engine, user)
@@ -632,17 +635,17 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
 ) -> None:
     """While the database restarts every beat fails: a warning line each, no traceback."""
     from digest.db import make_engine
-    from digest.worker import _Heartbeat
+    from digest.heartbeat import Heartbeat as _Heartbeat
 
     beat = _Heartbeat(make_engine("postgresql://nobody@127.0.0.1:1/none"), "me", 1.5)
     beat.add([(1, 1), (2, 1)])
     beater = threading.Thread(target=beat.run)
-    with caplog.at_level(logging.WARNING, logger="digest.worker"):
+    with caplog.at_level(logging.WARNING, logger="digest.heartbeat"):
         beater.start()
         time.sleep(0.8)  # one beat: every max(lease / 3, 0.5) s
         beat.stop.set()
         beater.join()
-    records = [r for r in caplog.records if r.name == "digest.worker"]
+    records = [r for r in caplog.records if r.name == "digest.heartbeat"]
     assert records
     assert all(r.getMessage().startswith("heartbeat_missed runs=2") for r in records)
     assert all(r.exc_info is None for r in records)
@@ -669,7 +672,7 @@ def test_pin_cpus_gives_each_worker_process_its_cpu(
     assert done.returncode == 0, done.stderr
     assert "sent 3," in done.stderr
     pinned = re.findall(
-        r" (\d+) INFO digest\.worker worker process pinned to CPU (\d+)", done.stderr
+        r" (\d+) INFO digest\.cli\.work worker process pinned to CPU (\d+)", done.stderr
     )
     assert len({pid for pid, _ in pinned}) == 2, done.stderr
     assert sorted(int(cpu) for _, cpu in pinned) == sorted(worker_cpus(2))
@@ -681,3 +684,29 @@ def test_worker_cpus_go_round_robin_over_the_allowed_cpus(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 2}, raising=False)
     monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: None, raising=False)
     assert worker_cpus(3) == [2, 5, 2]
+
+
+def test_a_worker_process_restores_the_signal_handlers_it_found(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    """`digest work`'s SIGTERM/SIGINT handlers live only as long as the worker: on return the
+    handlers the process had before are back."""
+    from digest.cli.work import work_in_process
+
+    add_user(engine, "sig")
+    add_events(engine, "sig", 2)
+    schedule(engine)
+
+    def before(signum: int, frame: object) -> None:
+        raise AssertionError("not expected to run")
+
+    previous = {sig: signal.signal(sig, before) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        settings = Settings(outbox=tmp_path / "outbox", secret_key="test-secret")
+        stats, fatal = work_in_process(db_url, settings, "file", drain=True)
+        assert (stats.sent, fatal) == (1, None)
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

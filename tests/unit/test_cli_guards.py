@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from digest import transports
-from digest.cli import UserError
+from digest import channels as transports
+from digest.cli.app import UserError
 from digest.config import Settings
 from digest.db import hide_password, libpq_url, scrub_secrets, sqlalchemy_url
 from digest.errors import DigestError, ValidationError

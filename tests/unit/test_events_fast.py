@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest import events
 from digest.errors import ValidationError
-from digest.events import validate_event
+from digest.ingest import events
+from digest.ingest.events import validate_event
 
 BASE: dict[str, Any] = {"user_id": "u1", "category": "comment", "entity_type": "post"}
 REFERENCE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))

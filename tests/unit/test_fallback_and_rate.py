@@ -6,9 +6,10 @@ import threading
 
 import pytest
 
-from digest.ratelimit import TokenBucket
-from digest.transports.base import OutgoingMessage, SendError, SendResult
-from digest.transports.fallback import FallbackTransport
+from digest.channels.base import SendError
+from digest.channels.fallback import FallbackTransport
+from digest.channels.ratelimit import TokenBucket
+from digest.models import OutgoingMessage, SendResult
 
 
 class Clock:

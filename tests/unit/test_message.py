@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from digest.message import (
+from digest.channels.email.mime import (
     SUBJECT_LIMIT,
     HeaderError,
     build_email_message,
@@ -24,7 +24,7 @@ from digest.message import (
     make_message_id,
     validate_email,
 )
-from digest.render import clean_text
+from digest.render.text import clean_text
 
 TOKEN = "NDI.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ" * 2
 DATE = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
@@ -399,7 +399,7 @@ def test_list_unsubscribe_is_folded_as_the_stdlib_folds_it(
     url_path: str, mailto: str | None
 ) -> None:
     """The hand-written List-Unsubscribe line is byte for byte what the stdlib writes."""
-    from digest.message import POLICY, _header
+    from digest.channels.email.mime import POLICY, _header
 
     value = f"<https://app.example.com/u/{url_path}x>"
     if mailto is not None:

@@ -1,4 +1,4 @@
-"""digest.mustache renders exactly what chevron renders, quirks and fallbacks included."""
+"""digest.render.mustache renders exactly what chevron renders, quirks and fallbacks included."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from chevron.tokenizer import ChevronError, tokenize
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from digest.mustache import Template
+from digest.render.mustache import Template
 
 
 def compiled(source: str) -> Template:

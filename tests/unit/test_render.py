@@ -16,17 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest.errors import DigestError
-from digest.grouping import DigestContent, Group
-from digest.render import (
-    CompiledTemplate,
-    Recipient,
-    RenderedDigest,
-    Renderer,
-    actor_phrase,
-    clean_text,
-    digest_context,
-    safe_url,
-)
+from digest.models import DigestContent, DigestRequest, Group, Recipient, RenderedDigest
+from digest.render import Renderer
+from digest.render.templates import CompiledTemplate
+from digest.render.text import clean_text, safe_url
+from digest.render.view import actor_phrase, digest_context
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 RENDERER = Renderer(TEMPLATES)
@@ -104,13 +98,13 @@ def many(n: int) -> DigestContent:
 def render(c: DigestContent, **overrides: Any) -> RenderedDigest:
     """Render `c` for the default recipient."""
     recipient = overrides.pop("recipient", RECIPIENT)
-    return RENDERER.render(recipient, c, **{**KW, **overrides})
+    return RENDERER.render(DigestRequest(recipient, c, **{**KW, **overrides}))
 
 
 def context(c: DigestContent, **overrides: Any) -> dict[str, Any]:
     """The view model of `c` for the default recipient."""
     recipient = overrides.pop("recipient", RECIPIENT)
-    return digest_context(recipient, c, **{**KW, **overrides})
+    return digest_context(DigestRequest(recipient, c, **{**KW, **overrides}))
 
 
 class _Events(HTMLParser):
@@ -518,8 +512,8 @@ def test_pre_inlined_render_equals_inlining_after_render(name: str) -> None:
     """Inlining the template once gives byte-for-byte what inlining every email gives."""
     c = EQUALITY_CASES[name]
     cadence = "weekly" if name == "weekly" else "daily"
-    fast = RENDERER.render(RECIPIENT, c, **{**KW, "cadence": cadence})
-    naive = RENDERER.render_naive(RECIPIENT, c, **{**KW, "cadence": cadence})
+    fast = RENDERER.render(DigestRequest(RECIPIENT, c, **{**KW, "cadence": cadence}))
+    naive = RENDERER.render_naive(DigestRequest(RECIPIENT, c, **{**KW, "cadence": cadence}))
     assert fast == naive
 
 
@@ -533,8 +527,8 @@ def test_pre_inlined_render_equals_naive_for_hostile_text() -> None:
         more=3,
     )
     recipient = Recipient("u1", "a@example.com", HOSTILE, "daily", "UTC", "en")
-    fast = RENDERER.render(recipient, hostile, **KW)
-    naive = RENDERER.render_naive(recipient, hostile, **KW)
+    fast = RENDERER.render(DigestRequest(recipient, hostile, **KW))
+    naive = RENDERER.render_naive(DigestRequest(recipient, hostile, **KW))
     assert (fast.subject, fast.text) == (naive.subject, naive.text)
     assert parse(fast.html).events == parse(naive.html).events
 
@@ -558,12 +552,14 @@ def assert_compiled_equal_chevron(ctx: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", list(EQUALITY_CASES))
 def test_compiled_templates_equal_plain_chevron(name: str) -> None:
     """The compiled HTML, text and subject templates render exactly what chevron renders."""
-    assert_compiled_equal_chevron(RENDERER.context(RECIPIENT, EQUALITY_CASES[name], **KW))
+    assert_compiled_equal_chevron(
+        RENDERER.context(DigestRequest(RECIPIENT, EQUALITY_CASES[name], **KW))
+    )
 
 
 def test_compiled_templates_equal_plain_chevron_for_odd_view_models() -> None:
     """Non-boolean flags, missing keys and falsy groups render as chevron renders them too."""
-    ctx = RENDERER.context(RECIPIENT, many(12), **KW)
+    ctx = RENDERER.context(DigestRequest(RECIPIENT, many(12), **KW))
     groups = ctx["groups"]
     odd = [{**groups[0], "is_comment": "yes", "has_url": 1}, {}, {"is_like": [{"title": "x"}]}]
     assert_compiled_equal_chevron({**ctx, "groups": [*odd, *groups[1:]]})
@@ -579,7 +575,7 @@ def test_loop_not_at_top_level_renders_whole() -> None:
         chevron.tokenizer.tokenize("{{#has_groups}}{{#groups}}{{title}}{{/groups}}{{/has_groups}}")
     )
     compiled = CompiledTemplate.compile(tokens)
-    ctx = RENDERER.context(RECIPIENT, many(3), **KW)
+    ctx = RENDERER.context(DigestRequest(RECIPIENT, many(3), **KW))
     assert compiled.parts(ctx) is None
     assert compiled.render(ctx) == "".join(g["title"] for g in ctx["groups"])
 
@@ -648,7 +644,7 @@ def test_render_never_crashes_and_always_escapes(
     """Any text in any payload field renders, and the HTML structure is the template's."""
     recipient = Recipient("u1", "a@example.com", name, "daily", "UTC", "en")
     c = content(*groups, more=more)
-    result = RENDERER.render(recipient, c, **KW)
+    result = RENDERER.render(DigestRequest(recipient, c, **KW))
     parsed = parse(result.html)
     tags = {e[1] for e in parsed.events if e[0] in ("start", "end")}
     assert tags <= _TEMPLATE_TAGS
@@ -657,7 +653,7 @@ def test_render_never_crashes_and_always_escapes(
             assert all(not a.lower().startswith("on") for a in event[2:])
     assert all(url.startswith(("https://", "http://")) for url in links(result.html))
     text = "".join(parsed.text)
-    ctx = RENDERER.context(recipient, c, **KW)
+    ctx = RENDERER.context(DigestRequest(recipient, c, **KW))
     for g in ctx["groups"]:
         for key in shown(g):
             assert g[key] in text  # escaped in the HTML source, decoded back exactly
@@ -673,8 +669,8 @@ def test_render_equals_naive_for_any_text(groups: list[Group], name: str | None)
     """Pre-inlined and per-email inlining give the same document for arbitrary user text."""
     recipient = Recipient("u1", "a@example.com", name, "daily", "UTC", "en")
     c = content(*groups)
-    fast = RENDERER.render(recipient, c, **KW)
-    naive = RENDERER.render_naive(recipient, c, **KW)
+    fast = RENDERER.render(DigestRequest(recipient, c, **KW))
+    naive = RENDERER.render_naive(DigestRequest(recipient, c, **KW))
     assert (fast.subject, fast.text) == (naive.subject, naive.text)
     assert parse(fast.html).events == parse(naive.html).events
 
@@ -688,7 +684,9 @@ def test_compiled_templates_equal_chevron_for_any_text(
 ) -> None:
     """For any view model the renderer builds, every compiled template gives chevron's bytes."""
     recipient = Recipient("u1", "a@example.com", name, "daily", "UTC", "en")
-    assert_compiled_equal_chevron(RENDERER.context(recipient, content(*groups, more=more), **KW))
+    assert_compiled_equal_chevron(
+        RENDERER.context(DigestRequest(recipient, content(*groups, more=more), **KW))
+    )
 
 
 # --- loading -----------------------------------------------------------------------------

@@ -31,10 +31,16 @@ from moto import mock_aws
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 
+from digest.channels.base import SendError
+from digest.channels.email.mime import build_message, idempotency_key, make_message_id
+from digest.channels.email.ses import (
+    SesTransport,
+    classify_botocore_error,
+    make_client,
+    retry_after,
+)
 from digest.config import Settings
-from digest.message import build_message, idempotency_key, make_message_id
-from digest.transports.base import OutgoingMessage, SendError, SendResult
-from digest.transports.ses import SesTransport, classify_botocore_error, make_client, retry_after
+from digest.models import OutgoingMessage, SendResult
 
 REGION = "eu-west-1"
 SENDER = "digest@example.com"
@@ -413,7 +419,7 @@ def test_stopped_account_is_logged_critical_with_code(
 ) -> None:
     """Sending paused or suspended is shouted at CRITICAL with the AWS code, not buried."""
     fake_ses.reply = error(400, code, "Your account's ability to send is paused.")
-    with caplog.at_level(logging.CRITICAL, logger="digest.transports.ses"):
+    with caplog.at_level(logging.CRITICAL, logger="digest.channels.email.ses"):
         failure = send_error(transport)
     assert failure.kind == "fatal"
     assert "paused" in failure.reason
@@ -451,7 +457,7 @@ def test_missing_credentials_are_fatal_and_nothing_is_sent(
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     ses = SesTransport(settings(ses_endpoint_url=fake_ses.url))
-    with caplog.at_level(logging.CRITICAL, logger="digest.transports.ses"):
+    with caplog.at_level(logging.CRITICAL, logger="digest.channels.email.ses"):
         failure = send_error(ses)
     ses.close()
     assert failure.kind == "fatal"

@@ -28,12 +28,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from digest import transports
+from digest import channels as transports
+from digest.channels.base import SendError
+from digest.channels.email.mime import (
+    build_message,
+    idempotency_key,
+    make_message_id,
+    validate_email,
+)
+from digest.channels.email.smtp import SmtpTransport
+from digest.channels.fallback import FallbackTransport
 from digest.config import Settings
-from digest.message import build_message, idempotency_key, make_message_id, validate_email
-from digest.transports.base import OutgoingMessage, SendError
-from digest.transports.fallback import FallbackTransport
-from digest.transports.smtp import SmtpTransport
+from digest.models import OutgoingMessage
 
 SENDER = "digest@example.com"
 DATE = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)

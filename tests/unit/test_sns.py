@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from digest.sns import SnsError, canonical_string, is_sns_url, verify
+from digest.feedback.sns import SnsError, canonical_string, is_sns_url, verify
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:digest-ses-feedback"
 CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem"

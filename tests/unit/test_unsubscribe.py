@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from digest.events import MAX_TEXT
+from digest.ingest.fields import MAX_TEXT
 from digest.unsubscribe import (
     MAX_AGE_DAYS,
     MAX_TOKEN_LENGTH,

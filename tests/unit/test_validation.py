@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from digest.events import EventIn, read_jsonl, validate_event
-from digest.recipients import read_csv, validate_recipient
+from digest.ingest.events import EventIn, validate_event
+from digest.ingest.lines import read_jsonl
+from digest.ingest.recipients import read_csv, validate_recipient
 
 BASE: dict[str, Any] = {
     "user_id": "u1",

@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from email.policy import SMTP, Policy
 from email.utils import format_datetime
 
-from digest.render import clean_text
+from digest.render.text import clean_text
 
 SUBJECT_LIMIT = 200
 NAME_LIMIT = 100
@@ -114,8 +114,8 @@ def build_message(
     address must pass `validate_email`.
 
     Written directly rather than through `EmailMessage` (see `build_email_message`, the
-    reference), which spent ~1.6 ms per digest, most of the worker's CPU, encoding bodies
-    in pure Python and re-parsing every header it had just been given. Headers that fit
+    reference), which encodes bodies in pure Python and re-parses every header it was just
+    given: most of the worker's CPU (docs/performance.md). Headers that fit
     one ASCII line are written as they are; anything else (non-ASCII names and subjects,
     long lines) is folded by the stdlib's header classes. Bodies are quoted-printable from
     `binascii`. tests/unit/test_message.py holds the two equal as a mail client reads them.
@@ -134,10 +134,10 @@ def build_message(
             head.encode("ascii"),
             delimiter,
             _PART_HEADERS["plain"],
-            _quoted_printable(text),
+            quoted_printable(text),
             delimiter,
             _PART_HEADERS["html"],
-            _quoted_printable(html),
+            quoted_printable(html),
             f"\r\n--{boundary}--\r\n".encode(),
         )
     )
@@ -253,7 +253,7 @@ def _header(name: str, value: str | Address) -> str:
             return line
     if name == "List-Unsubscribe" and isinstance(plain, str) and plain.isascii():
         # Its <URI>s hold no whitespace or commas (checked by `_uri`), so nothing to fold at
-        # but the ", " between them: as the stdlib folds it, without its parsing (27 µs).
+        # but the ", " between them: as the stdlib folds it, without its parsing.
         return f"{name}: " + ",\r\n ".join(plain.split(", ")) + "\r\n"
     if name == "Subject" and isinstance(value, str):
         # also a long ASCII subject: the stdlib folds one that starts with a long word
@@ -271,8 +271,8 @@ def _encoded_words(name: str, value: str) -> str:
     """`Name: =?utf-8?b?...?=`, one encoded-word per line, every character (spaces too)
     inside a word so that no reader can drop one, and no character's bytes split.
 
-    Most subjects are non-ASCII (curly quotes, names); `email.header.Header` spent ~0.6 ms
-    per subject choosing between Q and B encodings, more than rendering the whole digest.
+    Most subjects are non-ASCII (curly quotes, names), and `email.header.Header` choosing
+    between Q and B encodings cost more than rendering the digest (docs/performance.md).
     """
     data = value.encode()
     words = []
@@ -286,7 +286,7 @@ def _encoded_words(name: str, value: str) -> str:
     return f"{name}: " + "\r\n ".join(words) + "\r\n"
 
 
-def _quoted_printable(body: str) -> bytes:
+def quoted_printable(body: str) -> bytes:
     """`body` as UTF-8 quoted-printable with CRLF line ends, ending with a line break."""
     lines = body.replace("\r\n", "\n").replace("\r", "\n")
     if not lines.endswith("\n"):

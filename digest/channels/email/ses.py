@@ -28,8 +28,9 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from digest.channels.base import SendError
 from digest.config import Settings
-from digest.transports.base import OutgoingMessage, SendError, SendResult
+from digest.models import OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
 

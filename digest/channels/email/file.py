@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from digest.transports.base import OutgoingMessage, SendError, SendResult
+from digest.channels.base import SendError
+from digest.models import OutgoingMessage, SendResult
 
 
 class FileTransport:

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 import click
-from sqlalchemy.exc import DataError, IntegrityError
 
 from digest import untrusted
-from digest.cli_data import AppContext
+from digest.cli.app import App
 from digest.errors import DigestError, ValidationError
-from digest.events import BAD_LINES_SHOWN, UTF8_BOM
-from digest.feedback import MAX_BODY_BYTES, FeedbackError, ingest, parse_event, unwrap
+from digest.feedback.ses import MAX_BODY_BYTES, FeedbackError, parse_event, unwrap
+from digest.ingest.lines import BAD_LINES_SHOWN, UTF8_BOM
 
 # One document is at most what one SNS message can carry.
 MAX_DOCUMENT_BYTES = MAX_BODY_BYTES
@@ -38,7 +37,7 @@ def feedback() -> None:
     help="Transient bounces in a row that suppress an address (DIGEST_TRANSIENT_BOUNCE_LIMIT; 3).",
 )
 @click.pass_obj
-def feedback_ingest(app: AppContext, source: IO[bytes], transient_limit: int | None) -> None:
+def feedback_ingest(app: App, source: IO[bytes], transient_limit: int | None) -> None:
     """Apply SES events from FILE (or - for stdin): one JSON document, or JSON Lines.
 
     Each document is an SNS Notification envelope or a bare SES event, at most 256 KB,
@@ -49,6 +48,10 @@ def feedback_ingest(app: AppContext, source: IO[bytes], transient_limit: int | N
     line, or one the database refuses, fails the command naming it (FILE:LINE: reason) and
     nothing is applied. Ingesting the same envelopes again changes nothing.
     """
+    from sqlalchemy.exc import DataError, IntegrityError
+
+    from digest.feedback.apply import ingest
+
     name = getattr(source, "name", None)
     name = name if isinstance(name, str) else "<stdin>"
     documents = parse_documents(source.read(), name)

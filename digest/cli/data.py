@@ -1,7 +1,6 @@
 """`digest recipients ...` and `digest events ...`: getting people and events into the database.
 
-The main `digest` group registers these two groups; it puts an object with `settings` and
-`engine()` on the click context and turns a DigestError into `digest: error: ...`, exit 1.
+The database, rich and the import code load when a command runs, not for `digest --help`.
 """
 
 from __future__ import annotations
@@ -12,26 +11,21 @@ import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import ExitStack, closing, contextmanager
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from sqlalchemy import Engine
 
 from digest import untrusted
-from digest.config import Settings
+from digest.cli.app import App
 from digest.errors import DigestError
-from digest.events import MAX_PAYLOAD_BYTES, BadLine, import_events, record_event
-from digest.recipients import Format, get_recipient, import_recipients, set_recipient
-from digest.schema import CADENCES
+from digest.ingest.fields import MAX_PAYLOAD_BYTES
+from digest.models import Cadence
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from digest.ingest.lines import BadLine
+    from digest.ingest.recipients import Format
 
 # Progress is redrawn every this many bytes, not every line: a million redraws would cost
 # more than the import.
@@ -44,14 +38,7 @@ FORMATS: dict[str, Format] = {
 }
 
 
-class AppContext(Protocol):
-    """What the main group puts on the click context."""
-
-    settings: Settings
-
-    def engine(self) -> Engine:
-        """The SQLAlchemy engine, created on first use."""
-        ...
+CADENCES = tuple(c.value for c in Cadence)
 
 
 def _lines(
@@ -61,6 +48,15 @@ def _lines(
     if not console.is_terminal:
         yield from stream
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -130,7 +126,7 @@ def recipients() -> None:
 )
 @click.option("--skip-bad", is_flag=True, help="Import the good lines; report bad ones, exit 0.")
 @click.pass_obj
-def recipients_import(app: AppContext, file: str, fmt: Format | None, skip_bad: bool) -> None:
+def recipients_import(app: App, file: str, fmt: Format | None, skip_bad: bool) -> None:
     """Create or update recipients from FILE (JSON Lines or CSV with a header; `-` is stdin).
 
     Fields: user_id and email (required); name; cadence daily|weekly|off; timezone (IANA
@@ -151,6 +147,10 @@ def recipients_import(app: AppContext, file: str, fmt: Format | None, skip_bad: 
     With --skip-bad the good lines are written, each bad one is reported on stderr, and
     the exit status is 0.
     """
+    from rich.console import Console
+
+    from digest.ingest.recipients import import_recipients
+
     fmt = fmt or _format_of(file)
     console = Console(stderr=True)
     started = time.perf_counter()
@@ -196,7 +196,7 @@ def _format_of(path: str) -> Format:
 @click.option("--locale", help="Language of the digest, e.g. en, pt-BR.")
 @click.pass_obj
 def recipients_set(
-    app: AppContext,
+    app: App,
     user_id: str,
     email: str | None,
     name: str | None,
@@ -223,6 +223,8 @@ def recipients_set(
     changes = {key: value for key, value in options.items() if value is not None}
     if not changes:
         raise DigestError("nothing to change: give at least one of --email, --name, --cadence, ...")
+    from digest.ingest.recipients import set_recipient
+
     result = set_recipient(app.engine(), user_id, changes)
     if result.action == "created":
         message = f"created recipient {user_id}"
@@ -243,8 +245,10 @@ def recipients_set(
 @click.argument("user_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def recipients_show(app: AppContext, user_id: str, as_json: bool) -> None:
+def recipients_show(app: App, user_id: str, as_json: bool) -> None:
     """Print one recipient as stored."""
+    from digest.recipients import get_recipient
+
     row = get_recipient(app.engine(), user_id)
     if row is None:
         raise DigestError(f"no recipient {user_id!r}")
@@ -280,7 +284,7 @@ def events() -> None:
 @click.option("--key", "event_key", help="Idempotency key: a second event with it is ignored.")
 @click.pass_obj
 def events_add(
-    app: AppContext,
+    app: App,
     user_id: str,
     category: str,
     entity_type: str,
@@ -302,6 +306,8 @@ def events_add(
         if not isinstance(parsed, dict):
             raise DigestError('--payload must be a JSON object, like \'{"title": "..."}\'')
         data = parsed
+    from digest.ingest.events import record_event
+
     new_id = record_event(
         app.engine(),
         user_id=user_id,
@@ -324,7 +330,7 @@ def events_add(
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--skip-bad", is_flag=True, help="Load the good lines; report bad ones, exit 0.")
 @click.pass_obj
-def events_import(app: AppContext, file: str, skip_bad: bool) -> None:
+def events_import(app: App, file: str, skip_bad: bool) -> None:
     """Load events from a JSON Lines FILE (one object per line; `-` reads stdin).
 
     Each line: {"user_id", "category", "entity_type", "entity_id", "actor_id"?,
@@ -340,6 +346,10 @@ def events_import(app: AppContext, file: str, skip_bad: bool) -> None:
     A line whose event_key the user already has (in the database or earlier in the file)
     is ignored, so re-importing a file of keyed events adds nothing.
     """
+    from rich.console import Console
+
+    from digest.ingest.events import import_events
+
     console = Console(stderr=True)
     started = time.perf_counter()
     with _open_lines(file, console) as lines:

@@ -28,8 +28,9 @@ import smtplib
 import ssl
 import threading
 
+from digest.channels.base import SendError
 from digest.config import Settings
-from digest.transports.base import FailureKind, OutgoingMessage, SendError, SendResult
+from digest.models import FailureKind, OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
 

@@ -1,25 +1,22 @@
-"""`digest deliveries` and `digest why`: answers for a support ticket.
-
-The main `digest` group registers both; it puts an object with `settings` and `engine()` on
-the click context and turns a DigestError into `digest: error: ...`, exit 1.
-"""
+"""`digest deliveries`, `digest why` and `digest preview`: answers for a support ticket,
+and a template author's look at a user's next digest."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from digest import support
-from digest.cli_data import AppContext
-from digest.schema import DELIVERY_STATUSES
+from digest.cli.app import App, fail, pass_app
+from digest.models import DeliveryStatus
 from digest.terminal import printable
+
+DELIVERY_STATUSES = tuple(s.value for s in DeliveryStatus)
 
 
 @click.command("deliveries")
@@ -37,7 +34,7 @@ from digest.terminal import printable
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def deliveries(
-    app: AppContext,
+    app: App,
     user_id: str | None,
     email: str | None,
     status: str | None,
@@ -46,6 +43,12 @@ def deliveries(
     as_json: bool,
 ) -> None:
     """Messages handed to a transport and what became of them, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from digest import support
+
     since_at = support.parse_since(since, datetime.now(UTC)) if since else None
     with app.engine().connect() as conn:
         rows = support.list_deliveries(
@@ -86,16 +89,16 @@ def deliveries(
     Console(highlight=False).print(table)
 
 
-_STATUS_STYLES = {
-    "delivered": "green",
-    "sent": "green",
-    "bounced": "red",
-    "complained": "red",
-    "rejected": "red",
-    "failed": "red",
-    "suppressed": "yellow",
-    "deferred": "yellow",
-    "unknown": "yellow",
+_STATUS_STYLES: Mapping[str, str] = {
+    DeliveryStatus.DELIVERED: "green",
+    DeliveryStatus.SENT: "green",
+    DeliveryStatus.BOUNCED: "red",
+    DeliveryStatus.COMPLAINED: "red",
+    DeliveryStatus.REJECTED: "red",
+    DeliveryStatus.FAILED: "red",
+    DeliveryStatus.SUPPRESSED: "yellow",
+    DeliveryStatus.DEFERRED: "yellow",
+    DeliveryStatus.UNKNOWN: "yellow",
 }
 
 
@@ -103,8 +106,10 @@ _STATUS_STYLES = {
 @click.option("--user", "user_id", required=True, help="User id.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def why(app: AppContext, user_id: str, as_json: bool) -> None:
+def why(app: App, user_id: str, as_json: bool) -> None:
     """Explain in plain words what happened to USER's last digest and what comes next."""
+    from digest import support
+
     with app.engine().connect() as conn:
         facts, sentences = support.why(conn, user_id)
     if as_json:
@@ -130,3 +135,24 @@ def _record(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+@click.command("preview")
+@click.option("--user", "user_id", required=True, help="User id.")
+@click.option("--format", "fmt", type=click.Choice(["html", "text"]), default="html")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
+@pass_app
+def preview_cmd(app: App, user_id: str, fmt: str, out: Path | None) -> None:
+    """Render USER's next digest as it would be sent now, changing nothing."""
+    from digest.preview import preview
+
+    rendered = preview(app.engine(), app.settings, user_id)
+    body = rendered.html if fmt == "html" else f"Subject: {rendered.subject}\n\n{rendered.text}"
+    if out:
+        try:
+            out.write_text(body, encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror or exc}")
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(body)

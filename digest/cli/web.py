@@ -1,7 +1,6 @@
 """`digest serve` (the unsubscribe pages) and `digest suppress ...` (addresses never mailed).
 
-The main `digest` group registers both; it puts an object with `settings` and `engine()` on
-the click context and turns a DigestError into `digest: error: ...`, exit 1.
+uvicorn, starlette and rich load when these commands run, not for `digest --help`.
 """
 
 from __future__ import annotations
@@ -16,12 +15,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from digest import suppressions
-from digest.cli_data import AppContext
+from digest.cli.app import App
 from digest.errors import DigestError
 from digest.terminal import printable
 
@@ -39,16 +34,16 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
     help="Port to listen on (DIGEST_WEB_PORT; default 8000; 0 picks a free one).",
 )
 @click.pass_obj
-def serve(app: AppContext, host: str | None, port: int | None) -> None:
+def serve(app: App, host: str | None, port: int | None) -> None:
     """Serve the one-click unsubscribe pages (/u/TOKEN) and /healthz over HTTP.
 
     Needs DIGEST_SECRET_KEY (the key the emails' links were signed with) and
     DIGEST_BASE_URL set to the public URL this server is reached at, usually behind a
     TLS-terminating proxy. Stops cleanly on SIGTERM or Ctrl-C.
     """
-    import uvicorn  # here, not at the top: 50 ms that every other command would pay
+    import uvicorn
 
-    from digest.web import create_app, require_secret
+    from digest.web.app import create_app, require_secret
 
     settings = app.settings
     require_secret(settings)  # before anything starts, even the embedded database
@@ -124,8 +119,10 @@ def suppress() -> None:
 @click.option("--reason", default="manual", show_default=True, help="Why; shown in run reasons.")
 @click.option("--source", default="manual", show_default=True, help="Who or what added it.")
 @click.pass_obj
-def suppress_add(app: AppContext, email: str, reason: str, source: str) -> None:
+def suppress_add(app: App, email: str, reason: str, source: str) -> None:
     """Never mail EMAIL again (until it is removed); adding it twice keeps the first reason."""
+    from digest import suppressions
+
     address = suppressions.normalise(email)
     if suppressions.add(app.engine(), address, reason, source):
         click.echo(f"suppressed {address}")
@@ -136,8 +133,10 @@ def suppress_add(app: AppContext, email: str, reason: str, source: str) -> None:
 @suppress.command("remove")
 @click.argument("email")
 @click.pass_obj
-def suppress_remove(app: AppContext, email: str) -> None:
+def suppress_remove(app: App, email: str) -> None:
     """Mail EMAIL again from its next digest on."""
+    from digest import suppressions
+
     address = suppressions.normalise(email)
     if suppressions.remove(app.engine(), address):
         click.echo(f"removed {address}")
@@ -149,8 +148,14 @@ def suppress_remove(app: AppContext, email: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most this many (newest first).")
 @click.pass_obj
-def suppress_list(app: AppContext, as_json: bool, limit: int | None) -> None:
+def suppress_list(app: App, as_json: bool, limit: int | None) -> None:
     """Suppressed addresses, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from digest import suppressions
+
     rows = suppressions.list_(app.engine(), limit)
     if as_json:
         records = [

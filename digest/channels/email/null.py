@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from digest.transports.base import OutgoingMessage, SendResult
+from digest.models import OutgoingMessage, SendResult
 
 
 class NullTransport:

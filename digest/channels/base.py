@@ -1,33 +1,18 @@
-"""The one small interface every transport implements, and how a send can fail."""
+"""What every channel's transports implement, and how a send can fail.
+
+A channel (email today; Slack and signed webhooks beside it) has its own kind of message
+and one or more transports that send it: `Sender[M]` for a message type `M`. Every
+transport reports success as a `SendResult` and failure as a `SendError`, so the worker's
+retry and delivery records do not depend on the channel.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol, TypeAlias, TypeVar
 
-FailureKind = Literal["transient", "permanent", "unknown", "fatal"]
+from digest.models import FailureKind, OutgoingMessage, SendResult
 
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    """A rendered digest ready to leave: the MIME message's bytes plus what tracking needs."""
-
-    run_id: int
-    attempt: int
-    user_id: str
-    to_address: str
-    message_id: str
-    idempotency_key: str
-    data: bytes
-    html: str
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """What a transport reports after the provider accepted a message."""
-
-    transport: str
-    provider_message_id: str | None = None
+M_contra = TypeVar("M_contra", contravariant=True)
 
 
 class SendError(Exception):
@@ -59,7 +44,7 @@ class SendError(Exception):
         self.down = down
 
 
-class Transport(Protocol):
+class Sender(Protocol[M_contra]):
     """Sends one message at a time; may keep a connection open between sends.
 
     Sends come from a pool of threads, concurrently. A transport that does no network
@@ -69,10 +54,14 @@ class Transport(Protocol):
 
     name: str
 
-    def send(self, message: OutgoingMessage) -> SendResult:
+    def send(self, message: M_contra) -> SendResult:
         """Hand `message` to the provider or raise `SendError`."""
         ...
 
     def close(self) -> None:
         """Release connections; the transport may not be used afterwards."""
         ...
+
+
+# An email transport: `ses`, `smtp`, `file`, `null`, or a fallback list of them.
+Transport: TypeAlias = Sender[OutgoingMessage]

@@ -7,7 +7,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from digest.transports.base import OutgoingMessage, SendError, SendResult, Transport
+from digest.channels.base import SendError, Transport
+from digest.models import OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""Mail transports behind one small interface (`digest.transports.base.Transport`)."""
+"""Channels and their transports: `make` builds the email transport a name asks for
+(`ses,smtp` is a fallback list), the modules under `email/` send MIME messages, and the
+interface every transport implements is `digest.channels.base`.
+
+Transports are imported when made: boto3 and smtplib load only for the ones in use.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,9 @@ import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from digest.channels.base import SendError, Transport
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.transports.base import OutgoingMessage, SendError, SendResult, Transport
 
 TRANSPORTS = ("file", "null", "smtp", "ses")
 # Transports that mail real people: their links must work from any inbox, over HTTPS.
@@ -20,9 +25,7 @@ _CHOICES = (
 __all__ = [
     "REAL_MAIL",
     "TRANSPORTS",
-    "OutgoingMessage",
     "SendError",
-    "SendResult",
     "Transport",
     "make",
     "parse",
@@ -74,22 +77,22 @@ def make(name: str, settings: Settings) -> Transport:
     """The transport called `name`, configured from `settings`; `ses,smtp` means fallback."""
     names = parse(name)
     if "," in name:
-        from digest.transports.fallback import FallbackTransport
+        from digest.channels.fallback import FallbackTransport
 
         return FallbackTransport([make(part, settings) for part in names])
     (only,) = names
     if only == "smtp":
-        from digest.transports.smtp import SmtpTransport
+        from digest.channels.email.smtp import SmtpTransport
 
         return SmtpTransport(settings)
     if only == "ses":
-        from digest.transports.ses import SesTransport
+        from digest.channels.email.ses import SesTransport
 
         return SesTransport(settings)
     if only == "file":
-        from digest.transports.file import FileTransport
+        from digest.channels.email.file import FileTransport
 
         return FileTransport(settings.outbox)
-    from digest.transports.null import NullTransport
+    from digest.channels.email.null import NullTransport
 
     return NullTransport()

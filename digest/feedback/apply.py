@@ -1,0 +1,249 @@
+"""SES events applied: recorded in `feedback_events` and turned into delivery statuses,
+suppressions and unsubscribes, all in one transaction (the rules are in the package
+docstring, `digest.feedback`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, text
+
+from digest import recipients, suppressions
+from digest.db import atomic
+from digest.errors import ValidationError
+from digest.feedback.ses import SesEvent, parse_event, short, unwrap
+from digest.models import DeliveryStatus
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_LIMIT = 3
+SOURCE: Final = "ses"
+STATUS_BY_TYPE: Final[Mapping[str, DeliveryStatus]] = {
+    "Bounce": DeliveryStatus.BOUNCED,
+    "Complaint": DeliveryStatus.COMPLAINED,
+    "Delivery": DeliveryStatus.DELIVERED,
+    "Reject": DeliveryStatus.REJECTED,
+    "DeliveryDelay": DeliveryStatus.DEFERRED,
+}
+
+FEEDBACK_RECORD = text(
+    """
+    INSERT INTO feedback_events (sns_message_id, event_type, provider_message_id, run_id,
+                                 delivery_id, recipient, bounce_type, reason, raw, orphan)
+    VALUES (:sns_message_id, :event_type, :provider_message_id, :run_id, :delivery_id,
+            :recipient, :bounce_type, :reason, CAST(:raw AS jsonb), :orphan)
+    ON CONFLICT (sns_message_id) DO NOTHING
+    RETURNING id
+    """
+)
+# Locked so that two events for one delivery apply one after the other.
+DELIVERY_FIND_BY_PROVIDER_ID = text(
+    """
+    SELECT id, run_id, user_id, recipient
+      FROM deliveries
+     WHERE provider_message_id = :provider_message_id
+     ORDER BY id DESC
+     LIMIT 1
+       FOR UPDATE
+    """
+)
+# The tag fallback only takes a delivery that has no provider id of its own: one with
+# another id is another send of the run, and this event is not about it.
+DELIVERY_FIND_BY_RUN = text(
+    """
+    SELECT id, run_id, user_id, recipient
+      FROM deliveries
+     WHERE run_id = :run_id AND provider_message_id IS NULL
+     ORDER BY id DESC
+     LIMIT 1
+       FOR UPDATE
+    """
+)
+# Statuses only move forward: sent/unknown < deferred < delivered < bounced/rejected <
+# complained. Worker outcomes (failed, suppressed) are never overwritten.
+DELIVERY_SET_FEEDBACK_STATUS = text(
+    """
+    UPDATE deliveries
+       SET status = CAST(:status AS text),
+           reason = COALESCE(CAST(:reason AS text), reason),
+           updated_at = now()
+     WHERE id = :id
+       AND (CASE status WHEN 'sent' THEN 0 WHEN 'unknown' THEN 0 WHEN 'deferred' THEN 1
+                        WHEN 'delivered' THEN 2 WHEN 'bounced' THEN 3 WHEN 'rejected' THEN 3
+                        WHEN 'complained' THEN 4 ELSE 99 END)
+         < (CASE CAST(:status AS text) WHEN 'deferred' THEN 1 WHEN 'delivered' THEN 2
+                        WHEN 'bounced' THEN 3 WHEN 'rejected' THEN 3 WHEN 'complained' THEN 4
+                        ELSE -1 END)
+    RETURNING id
+    """
+)
+BOUNCE_STREAK_BUMP = text(
+    """
+    INSERT INTO bounce_streaks (email, count) VALUES (:email, 1)
+    ON CONFLICT (email) DO UPDATE
+       SET count = bounce_streaks.count + 1, updated_at = now()
+    RETURNING count
+    """
+)
+BOUNCE_STREAK_RESET = text("DELETE FROM bounce_streaks WHERE email = ANY(:emails)")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one `ingest` did."""
+
+    event_type: str
+    event_id: int | None  # None: a replay, nothing changed
+    delivery_id: int | None = None
+    orphan: bool = False
+    status: str | None = None  # the delivery's new status, when it changed
+    suppressed: tuple[str, ...] = ()  # addresses newly suppressed
+    unsubscribed: str | None = None  # user id newly unsubscribed
+
+    @property
+    def replay(self) -> bool:
+        """Whether this SNS MessageId had been recorded before."""
+        return self.event_id is None
+
+
+@dataclass(frozen=True)
+class _Match:
+    id: int
+    run_id: int
+    user_id: str
+    recipient: str
+
+
+def ingest(
+    target: Connection | Engine,
+    document: Any,
+    *,
+    sns_message_id: str | None = None,
+    transient_limit: int = TRANSIENT_LIMIT,
+) -> IngestResult:
+    """Record one SES event (bare or in an SNS envelope) and apply it, in one transaction.
+
+    `sns_message_id` defaults to the envelope's MessageId; with one, a replay changes nothing.
+    """
+    if transient_limit < 1:
+        raise ValidationError(f"transient_limit must be at least 1, got {transient_limit}")
+    event_doc, envelope_id = unwrap(document)
+    event = parse_event(event_doc)
+    message_id = sns_message_id or envelope_id
+    with atomic(target) as conn:
+        match = _match(conn, event)
+        event_id = conn.execute(
+            FEEDBACK_RECORD,
+            {
+                "sns_message_id": message_id,
+                "event_type": event.event_type,
+                "provider_message_id": event.provider_message_id,
+                "run_id": match.run_id if match else event.run_id,
+                "delivery_id": match.id if match else None,
+                "recipient": event.recipients[0] if event.recipients else None,
+                "bounce_type": event.bounce_type,
+                "reason": event.reason,
+                "raw": json.dumps(event.raw),
+                "orphan": match is None,
+            },
+        ).scalar()
+        if event_id is None:
+            log.info("feedback_replay sns_message_id=%s", message_id)
+            return IngestResult(event.event_type, None)
+        result = _apply(conn, event, match, transient_limit)
+    log.info(
+        "feedback event_type=%s delivery_id=%s orphan=%s status=%s suppressed=%d",
+        event.event_type,
+        match.id if match else None,
+        match is None,
+        result.status,
+        len(result.suppressed),
+    )
+    return IngestResult(
+        event.event_type,
+        event_id,
+        delivery_id=match.id if match else None,
+        orphan=match is None,
+        status=result.status,
+        suppressed=tuple(result.suppressed),
+        unsubscribed=result.unsubscribed,
+    )
+
+
+@dataclass
+class _Effects:
+    status: str | None = None
+    suppressed: list[str] = field(default_factory=list)
+    unsubscribed: str | None = None
+
+
+def _apply(conn: Connection, event: SesEvent, match: _Match | None, limit: int) -> _Effects:
+    effects = _Effects()
+    kind = event.event_type
+    if match is not None and kind in STATUS_BY_TYPE:
+        changed = conn.execute(
+            DELIVERY_SET_FEEDBACK_STATUS,
+            {"id": match.id, "status": STATUS_BY_TYPE[kind], "reason": event.reason},
+        ).first()
+        if changed is not None:
+            effects.status = STATUS_BY_TYPE[kind]
+    addresses = list(_keys(event.recipients))
+    if kind == "Delivery" and addresses:
+        conn.execute(BOUNCE_STREAK_RESET, {"emails": addresses})
+    elif kind == "Bounce":
+        label = f"ses bounce {event.bounce_type or 'Undetermined'}"
+        for address in addresses:
+            if event.bounce_type == "Permanent":
+                _suppress(conn, effects, address, _reason(label, event.reason))
+                continue
+            count = conn.execute(BOUNCE_STREAK_BUMP, {"email": address}).scalar_one()
+            if count >= limit:
+                why = f"ses: {count} transient bounces in a row"
+                _suppress(conn, effects, address, _reason(why, event.reason))
+    elif kind == "Complaint":
+        # ISPs may redact the complainant: the matched delivery's address is the one.
+        if not addresses and match is not None:
+            addresses = list(_keys((match.recipient,)))
+        for address in addresses:
+            _suppress(conn, effects, address, _reason("ses complaint", event.reason))
+        if match is not None and recipients.unsubscribe_user(conn, match.user_id):
+            effects.unsubscribed = match.user_id
+    return effects
+
+
+def _suppress(conn: Connection, effects: _Effects, address: str, reason: str) -> None:
+    if suppressions.add(conn, address, reason, SOURCE):
+        effects.suppressed.append(address)
+
+
+def _match(conn: Connection, event: SesEvent) -> _Match | None:
+    row = None
+    if event.provider_message_id is not None:
+        row = conn.execute(
+            DELIVERY_FIND_BY_PROVIDER_ID, {"provider_message_id": event.provider_message_id}
+        ).first()
+    if row is None and event.run_id is not None:
+        row = conn.execute(DELIVERY_FIND_BY_RUN, {"run_id": event.run_id}).first()
+    return None if row is None else _Match(*row)
+
+
+def _keys(addresses: Collection[str]) -> Iterator[str]:
+    """Suppression keys of the usable addresses; redacted or malformed ones are skipped."""
+    seen: set[str] = set()
+    for address in addresses:
+        try:
+            key = suppressions.normalise(address)
+        except ValidationError:
+            log.info("feedback_unusable_address")  # may be redacted; never logged itself
+            continue
+        if key not in seen:
+            seen.add(key)
+            yield key
+
+
+def _reason(label: str, detail: str | None) -> str:
+    return short(f"{label}: {detail}" if detail else label) or label

@@ -1,0 +1,408 @@
+"""Recipients in: who gets a digest, how often and when; validated at the boundary, upserted
+in bulk (imports) or one at a time (`digest recipients set`). Reads are in
+`digest.recipients`.
+
+A field an input leaves out keeps the stored value of an existing recipient and gets its
+default for a new one; an update that changes nothing writes nothing, so re-importing the
+same file neither touches `updated_at` nor fires the trigger that cancels pending runs.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Final, Literal
+
+from sqlalchemy import Connection, Engine, text
+
+from digest import recipients
+from digest.channels.email.mime import HeaderError, validate_email
+from digest.db import atomic, raw
+from digest.errors import ValidationError
+from digest.ingest import lines as input_lines
+from digest.ingest.fields import CONTROL, MAX_TEXT, show, text_field, unknown_fields
+from digest.ingest.lines import BadLine, BadLines, read_jsonl
+from digest.models import Cadence
+
+RECIPIENT_FIELDS: Final = (
+    "user_id",
+    "email",
+    "name",
+    "cadence",
+    "timezone",
+    "send_hour",
+    "weekly_day",
+    "locale",
+)
+_FIELD_SET: Final = frozenset(RECIPIENT_FIELDS)
+WEEKDAYS: Final = {
+    name: number
+    for number, day in enumerate(
+        ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"), 1
+    )
+    for name in (day, day[:3])
+}
+# Zone names Python can load that are not zones PostgreSQL knows (the scheduler converts
+# times with `AT TIME ZONE`, so such a recipient would never be scheduled).
+_HOST_ONLY_ZONES: Final = frozenset({"localtime", "posixrules"})
+LOCALE_PATTERN: Final = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
+CADENCES: Final = tuple(c.value for c in Cadence)
+_ENCODED_WORD = re.compile(r"=\?.*\?=", re.S)
+# Rows per upsert statement: big enough to amortise the round trips, small enough to keep
+# memory and each statement's lock set modest.
+BATCH_ROWS: Final = 20_000
+Format = Literal["jsonl", "csv"]
+
+# Rows reach PostgreSQL by COPY into a staging table (dumping big parameter arrays costs
+# more than the upsert itself); `shape` numbers each set of given fields in the batch.
+RECIPIENT_STAGE_CREATE = text(
+    """
+    CREATE TEMP TABLE IF NOT EXISTS recipients_stage (
+        user_id text, email text, name text, cadence text, timezone text,
+        send_hour smallint, weekly_day smallint, locale text, shape smallint
+    ) ON COMMIT DROP
+    """
+)
+# TRUNCATE, not DELETE: temp tables are never autovacuumed, dead rows would pile up.
+RECIPIENT_STAGE_TRUNCATE = text("TRUNCATE recipients_stage")
+RECIPIENT_STAGE_COPY: Final = (
+    "COPY recipients_stage (user_id, email, name, cadence, timezone, send_hour, weekly_day, "
+    "locale, shape) FROM STDIN"
+)
+# Rows are taken in user_id order so concurrent imports lock recipients in the same order
+# and cannot deadlock. (xmax = 0) tells an inserted row from an updated one.
+RECIPIENT_UPSERT = text(
+    """
+    WITH upserted AS (
+        INSERT INTO recipients AS r
+               (user_id, email, name, cadence, timezone, send_hour, weekly_day, locale)
+        SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale
+          FROM recipients_stage
+         WHERE shape = :shape
+         ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE SET
+            email = CASE WHEN :set_email THEN excluded.email ELSE r.email END,
+            name = CASE WHEN :set_name THEN excluded.name ELSE r.name END,
+            cadence = CASE WHEN :set_cadence THEN excluded.cadence ELSE r.cadence END,
+            timezone = CASE WHEN :set_timezone THEN excluded.timezone ELSE r.timezone END,
+            send_hour = CASE WHEN :set_send_hour THEN excluded.send_hour ELSE r.send_hour END,
+            weekly_day = CASE WHEN :set_weekly_day THEN excluded.weekly_day
+                              ELSE r.weekly_day END,
+            locale = CASE WHEN :set_locale THEN excluded.locale ELSE r.locale END,
+            updated_at = now()
+        -- Only a real change is written: an unchanged row keeps its updated_at and does not
+        -- fire recipients_schedule_changed (which cancels pending runs).
+        WHERE (:set_email AND r.email IS DISTINCT FROM excluded.email)
+           OR (:set_name AND r.name IS DISTINCT FROM excluded.name)
+           OR (:set_cadence AND r.cadence IS DISTINCT FROM excluded.cadence)
+           OR (:set_timezone AND r.timezone IS DISTINCT FROM excluded.timezone)
+           OR (:set_send_hour AND r.send_hour IS DISTINCT FROM excluded.send_hour)
+           OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM excluded.weekly_day)
+           OR (:set_locale AND r.locale IS DISTINCT FROM excluded.locale)
+        RETURNING (r.xmax = 0) AS created
+    )
+    SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
+    """
+)
+# The trigger stamps the runs it cancels with completed_at = now(), our transaction's time.
+RUN_COUNT_CANCELLED_NOW = text(
+    """
+    SELECT count(*) FROM digest_runs
+     WHERE user_id = :user_id AND status = 'cancelled' AND completed_at = now()
+    """
+)
+
+
+@dataclass(slots=True)  # not frozen: one per row, and frozen ones are slow to build
+class RecipientIn:
+    """A validated recipient; `given` names the fields its input set (the rest are defaults).
+
+    The defaults here are what a new recipient gets (the same as the schema's).
+    """
+
+    user_id: str
+    email: str | None  # None only for `set` on an existing recipient: the email is kept
+    name: str | None = None
+    cadence: str = Cadence.DAILY
+    timezone: str = "UTC"
+    send_hour: int = 8
+    weekly_day: int = 1
+    locale: str = "en"
+    given: frozenset[str] = frozenset({"email"})
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientImport:
+    """What an import did: valid rows read, recipients created and updated, bad lines skipped."""
+
+    rows: int
+    created: int
+    updated: int
+    skipped: int
+
+    @property
+    def unchanged(self) -> int:
+        """Rows that changed nothing (including earlier rows for a user_id listed again)."""
+        return self.rows - self.created - self.updated
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientSet:
+    """What `set_recipient` did, the fields it changed (old, new), and runs it cancelled."""
+
+    action: Literal["created", "updated", "unchanged"]
+    changes: Mapping[str, tuple[object, object]]
+    cancelled_runs: int
+
+
+def _email(value: object) -> str:
+    if value is None:
+        raise ValidationError("email is required")
+    if not isinstance(value, str):
+        raise ValidationError(f"email must be a string, got {type(value).__name__}")
+    try:
+        return validate_email(value)
+    except HeaderError as exc:  # its message names the address and what is wrong
+        raise ValidationError(str(exc)) from None
+
+
+def _name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"name must be a string, got {type(value).__name__}")
+    value = value.strip()
+    if len(value) > MAX_TEXT:
+        raise ValidationError(f"name is longer than {MAX_TEXT} characters")
+    # The name goes into the To: header; line breaks there are header injection.
+    if CONTROL.search(value):
+        raise ValidationError(f"name contains a line break or control character: {show(value)}")
+    # "=?utf-8?q?=0D=0ABcc:...?=" is an RFC 2047 encoded-word: mail code that parses the
+    # To: header would decode it into a line break. No real name contains one.
+    if _ENCODED_WORD.search(value):
+        raise ValidationError(f"name looks like MIME-encoded text (=?...?=): {show(value)}")
+    return value or None
+
+
+def _cadence(value: object) -> str:
+    cadence = value.strip().lower() if isinstance(value, str) else value
+    if cadence not in CADENCES:
+        raise ValidationError(f"cadence must be one of {', '.join(CADENCES)}, got {show(value)}")
+    return str(cadence)
+
+
+@cache
+def _zone_exists(name: str) -> bool:
+    if name in _HOST_ONLY_ZONES:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _timezone(value: object) -> str:
+    if not isinstance(value, str) or not _zone_exists(value.strip()):
+        raise ValidationError(
+            f"unknown time zone {show(value)} (use an IANA name like 'Europe/Berlin' or 'UTC')"
+        )
+    return value.strip()
+
+
+def _whole(name: str, value: object, low: int, high: int) -> int:
+    number: object = value
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if type(number) is not int or not low <= number <= high:
+        raise ValidationError(
+            f"{name} must be a whole number from {low} to {high}, got {show(value)}"
+        )
+    return number
+
+
+def _weekly_day(value: object) -> int:
+    if isinstance(value, str) and value.strip().lower() in WEEKDAYS:
+        return WEEKDAYS[value.strip().lower()]
+    try:
+        return _whole("weekly_day", value, 1, 7)
+    except ValidationError:
+        raise ValidationError(
+            f"weekly_day must be 1-7 (Monday=1) or a day name like 'mon' or 'monday', "
+            f"got {show(value)}"
+        ) from None
+
+
+def _locale(value: object) -> str:
+    if not isinstance(value, str) or not LOCALE_PATTERN.fullmatch(value.strip()):
+        raise ValidationError(f"locale must look like 'en' or 'pt-BR', got {show(value)}")
+    return value.strip()
+
+
+_CHECKS: Final[tuple[tuple[str, Callable[[object], object]], ...]] = (
+    ("name", _name),
+    ("cadence", _cadence),
+    ("timezone", _timezone),
+    ("send_hour", lambda v: _whole("send_hour", v, 0, 23)),
+    ("weekly_day", _weekly_day),
+    ("locale", _locale),
+)
+
+
+def validate_recipient(row: object, *, require_email: bool = True) -> RecipientIn:
+    """Validate one input row (user_id, and email unless not required) into a RecipientIn.
+
+    A missing or null field is "not given" (default for a new recipient, kept for an
+    existing one); a null or empty name is given and means "no name".
+    """
+    if type(row) is not dict and not isinstance(row, Mapping):
+        raise ValidationError("a recipient must be a JSON object")
+    if not row.keys() <= _FIELD_SET:
+        raise ValidationError(unknown_fields(row.keys() - _FIELD_SET, RECIPIENT_FIELDS))
+    email = row.get("email")
+    given = ["email"] if require_email or email is not None else []
+    person = RecipientIn(
+        text_field("user_id", row.get("user_id")), _email(email) if given else None
+    )
+    for name, check in _CHECKS:
+        value = row.get(name)
+        if value is not None or (name == "name" and name in row):
+            setattr(person, name, check(value))
+            given.append(name)
+    person.given = frozenset(given)
+    return person
+
+
+def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[int, int]:
+    # One statement per set of given fields: a file usually has one.
+    shapes: dict[frozenset[str], int] = {}
+    conn.execute(RECIPIENT_STAGE_CREATE)
+    conn.execute(RECIPIENT_STAGE_TRUNCATE)
+    with raw(conn).cursor() as cursor, cursor.copy(RECIPIENT_STAGE_COPY) as copy:
+        for r in batch.values():
+            shape = shapes.setdefault(r.given, len(shapes))
+            row = (r.user_id, r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day)
+            copy.write_row((*row, r.locale, shape))
+    created = updated = 0
+    for given, shape in shapes.items():
+        params: dict[str, Any] = {f"set_{name}": name in given for name in RECIPIENT_FIELDS[1:]}
+        new, changed = conn.execute(RECIPIENT_UPSERT, {**params, "shape": shape}).one()
+        created, updated = created + new, updated + changed
+    return created, updated
+
+
+def _store(conn: Connection, rows: Iterable[RecipientIn]) -> tuple[int, int, int]:
+    count = created = updated = 0
+    batch: dict[str, RecipientIn] = {}
+    for row in rows:
+        count += 1
+        # A user_id repeated in one batch becomes one row (a statement cannot update the
+        # same row twice): the later row's given fields over the earlier's, exactly what
+        # two statements do when the repeat falls in the next batch. Either way the rows
+        # apply in file order, and each field ends with the last value given for it.
+        earlier = batch.get(row.user_id)
+        batch[row.user_id] = row if earlier is None else _merged(earlier, row)
+        if len(batch) >= BATCH_ROWS:
+            c, u = _upsert_batch(conn, batch)
+            created, updated, batch = created + c, updated + u, {}
+    if batch:
+        c, u = _upsert_batch(conn, batch)
+        created, updated = created + c, updated + u
+    return count, created, updated
+
+
+def _merged(earlier: RecipientIn, later: RecipientIn) -> RecipientIn:
+    """One row with the effect of upserting `earlier`, then `later`."""
+    merged = RecipientIn(later.user_id, later.email, given=earlier.given | later.given)
+    for name in RECIPIENT_FIELDS[1:]:
+        source = later if name in later.given else earlier
+        setattr(merged, name, getattr(source, name))
+    return merged
+
+
+def upsert_recipients(
+    target: Connection | Engine, rows: Iterable[Mapping[str, Any] | RecipientIn]
+) -> RecipientImport:
+    """Validate and upsert recipients in batches, all or none; a bad row raises ValidationError."""
+
+    def validated() -> Iterator[RecipientIn]:
+        for index, row in enumerate(rows):
+            if isinstance(row, RecipientIn):
+                yield row
+                continue
+            try:
+                yield validate_recipient(row)
+            except ValidationError as exc:
+                raise ValidationError(f"rows[{index}]: {exc}") from None
+
+    with atomic(target) as conn:
+        count, created, updated = _store(conn, validated())
+    return RecipientImport(rows=count, created=created, updated=updated, skipped=0)
+
+
+def read_csv(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, object, str | None]]:
+    """Recipient rows from CSV with a header row (`digest.ingest.lines.read_csv`): the
+    columns are recipient fields, user_id and email among them."""
+    return input_lines.read_csv(
+        lines, source, fields=RECIPIENT_FIELDS, required=("user_id", "email")
+    )
+
+
+def import_recipients(
+    target: Connection | Engine,
+    lines: Iterable[bytes],
+    *,
+    fmt: Format,
+    source: str = "<input>",
+    skip_bad: bool = False,
+    on_bad: Callable[[BadLine], None] | None = None,
+) -> RecipientImport:
+    """Upsert recipients from JSON Lines or CSV, in one transaction, all or nothing by default.
+
+    Like `digest.ingest.events.import_events`: any bad line raises BadInputError and nothing is
+    written; with `skip_bad` the good lines are written and each bad one goes to `on_bad`.
+    """
+    bad = BadLines(source, on_bad if skip_bad else None)
+    records = read_jsonl(lines) if fmt == "jsonl" else read_csv(lines, source)
+
+    with atomic(target) as conn:
+        valid = bad.valid(records, validate_recipient, skip_bad=skip_bad)
+        count, created, updated = _store(conn, valid)
+        if bad.count and not skip_bad:
+            raise bad.error()
+    return RecipientImport(rows=count, created=created, updated=updated, skipped=bad.count)
+
+
+def set_recipient(
+    target: Connection | Engine, user_id: str | int, changes: Mapping[str, object]
+) -> RecipientSet:
+    """Create or update one recipient, changing only the fields in `changes`.
+
+    A new recipient needs an email. A changed cadence, zone, hour or day cancels the
+    user's pending runs (the database trigger does it); the count is reported.
+    """
+    uid = text_field("user_id", user_id)
+    if not changes:
+        raise ValidationError("nothing to change: give at least one field")
+    with atomic(target) as conn:
+        current = recipients.get(conn, uid, lock=True)
+        if current is None and changes.get("email") is None:
+            raise ValidationError(f"no recipient {uid!r} yet: an email is needed to create one")
+        wanted = validate_recipient({**changes, "user_id": uid}, require_email=False)
+        if wanted.email is None and current is not None:
+            # Not given, so not written; only fills the insert half of the upsert, which a
+            # row locked above can never take.
+            wanted.email = current["email"]
+        _upsert_batch(conn, {uid: wanted})
+        cancelled = int(conn.execute(RUN_COUNT_CANCELLED_NOW, {"user_id": uid}).scalar_one())
+    if current is None:
+        return RecipientSet("created", {}, cancelled)
+    diff: dict[str, tuple[object, object]] = {
+        name: (current[name], getattr(wanted, name))
+        for name in RECIPIENT_FIELDS
+        if name in wanted.given and current[name] != getattr(wanted, name)
+    }
+    return RecipientSet("updated" if diff else "unchanged", diff, cancelled)
