@@ -35,18 +35,15 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
-def event(
-    logger: logging.Logger,
-    name: str,
-    /,
-    *,
-    level: int = logging.INFO,
-    exc_info: bool = False,
-    **fields: object,
-) -> None:
-    """Log the fact `name` with its `fields` as structured data on the record."""
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, /, **fields: Any) -> None:
+    """Log the fact `name` at `level` with its `fields` as structured data on the record."""
     if logger.isEnabledFor(level):
-        logger.log(level, name, exc_info=exc_info, extra={"event": name, **fields}, stacklevel=2)
+        logger.log(level, name, extra={"event": name, **fields}, stacklevel=2)
+
+
+def exception(logger: logging.Logger, name: str, /, **fields: Any) -> None:
+    """`event` at ERROR with the traceback of the exception being handled."""
+    logger.error(name, exc_info=True, extra={"event": name, **fields}, stacklevel=2)
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:

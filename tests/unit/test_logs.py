@@ -120,7 +120,7 @@ def test_plain_messages_and_tracebacks_fit_both_formats(
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        logs.event(log, "run_error", level=logging.ERROR, exc_info=True, run_id=9)
+        logs.exception(log, "run_error", run_id=9)
     plain, failed = (json.loads(logs.JsonFormatter().format(r)) for r in captured)
     assert plain["message"] == "stopping on SIGTERM"
     assert "event" not in plain
@@ -153,7 +153,7 @@ def test_setup_writes_the_chosen_format(fmt: str, monkeypatch: pytest.MonkeyPatc
     logs.setup("WARNING", fmt, stream=stream)
     log = logging.getLogger(LOGGER)
     logs.event(log, "heartbeat_missed", runs=2)
-    logs.event(log, "heartbeat_missed", level=logging.WARNING, runs=3)
+    logs.event(log, "heartbeat_missed", logging.WARNING, runs=3)
     [line] = stream.getvalue().splitlines()
     if fmt == "json":
         assert (json.loads(line)["event"], json.loads(line)["runs"]) == ("heartbeat_missed", 3)
