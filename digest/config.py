@@ -21,6 +21,8 @@ from digest.errors import DigestError
 
 DELIVERY_MODES = ("at-least-once", "at-most-once")
 SMTP_SECURITY = ("starttls", "tls", "none")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -32,10 +34,11 @@ def setting(
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
     factory: Callable[[], Any] | None = None,
+    upper: bool = False,
 ) -> Any:
     """A dataclass field with its environment name, bounds and secrecy (`factory` makes
-    the default when it depends on the environment)."""
-    meta = {"env": env, "minimum": minimum, "choices": choices}
+    the default when it depends on the environment; `upper` takes text in any case)."""
+    meta = {"env": env, "minimum": minimum, "choices": choices, "upper": upper}
     if factory is not None:
         return field(default_factory=factory, repr=not secret, metadata=meta)
     return field(default=default, repr=not secret, metadata=meta)
@@ -108,6 +111,9 @@ class Settings:
     # web (unsubscribe pages, feedback webhooks)
     web_host: str = setting("127.0.0.1")
     web_port: int = setting(8000, minimum=0)
+    # logs (digest.logs): from this level up, as key=value text or JSON lines
+    log_level: str = setting("INFO", choices=LOG_LEVELS, upper=True)
+    log_format: str = setting("text", choices=LOG_FORMATS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, file: Path | None = None) -> Settings:
@@ -163,6 +169,8 @@ def _parse(label: str, value: object, hint: Any, meta: Mapping[str, Any]) -> obj
     )
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
     text = value.strip() if isinstance(value, str) else value
+    if meta.get("upper") and isinstance(text, str):
+        text = text.upper()
     if optional and text == "":
         return None
     try:

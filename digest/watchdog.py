@@ -14,6 +14,8 @@ import logging
 
 from sqlalchemy import Connection, text
 
+from digest import logs
+
 log = logging.getLogger(__name__)
 
 # Two updates over disjoint runs (attempts left or not) rather than one with a CASE per
@@ -78,5 +80,5 @@ def reset_expired_once(
     pending = sum(1 for _, status in rows if status == "pending")
     failed = len(rows) - pending
     for run_id, status in rows:
-        log.warning("run_lease_expired run_id=%s status=%s", run_id, status)
+        logs.event(log, "run_lease_expired", logging.WARNING, run_id=run_id, status=status)
     return pending, failed

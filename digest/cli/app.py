@@ -9,7 +9,6 @@ use them (docs/performance.md, "CLI start-up").
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from digest import logs
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.terminal import printable
@@ -24,7 +24,6 @@ from digest.terminal import printable
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
 NO_SCHEMA = "the database has no digest schema yet: run `digest migrate`"
 
 
@@ -173,12 +172,7 @@ def cli(
         raise UserError(str(exc)) from exc
     if database_url:
         settings = settings.with_(database_url=database_url)
-    level = os.environ.get("DIGEST_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=logging.DEBUG if debug else getattr(logging, level, logging.INFO),
-        format=LOG_FORMAT,
-        stream=sys.stderr,
-    )
+    logs.setup(logging.DEBUG if debug else settings.log_level, settings.log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     app = App(settings=settings, debug=debug)
     ctx.obj = app

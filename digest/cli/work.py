@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from digest.cli.app import LOG_FORMAT, App, fail, pass_app, schema_problem
+from digest import logs
+from digest.cli.app import App, fail, pass_app, schema_problem
 from digest.config import Settings
 from digest.errors import DigestError
 
@@ -151,7 +152,7 @@ def install_stop_handlers(stop: threading.Event) -> dict[signal.Signals, Handler
     the handlers they replace (`restore_handlers` puts them back)."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping on %s", signal.Signals(signum).name)
+        logs.event(log, "stopping", signal=signal.Signals(signum).name)
         stop.set()
 
     return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
@@ -207,7 +208,7 @@ def _child(
     results: multiprocessing.queues.Queue[tuple[WorkerStats, str | None]],
     cpu: int | None,
 ) -> None:
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    logs.setup(log_level, settings.log_format)
     if cpu is not None:
         pin_to_cpu(cpu)
     results.put(work_in_process(url, settings, transport_name, drain))
@@ -226,7 +227,7 @@ def pin_to_cpu(cpu: int) -> None:
     """Keep this process, all its threads, on one CPU: the renderer, its database thread
     and their GIL hand-offs then share that core's caches instead of migrating."""
     os.sched_setaffinity(0, {cpu})
-    log.info("worker process pinned to CPU %d", cpu)
+    logs.event(log, "worker_pinned", cpu=cpu)
 
 
 def work_processes(

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from digest import logs
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.feedback import sns
@@ -72,6 +73,6 @@ def _ping(engine: Engine) -> bool:
         with engine.connect() as conn:
             conn.execute(DATABASE_PING)
     except SQLAlchemyError as exc:
-        log.warning("healthz database unavailable: %s", type(exc).__name__)
+        logs.event(log, "healthz_database_unavailable", logging.WARNING, error=type(exc).__name__)
         return False
     return True

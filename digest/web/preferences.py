@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from digest import recipients
+from digest import logs, recipients
 from digest.models import Cadence
 from digest.recipients import Preferences
 from digest.unsubscribe import Token, make_token, verify_token
@@ -131,11 +131,8 @@ def routes(engine: Engine, secret: str, pages: Pages) -> list[Route]:
         if isinstance(applied, Stale):
             return pages.stale()
         preferences, changed = applied
-        log.info(
-            "preferences_changed user_id=%s action=%s changed=%s",
-            preferences.user_id,
-            action,
-            changed,
+        logs.event(
+            log, "preferences_changed", user_id=preferences.user_id, action=action, changed=changed
         )
         fresh = None
         if preferences.subscription_version != token.subscription_version:

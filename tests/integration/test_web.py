@@ -25,7 +25,7 @@ import uvicorn
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
-from digest import watchdog
+from digest import logs, watchdog
 from digest.channels.email.file import FileTransport
 from digest.cli import cli
 from digest.config import Settings
@@ -403,12 +403,18 @@ def test_changes_are_logged_without_the_token(
     with caplog.at_level(logging.INFO, logger="digest.web.preferences"):
         site.one_click(token)
         site.request("POST", f"/u/{token}", "cadence=weekly", URLENCODED)
-    lines = [r.getMessage() for r in caplog.records if r.name == "digest.web.preferences"]
-    assert lines == [
-        "preferences_changed user_id=ana action=unsubscribe changed=True",
-        "preferences_changed user_id=ana action=weekly changed=True",
+    changes = [
+        (r.__dict__.get("event"), logs.fields(r))
+        for r in caplog.records
+        if r.name == "digest.web.preferences"
     ]
-    assert all(token not in r.getMessage() for r in caplog.records)
+    assert changes == [
+        ("preferences_changed", {"user_id": "ana", "action": "unsubscribe", "changed": True}),
+        ("preferences_changed", {"user_id": "ana", "action": "weekly", "changed": True}),
+    ]
+    for record in caplog.records:
+        for line in (logs.TextFormatter().format(record), logs.JsonFormatter().format(record)):
+            assert token not in line
 
 
 def test_cadence_button_gives_a_deferred_runs_events_to_the_next_run(

@@ -43,12 +43,27 @@ def test_settings_file_from_environment(tmp_path: Path) -> None:
             "DIGEST_SMTP_SECURITY must be one of starttls, tls, none",
         ),
         ({"DIGEST_POLL_INTERVAL": "0"}, "DIGEST_POLL_INTERVAL must be at least 0.001"),
+        ({"DIGEST_LOG_FORMAT": "xml"}, "DIGEST_LOG_FORMAT must be one of text, json, got 'xml'"),
+        (
+            {"DIGEST_LOG_LEVEL": "loud"},
+            "DIGEST_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_name(env: dict[str, str], message: str) -> None:
     """Each bad value names its variable and what was expected."""
     with pytest.raises(DigestError, match="^" + message.replace(".", r"\.")):
         Settings.from_env(env)
+
+
+def test_log_settings_come_from_the_environment_or_the_file(tmp_path: Path) -> None:
+    """DIGEST_LOG_FORMAT and DIGEST_LOG_LEVEL (any case) are settings like the others."""
+    assert (Settings().log_level, Settings().log_format) == ("INFO", "text")
+    settings = Settings.from_env({"DIGEST_LOG_LEVEL": "warning", "DIGEST_LOG_FORMAT": "json"})
+    assert (settings.log_level, settings.log_format) == ("WARNING", "json")
+    file = tmp_path / "digest.toml"
+    file.write_text('log_format = "json"\n')
+    assert Settings.from_env({}, file=file).log_format == "json"
 
 
 def test_bad_file_is_refused_in_one_line(tmp_path: Path) -> None:
