@@ -19,6 +19,7 @@ from digest import recipients
 from digest.errors import DigestError, ValidationError
 from digest.models import Cadence, DeliveryStatus, RunStatus
 from digest.recipients import RecipientFacts
+from digest.terminal import plural
 
 RECENT_RUNS = 3
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -324,7 +325,7 @@ def _run_sentence(run: RunFacts, zone: ZoneInfo) -> str:
     attempt = f"attempt {run.attempt}"
     reason = run.last_error or "no reason recorded"
     if run.status == RunStatus.SENT:
-        events = f" with {run.event_count} events" if run.event_count is not None else ""
+        events = f" with {plural(run.event_count, 'event')}" if run.event_count is not None else ""
         return f"{head} was sent{at}{events} ({attempt})."
     if run.status == RunStatus.SKIPPED:
         why = "there was nothing new to send" if run.last_error == "no events" else reason
@@ -375,8 +376,8 @@ def _delivery_sentence(delivery: DeliveryRow | None, zone: ZoneInfo) -> str:
 def _events_sentence(facts: UserFacts, zone: ZoneInfo) -> str:
     if facts.events_waiting == 0 or facts.oldest_event_at is None:
         return "No events are waiting for the next digest."
-    noun = "event is" if facts.events_waiting == 1 else "events are"
+    waiting = plural(facts.events_waiting, "event is", "events are")
     return (
-        f"{facts.events_waiting} {noun} waiting for the next digest, the oldest from "
+        f"{waiting} waiting for the next digest, the oldest from "
         f"{_when(facts.oldest_event_at, zone)}."
     )

@@ -20,6 +20,7 @@ from digest.cli.app import App
 from digest.errors import DigestError
 from digest.ingest.fields import MAX_PAYLOAD_BYTES
 from digest.models import Cadence
+from digest.terminal import plural
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -165,12 +166,12 @@ def recipients_import(app: App, file: str, fmt: Format | None, skip_bad: bool) -
         )
     seconds = time.perf_counter() - started
     summary = (
-        f"{_source(file)}: {result.rows:,} recipients in {seconds:.1f}s "
+        f"{_source(file)}: {plural(result.rows, 'recipient')} in {seconds:.1f}s "
         f"({_rate(result.rows, seconds)}/s): {result.created:,} created, "
         f"{result.updated:,} updated, {result.unchanged:,} unchanged"
     )
     if result.skipped:
-        summary += f"; {result.skipped:,} bad lines skipped"
+        summary += f"; {plural(result.skipped, 'bad line')} skipped"
     click.echo(summary)
 
 
@@ -235,7 +236,7 @@ def recipients_set(
         message = f"recipient {user_id} unchanged"
     if result.cancelled_runs:
         message += (
-            f"; cancelled {result.cancelled_runs} pending run(s), "
+            f"; cancelled {plural(result.cancelled_runs, 'pending run')}, "
             "the next `digest schedule` creates the new one"
         )
     click.echo(message)
@@ -363,11 +364,11 @@ def events_import(app: App, file: str, skip_bad: bool) -> None:
         )
     seconds = time.perf_counter() - started
     summary = (
-        f"{_source(file)}: loaded {result.loaded:,} events in {seconds:.1f}s "
+        f"{_source(file)}: loaded {plural(result.loaded, 'event')} in {seconds:.1f}s "
         f"({_rate(result.loaded, seconds)} events/s)"
     )
     if result.duplicates:
         summary += f"; {result.duplicates:,} already recorded (same event_key) ignored"
     if result.skipped:
-        summary += f"; {result.skipped:,} bad lines skipped"
+        summary += f"; {plural(result.skipped, 'bad line')} skipped"
     click.echo(summary)

@@ -24,6 +24,7 @@ import click
 from digest.cli.app import LOG_FORMAT, App, fail, pass_app, schema_problem
 from digest.config import Settings
 from digest.errors import DigestError
+from digest.terminal import plural
 
 if TYPE_CHECKING:
     import multiprocessing.queues
@@ -139,7 +140,7 @@ def work_cmd(
     click.echo(
         f"sent {total.sent}, skipped {total.skipped}, failed {total.failed}, "
         f"retrying {total.retried}, lease lost {total.lost}, released {total.released}; "
-        f"{total.events} events in {elapsed:.1f}s{written}",
+        f"{plural(total.events, 'event')} in {elapsed:.1f}s{written}",
         err=True,
     )
     if errors:
