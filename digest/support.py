@@ -76,6 +76,24 @@ DELIVERY_GET_LAST_FOR_USER = text(
     """
 )
 
+# Is anyone working the queue? The runs being processed are exactly those with a lease (a
+# small partial index), and the newest delivery is the last by id: both cheap on a big table.
+QUEUE_GET_ACTIVITY = text(
+    """
+    SELECT now() AS now,
+           (SELECT count(*) FROM digest_runs WHERE lease_expires_at IS NOT NULL) AS processing,
+           (SELECT max(started_at) FROM digest_runs WHERE lease_expires_at IS NOT NULL)
+               AS latest_claim_at,
+           (SELECT created_at FROM deliveries ORDER BY id DESC LIMIT 1) AS last_delivery_at
+    """
+)
+RUN_COUNT_DUE_BEFORE = text(
+    """
+    SELECT count(*) FROM digest_runs
+     WHERE status = 'pending' AND scheduled_for < :scheduled_for
+    """
+)
+
 EVENT_COUNT_WAITING_FOR_USER = text(
     """
     SELECT count(*) AS events, min(created_at) AS oldest
@@ -127,6 +145,17 @@ class RunFacts:
 
 
 @dataclass(frozen=True)
+class QueueFacts:
+    """Whether workers are taking runs, as of the database's `now`."""
+
+    now: datetime
+    processing: int  # runs any worker holds now
+    latest_claim_at: datetime | None  # of those
+    last_delivery_at: datetime | None  # of any user
+    due_before: int  # pending runs due before the user's next one
+
+
+@dataclass(frozen=True)
 class UserFacts:
     """Everything `explain` needs to say about one user's digest."""
 
@@ -138,6 +167,7 @@ class UserFacts:
     last_delivery: DeliveryRow | None
     events_waiting: int
     oldest_event_at: datetime | None
+    queue: QueueFacts | None = None  # None: not read (`explain` then gives no due times)
 
     @property
     def is_unknown(self) -> bool:
@@ -205,6 +235,11 @@ def load_facts(conn: Connection, user_id: str) -> UserFacts:
     recent = conn.execute(RUN_LIST_RECENT_FINISHED, {**params, "limit": RECENT_RUNS})
     last = conn.execute(DELIVERY_GET_LAST_FOR_USER, params).one_or_none()
     waiting = conn.execute(EVENT_COUNT_WAITING_FOR_USER, params).one()
+    activity = conn.execute(QUEUE_GET_ACTIVITY).one()
+    due_before = 0
+    if pending is not None and pending.scheduled_for <= activity.now:
+        found = conn.execute(RUN_COUNT_DUE_BEFORE, {"scheduled_for": pending.scheduled_for})
+        due_before = int(found.scalar_one())
     return UserFacts(
         user_id=user_id,
         recipient=recipient,
@@ -214,6 +249,13 @@ def load_facts(conn: Connection, user_id: str) -> UserFacts:
         last_delivery=DeliveryRow(**last._asdict()) if last else None,
         events_waiting=int(waiting.events),
         oldest_event_at=waiting.oldest,
+        queue=QueueFacts(
+            now=activity.now,
+            processing=int(activity.processing),
+            latest_claim_at=activity.latest_claim_at,
+            last_delivery_at=activity.last_delivery_at,
+            due_before=due_before,
+        ),
     )
 
 
@@ -245,6 +287,8 @@ def explain(facts: UserFacts) -> list[str]:
             f"remove with `digest suppress remove {s.email}`."
         )
     sentences.append(_next_run_sentence(facts, zone))
+    if (workers := _workers_sentence(facts, zone)) is not None:
+        sentences.append(workers)
     sentences.extend(_run_sentence(run, zone) for run in facts.recent_runs)
     sentences.append(_delivery_sentence(facts.last_delivery, zone))
     sentences.append(_events_sentence(facts, zone))
@@ -298,21 +342,79 @@ def _recipient_sentences(recipient: RecipientFacts, zone: ZoneInfo) -> list[str]
     return sentences
 
 
+def span(seconds: float) -> str:
+    """A duration as people say it, to the minute: `13 minutes`, `2 hours 5 minutes`, `3 days`."""
+    seconds = abs(seconds)
+    if seconds < 60:
+        return plural(int(seconds), "second")
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return plural(minutes, "minute")
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return plural(hours, "hour") + (f" {plural(minutes, 'minute')}" if minutes else "")
+    days, hours = divmod(hours, 24)
+    return plural(days, "day") + (f" {plural(hours, 'hour')}" if hours else "")
+
+
+def _overdue(run: RunFacts, queue: QueueFacts | None) -> bool:
+    return queue is not None and run.scheduled_for <= queue.now
+
+
 def _next_run_sentence(facts: UserFacts, zone: ZoneInfo) -> str:
-    run = facts.next_run
+    run, queue = facts.next_run, facts.queue
     if run is not None:
-        return (
+        head = (
             f"The next digest is run {run.id} ({run.cadence}), pending and due at "
-            f"{_when(run.scheduled_for, zone)}."
+            f"{_when(run.scheduled_for, zone)}"
         )
+        if queue is None:
+            return f"{head}."
+        if not _overdue(run, queue):
+            return f"{head} (in {span((run.scheduled_for - queue.now).total_seconds())})."
+        late = span((queue.now - run.scheduled_for).total_seconds())
+        before = (
+            f", with {plural(queue.due_before, 'run')} due before it" if queue.due_before else ""
+        )
+        return f"{head}, overdue by {late}{before}."
     recipient = facts.recipient
-    if recipient is not None and (recipient.cadence == Cadence.OFF or recipient.unsubscribed_at):
+    if recipient is None:
+        return (
+            "`digest schedule` creates no run without a recipient "
+            f"(`digest recipients set {facts.user_id} --email ...` creates one)."
+        )
+    if recipient.cadence == Cadence.OFF or recipient.unsubscribed_at:
         return "No digest run is pending, and none will be while that stays so."
     if not facts.recent_runs:
         return "Never scheduled yet — `digest schedule` runs from cron and creates the first run."
     return (
         "No digest run is pending; the next `digest schedule` (from cron) creates one "
         "at the next send time."
+    )
+
+
+def _workers_sentence(facts: UserFacts, zone: ZoneInfo) -> str | None:
+    """For an overdue run: whether any worker is taking runs, so support knows whom to ask."""
+    run, queue = facts.next_run, facts.queue
+    if run is None or queue is None or not _overdue(run, queue):
+        return None
+    if queue.processing and queue.latest_claim_at is not None:
+        ago = span((queue.now - queue.latest_claim_at).total_seconds())
+        return (
+            f"Workers are busy: {plural(queue.processing, 'run is', 'runs are')} being "
+            f"processed, the latest claimed at {_when(queue.latest_claim_at, zone)} ({ago} ago)."
+        )
+    if queue.last_delivery_at is None:
+        last = "no delivery has ever been recorded"
+    else:
+        ago = span((queue.now - queue.last_delivery_at).total_seconds())
+        last = (
+            "the last delivery of any user was recorded at "
+            f"{_when(queue.last_delivery_at, zone)} ({ago} ago)"
+        )
+    return (
+        f"No worker has claimed a run lately: none is being processed, and {last}; "
+        "is `digest work` running?"
     )
 
 
@@ -377,6 +479,11 @@ def _events_sentence(facts: UserFacts, zone: ZoneInfo) -> str:
     if facts.events_waiting == 0 or facts.oldest_event_at is None:
         return "No events are waiting for the next digest."
     waiting = plural(facts.events_waiting, "event is", "events are")
+    if facts.recipient is None:
+        return (
+            f"{waiting} waiting, but no digest is sent to a user id without a recipient; "
+            f"the oldest is from {_when(facts.oldest_event_at, zone)}."
+        )
     return (
         f"{waiting} waiting for the next digest, the oldest from "
         f"{_when(facts.oldest_event_at, zone)}."

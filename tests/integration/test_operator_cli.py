@@ -69,3 +69,112 @@ def test_summaries_count_one_in_the_singular(
     )
     purged = ok(digest_cli("purge", "--older-than", "90d"))
     assert "purged 1 event, 1 delivery, 1 feedback event, 1 run finished" in purged
+
+
+# -- digest why -----------------------------------------------------------------------------
+
+
+def add_recipient(engine: Engine, user_id: str = "1", **columns: Any) -> None:
+    values = {"email": "ana@example.com", "timezone": "UTC", **columns}
+    names = ", ".join(values)
+    sql(
+        engine,
+        f"INSERT INTO recipients (user_id, {names}) "
+        f"VALUES (:user_id, {', '.join(':' + n for n in values)})",
+        user_id=user_id,
+        **values,
+    )
+
+
+def add_run(engine: Engine, user_id: str, status: str, due: str, **columns: Any) -> int:
+    """A daily run due at `due` (an SQL expression of now())."""
+    extra = "".join(f", {name}" for name in columns)
+    values = "".join(f", :{name}" for name in columns)
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, "
+                    f"status{extra}) VALUES (:user_id, 'daily', {due}, {due}, :status{values}) "
+                    "RETURNING id"
+                ),
+                {"user_id": user_id, "status": status, **columns},
+            ).scalar_one()
+        )
+
+
+def why(digest_cli: Invoke, user_id: str) -> str:
+    return ok(digest_cli("why", "--user", user_id))
+
+
+def test_why_for_events_without_a_recipient_says_there_is_none(
+    digest_cli: Invoke, engine: Engine
+) -> None:
+    """Events for a user id no recipient has: no such recipient, never "never scheduled yet"."""
+    sql(
+        engine,
+        "INSERT INTO digest_events (user_id, category, entity_type, entity_id) "
+        "VALUES ('nobody', 'comment', 'post', '1')",
+    )
+    out = why(digest_cli, "nobody")
+    assert out.startswith("There is no recipient with user id nobody.")
+    assert "Never scheduled" not in out
+    assert "`digest schedule` creates no run without a recipient" in out
+    assert "1 event is waiting, but no digest is sent to a user id without a recipient" in out
+
+
+def test_why_overdue_run_says_by_how_much_and_that_no_worker_claims(
+    digest_cli: Invoke, engine: Engine
+) -> None:
+    """A pending run due 13 minutes ago: overdue by 13 minutes, the runs due before it, and
+    that no worker has claimed anything lately, with the last delivery's time."""
+    add_recipient(engine)
+    add_run(engine, "2", "pending", "now() - interval '20 minutes'")
+    add_run(engine, "1", "pending", "now() - interval '13 minutes 10 seconds'")
+    sent = add_run(engine, "3", "sent", "now() - interval '3 hours'")
+    sql(
+        engine,
+        "INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status, "
+        "created_at) VALUES (:run, '3', 'c@example.com', 'ses', 1, 'sent', "
+        "now() - interval '2 hours 5 minutes')",
+        run=sent,
+    )
+    out = why(digest_cli, "1")
+    assert ", overdue by 13 minutes, with 1 run due before it." in out
+    assert (
+        "No worker has claimed a run lately: none is being processed, and the last delivery "
+        "of any user was recorded at " in out
+    )
+    assert "(2 hours 5 minutes ago); is `digest work` running?" in out
+
+
+def test_why_overdue_run_with_busy_workers_says_so(digest_cli: Invoke, engine: Engine) -> None:
+    """Overdue while workers hold runs: how many are being processed and the latest claim."""
+    add_recipient(engine)
+    add_run(engine, "1", "pending", "now() - interval '2 hours 1 minute'")
+    add_run(
+        engine,
+        "2",
+        "processing",
+        "now() - interval '3 hours'",
+        locked_by="w1",
+        attempt=1,
+    )
+    sql(
+        engine,
+        "UPDATE digest_runs SET started_at = now() - interval '1 minute 5 seconds', "
+        "lease_expires_at = now() + interval '4 minutes' WHERE status = 'processing'",
+    )
+    out = why(digest_cli, "1")
+    assert ", overdue by 2 hours 1 minute." in out
+    assert "Workers are busy: 1 run is being processed, the latest claimed at " in out
+    assert "(1 minute ago)." in out
+
+
+def test_why_future_run_says_how_soon(digest_cli: Invoke, engine: Engine) -> None:
+    """A pending run not yet due says in how long, not that it is overdue."""
+    add_recipient(engine)
+    add_run(engine, "1", "pending", "now() + interval '3 hours 10 minutes 30 seconds'")
+    out = why(digest_cli, "1")
+    assert "(in 3 hours 10 minutes)." in out
+    assert "overdue" not in out

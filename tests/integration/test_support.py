@@ -132,7 +132,7 @@ def test_why_pending_run_in_local_time(digest_cli: Invoke, engine: Engine) -> No
     assert "has a weekly digest on Tuesdays at 08:00 Asia/Tokyo local time." in out
     assert (
         f"The next digest is run {run_id} (weekly), pending and due at "
-        "2026-11-23 23:00 UTC (2026-11-24 08:00 Asia/Tokyo)." in out
+        "2026-11-23 23:00 UTC (2026-11-24 08:00 Asia/Tokyo), overdue by " in out
     )
     assert "3 events are waiting for the next digest, the oldest from 2026-11-24 10:01 UTC" in out
 
