@@ -226,11 +226,7 @@ def load_facts(conn: Connection, user_id: str) -> UserFacts:
     """The facts about `user_id`'s digest, read in a handful of small queries."""
     params: dict[str, Any] = {"user_id": user_id}
     recipient = recipients.facts(conn, user_id)
-    suppression = None
-    if recipient is not None:
-        found = conn.execute(SUPPRESSION_GET_FOR_ADDRESS, {"email": recipient.email.strip()})
-        row = found.one_or_none()
-        suppression = SuppressionFacts(**row._asdict()) if row else None
+    suppression = _suppression(conn, recipient)
     pending = conn.execute(RUN_GET_NEXT_PENDING, params).one_or_none()
     recent = conn.execute(RUN_LIST_RECENT_FINISHED, {**params, "limit": RECENT_RUNS})
     last = conn.execute(DELIVERY_GET_LAST_FOR_USER, params).one_or_none()
@@ -257,6 +253,38 @@ def load_facts(conn: Connection, user_id: str) -> UserFacts:
             due_before=due_before,
         ),
     )
+
+
+def _suppression(conn: Connection, recipient: RecipientFacts | None) -> SuppressionFacts | None:
+    if recipient is None:
+        return None
+    found = conn.execute(SUPPRESSION_GET_FOR_ADDRESS, {"email": recipient.email.strip()})
+    row = found.one_or_none()
+    return SuppressionFacts(**row._asdict()) if row else None
+
+
+def preview_warnings(conn: Connection, user_id: str) -> list[str]:
+    """Why a preview of `user_id`'s digest shows mail that would not be sent, if it does."""
+    recipient = recipients.facts(conn, user_id)
+    if recipient is None:
+        return []
+    suppression = _suppression(conn, recipient)
+    warnings = []
+    if recipient.cadence == Cadence.OFF:
+        warnings.append(
+            f"user {user_id} has cadence off, so no digest is sent to them; "
+            "this is what a daily digest would hold"
+        )
+    if recipient.unsubscribed_at is not None:
+        warnings.append(
+            f"user {user_id} unsubscribed at {_when(recipient.unsubscribed_at, _zone(recipient))}, "
+            "so no digest is sent to them"
+        )
+    if suppression is not None:
+        warnings.append(
+            f"{suppression.email} is suppressed ({suppression.reason}), so it is never mailed"
+        )
+    return warnings
 
 
 def why(conn: Connection, user_id: str) -> tuple[UserFacts, list[str]]:

@@ -143,10 +143,19 @@ def _record(value: Any) -> Any:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
 @pass_app
 def preview_cmd(app: App, user_id: str, fmt: str, out: Path | None) -> None:
-    """Render USER's next digest as it would be sent now, changing nothing."""
+    """Render USER's next digest as it would be sent now, changing nothing.
+
+    When the digest would not be sent (cadence off, unsubscribed, a suppressed address),
+    it is still rendered, and stderr says why it would not go out.
+    """
+    from digest import support
     from digest.preview import preview
 
     rendered = preview(app.engine(), app.settings, user_id)
+    with app.engine().connect() as conn:
+        warnings = support.preview_warnings(conn, user_id)
+    for warning in warnings:
+        click.echo(f"digest: warning: {printable(warning)}", err=True)
     body = rendered.html if fmt == "html" else f"Subject: {rendered.subject}\n\n{rendered.text}"
     if out:
         try:

@@ -178,3 +178,57 @@ def test_why_future_run_says_how_soon(digest_cli: Invoke, engine: Engine) -> Non
     out = why(digest_cli, "1")
     assert "(in 3 hours 10 minutes)." in out
     assert "overdue" not in out
+
+
+# -- digest preview -------------------------------------------------------------------------
+
+
+def add_waiting_event(engine: Engine, user_id: str = "1") -> None:
+    sql(
+        engine,
+        "INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload) "
+        "VALUES (:u, 'comment', 'post', '1', '{\"title\": \"Trip photos\"}')",
+        u=user_id,
+    )
+
+
+def test_preview_of_a_recipient_with_cadence_off_warns(digest_cli: Invoke, engine: Engine) -> None:
+    """Cadence off: the preview still renders, and stderr says no digest is sent to this user."""
+    add_recipient(engine, cadence="off")
+    add_waiting_event(engine)
+    result = digest_cli("preview", "--user", "1", "--format", "text")
+    assert result.exit_code == 0, result.output
+    assert "Trip photos" in result.stdout
+    assert result.stderr.startswith(
+        "digest: warning: user 1 has cadence off, so no digest is sent to them; "
+        "this is what a daily digest would hold"
+    )
+
+
+def test_preview_of_an_unsubscribed_or_suppressed_recipient_warns(
+    digest_cli: Invoke, engine: Engine
+) -> None:
+    """Unsubscribed, or a suppressed address: each gets its warning line on stderr."""
+    add_recipient(engine, unsubscribed_at="2026-01-01T00:00:00Z")
+    add_waiting_event(engine)
+    sql(
+        engine,
+        "INSERT INTO suppressions (email, reason, source) "
+        "VALUES ('ana@example.com', 'bounce', 'ses')",
+    )
+    result = digest_cli("preview", "--user", "1")
+    assert result.exit_code == 0, result.output
+    warnings = result.stderr.splitlines()
+    assert warnings[0].startswith("digest: warning: user 1 unsubscribed at 2026-01-01 00:00 UTC")
+    assert warnings[1].startswith("digest: warning: ana@example.com is suppressed (bounce)")
+
+
+def test_preview_of_a_subscribed_recipient_has_no_warning(
+    digest_cli: Invoke, engine: Engine
+) -> None:
+    """A daily recipient gets the preview and nothing on stderr."""
+    add_recipient(engine)
+    add_waiting_event(engine)
+    result = digest_cli("preview", "--user", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
