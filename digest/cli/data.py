@@ -130,15 +130,17 @@ def recipients() -> None:
 def recipients_import(app: App, file: str, fmt: Format | None, skip_bad: bool) -> None:
     """Create or update recipients from FILE (JSON Lines or CSV with a header; `-` is stdin).
 
-    Fields: user_id and email (required); name; cadence daily|weekly|off; timezone (IANA
-    name, e.g. Europe/Berlin); send_hour 0-23 (local time); weekly_day 1-7 (Monday=1) or
-    mon..sun; locale (e.g. en, pt-BR). Unknown fields or columns are refused.
+    Fields: user_id (required); email (required for a new recipient); name; cadence
+    daily|weekly|off; timezone (IANA name, e.g. Europe/Berlin); send_hour 0-23 (local
+    time); weekly_day 1-7 (Monday=1) or mon..sun; locale (e.g. en, pt-BR). Unknown fields
+    or columns are refused.
 
-    A field that is missing (or an empty CSV cell) keeps an existing recipient's value; a
-    new recipient gets the default: cadence daily, timezone UTC, send_hour 8, weekly_day 1,
-    locale en. A row that changes nothing writes nothing, so importing the same file again
-    changes nothing. A changed cadence, timezone, send_hour or weekly_day cancels that
-    user's pending digest runs; the next `digest schedule` creates the right one.
+    A field that is missing (or an empty CSV cell) keeps an existing recipient's value, the
+    email too, so a file of user_id and send_hour changes only the hours; a new recipient
+    gets the default: cadence daily, timezone UTC, send_hour 8, weekly_day 1, locale en.
+    A row that changes nothing writes nothing, so importing the same file again changes
+    nothing. A changed cadence, timezone, send_hour or weekly_day cancels that user's
+    pending digest runs; the next `digest schedule` creates the right one.
 
     A user_id listed more than once: the rows apply in order, as if imported one after
     another, so each field ends with the value of the last row that gives it.

@@ -46,6 +46,7 @@ from digest.channels.email.mime import validate_email
 from digest.ingest import recipients as recipients_module
 from digest.ingest.lines import UTF8_BOM
 from digest.ingest.recipients import BATCH_ROWS, WEEKDAYS
+from digest.terminal import plural
 
 Invoke = Callable[..., Result]
 
@@ -361,7 +362,7 @@ def check_skip_bad(result: Result, file: File, stored: int) -> None:
         assert line.reason is not None
         assert line.reason in reason, (line.reason, reason)
     if file.bad:
-        assert f"{len(file.bad):,} bad lines skipped" in result.stdout
+        assert f"{plural(len(file.bad), 'bad line')} skipped" in result.stdout
     else:
         assert "skipped" not in result.stdout
     assert stored == len(file.good)
@@ -420,7 +421,7 @@ def test_events_import_is_all_or_nothing_and_skip_bad_keeps_the_good(
     reset(engine)
     result = digest_cli("events", "import", "--skip-bad", str(file.path))
     check_skip_bad(result, file, count(engine, "digest_events"))
-    assert f"loaded {len(file.good):,} events" in result.stdout
+    assert f"loaded {plural(len(file.good), 'event')}" in result.stdout
 
 
 def test_every_bad_event_line_is_named_with_its_reason(
@@ -503,7 +504,7 @@ def test_recipients_jsonl_import(
     result = digest_cli("recipients", "import", "--skip-bad", str(file.path))
     check_skip_bad(result, replace_good(file, expected), count(engine, "recipients"))
     assert stored_recipients(engine) == expected
-    assert f"{len(rows):,} recipients in" in result.stdout
+    assert f"{plural(len(rows), 'recipient')} in" in result.stdout
     assert f"{len(expected):,} created" in result.stdout
 
 

@@ -232,3 +232,72 @@ def test_preview_of_a_subscribed_recipient_has_no_warning(
     result = digest_cli("preview", "--user", "1")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
+
+
+# -- recipients import: missing fields keep their values --------------------------------------
+
+
+def recipient_row(engine: Engine, user_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT * FROM recipients WHERE user_id = :u"), {"u": user_id}
+        ).mappings()
+        return dict(row.one())
+
+
+def test_import_without_email_changes_existing_recipients(
+    digest_cli: Invoke, engine: Engine, tmp_path: Path
+) -> None:
+    """A file of user_id and send_hour (JSON Lines or CSV) updates existing users, emails kept."""
+    add_recipient(engine, "1", email="ana@example.com", send_hour=8)
+    add_recipient(engine, "2", email="ben@example.com", send_hour=8)
+    jsonl = write_jsonl(tmp_path / "hours.jsonl", [{"user_id": "1", "send_hour": 9}])
+    out = ok(digest_cli("recipients", "import", str(jsonl)))
+    assert "1 updated" in out
+    csv = tmp_path / "hours.csv"
+    csv.write_text("user_id,send_hour\n2,10\n", encoding="utf-8")
+    assert "1 updated" in ok(digest_cli("recipients", "import", str(csv)))
+    assert (recipient_row(engine, "1")["email"], recipient_row(engine, "1")["send_hour"]) == (
+        "ana@example.com",
+        9,
+    )
+    assert (recipient_row(engine, "2")["email"], recipient_row(engine, "2")["send_hour"]) == (
+        "ben@example.com",
+        10,
+    )
+
+
+def test_import_without_email_for_a_new_user_names_the_line(
+    digest_cli: Invoke, engine: Engine, tmp_path: Path
+) -> None:
+    """A new user_id needs an email in its own row or an earlier one: line 2 (before the row
+    that gives one) is refused, by line number, and nothing is written."""
+    add_recipient(engine, "1")
+    rows = [
+        {"user_id": "1", "send_hour": 9},
+        {"user_id": "3", "send_hour": 9},
+        {"user_id": "3", "email": "cy@example.com"},
+        {"user_id": "3", "send_hour": 11},
+    ]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    result = digest_cli("recipients", "import", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:2: email is required for a new recipient" in result.stderr
+    assert f"{path}:4" not in result.stderr
+    assert recipient_row(engine, "1")["send_hour"] == 8
+    skipped = ok(digest_cli("recipients", "import", "--skip-bad", str(path)))
+    assert "1 bad line skipped" in skipped
+    assert recipient_row(engine, "1")["send_hour"] == 9
+    assert recipient_row(engine, "3")["email"] == "cy@example.com"
+    assert recipient_row(engine, "3")["send_hour"] == 11
+
+
+def test_upsert_api_without_email_keeps_it(engine: Engine) -> None:
+    """`upsert_recipients` takes rows without an email for existing users too."""
+    from digest.ingest.recipients import upsert_recipients
+
+    add_recipient(engine, "1", email="ana@example.com")
+    result = upsert_recipients(engine, [{"user_id": "1", "cadence": "weekly"}])
+    assert (result.created, result.updated) == (0, 1)
+    assert recipient_row(engine, "1")["email"] == "ana@example.com"
+    assert recipient_row(engine, "1")["cadence"] == "weekly"
