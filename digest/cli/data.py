@@ -332,8 +332,14 @@ def events_add(
 @events.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--skip-bad", is_flag=True, help="Load the good lines; report bad ones, exit 0.")
+@click.option(
+    "--key-from-line",
+    is_flag=True,
+    help="Give each line without an event_key one derived from its content, so importing "
+    "the file again adds nothing.",
+)
 @click.pass_obj
-def events_import(app: App, file: str, skip_bad: bool) -> None:
+def events_import(app: App, file: str, skip_bad: bool, key_from_line: bool) -> None:
     """Load events from a JSON Lines FILE (one object per line; `-` reads stdin).
 
     Each line: {"user_id", "category", "entity_type", "entity_id", "actor_id"?,
@@ -347,7 +353,10 @@ def events_import(app: App, file: str, skip_bad: bool) -> None:
     exit status is 0.
 
     A line whose event_key the user already has (in the database or earlier in the file)
-    is ignored, so re-importing a file of keyed events adds nothing.
+    is ignored, so re-importing a file of keyed events adds nothing. Lines without one are
+    always new: --key-from-line gives each such line the key `line-sha256:` + the SHA-256
+    of its JSON object re-serialised canonically (keys sorted, no spaces), so a re-import,
+    even re-spaced or with its keys reordered, adds nothing (identical lines are one event).
     """
     from rich.console import Console
 
@@ -363,14 +372,20 @@ def events_import(app: App, file: str, skip_bad: bool) -> None:
             skip_bad=skip_bad,
             categories=app.settings.categories,
             on_bad=_report_bad(console),
+            key_from_line=key_from_line,
         )
     seconds = time.perf_counter() - started
+    read = result.loaded + result.duplicates
     summary = (
-        f"{_source(file)}: loaded {plural(result.loaded, 'event')} in {seconds:.1f}s "
-        f"({_rate(result.loaded, seconds)} events/s)"
+        f"{_source(file)}: {plural(read, 'event')} in {seconds:.1f}s "
+        f"({_rate(read, seconds)}/s): {result.loaded:,} new, "
+        f"{result.duplicates:,} already there"
     )
-    if result.duplicates:
-        summary += f"; {result.duplicates:,} already recorded (same event_key) ignored"
     if result.skipped:
         summary += f"; {plural(result.skipped, 'bad line')} skipped"
+    if result.keyless:
+        summary += (
+            f"; {result.keyless:,} {'has' if result.keyless == 1 else 'have'} no event_key: "
+            "importing them again adds them again (--key-from-line prevents that)"
+        )
     click.echo(summary)

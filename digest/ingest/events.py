@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import json
 import os
 import re
@@ -74,11 +75,35 @@ class EventIn:
 
 @dataclass(frozen=True, slots=True)
 class EventImport:
-    """What an import did: events stored, keyed duplicates ignored, bad lines skipped."""
+    """What an import did: events stored, keyed duplicates ignored, bad lines skipped, and
+    how many stored have no key (a second import of the file would store them again)."""
 
     loaded: int
     duplicates: int
     skipped: int
+    keyless: int = 0
+
+
+# A key derived from a line says how: `line-sha256:` and the hash of the line's canonical JSON.
+LINE_KEY_PREFIX: Final = "line-sha256:"
+
+
+def line_key(value: Mapping[str, Any]) -> str:
+    """The event_key `--key-from-line` gives a line's object: a SHA-256 of the object
+    re-serialised canonically (sorted keys, no spaces, ASCII escapes), so the same event
+    written with other spacing or key order gets the same key."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return LINE_KEY_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _keyed_by_line(value: object) -> object:
+    """A line's object with its derived key, unless it has an event_key of its own."""
+    if type(value) is dict and value.get("event_key") is None:
+        try:
+            return {**value, "event_key": line_key(value)}
+        except (TypeError, ValueError, RecursionError):  # validation says what is wrong
+            return value
+    return value
 
 
 def env_categories() -> frozenset[str] | None:
@@ -326,23 +351,29 @@ def import_events(
     skip_bad: bool = False,
     categories: Categories = FROM_ENV,
     on_bad: Callable[[BadLine], None] | None = None,
+    key_from_line: bool = False,
 ) -> EventImport:
     """Load JSON Lines events in one transaction, streaming; all or nothing unless `skip_bad`.
 
     All or nothing: any bad line raises BadInputError (listing the first bad lines by
     number) and nothing is stored. With `skip_bad` the good lines are stored and each bad
-    one is passed to `on_bad`.
+    one is passed to `on_bad`. With `key_from_line` a line without an event_key gets
+    `line_key` of its object, so importing the file again stores nothing twice.
     """
     allowed = _allow_list(categories)
     bad = BadLines(source, on_bad if skip_bad else None)
+    keyless = 0
+
+    def validate(value: object) -> EventRow:
+        nonlocal keyless
+        row = validate_event(_keyed_by_line(value) if key_from_line else value, allowed=allowed)
+        keyless += row[7] is None
+        return row
 
     with atomic(target) as conn:
-        rows = bad.valid(
-            read_jsonl(lines),
-            lambda value: validate_event(value, allowed=allowed),
-            skip_bad=skip_bad,
-        )
+        rows = bad.valid(read_jsonl(lines), validate, skip_bad=skip_bad)
         inserted, ignored = store_rows(conn, rows)
         if bad.count and not skip_bad:
             raise bad.error()
-    return EventImport(loaded=inserted, duplicates=ignored, skipped=bad.count)
+    # a keyless row never conflicts: every one counted was stored
+    return EventImport(inserted, ignored, bad.count, keyless)

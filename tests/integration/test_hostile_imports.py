@@ -421,7 +421,7 @@ def test_events_import_is_all_or_nothing_and_skip_bad_keeps_the_good(
     reset(engine)
     result = digest_cli("events", "import", "--skip-bad", str(file.path))
     check_skip_bad(result, file, count(engine, "digest_events"))
-    assert f"loaded {plural(len(file.good), 'event')}" in result.stdout
+    assert f"/s): {len(file.good):,} new, 0 already there" in result.stdout
 
 
 def test_every_bad_event_line_is_named_with_its_reason(

@@ -301,3 +301,59 @@ def test_upsert_api_without_email_keeps_it(engine: Engine) -> None:
     assert (result.created, result.updated) == (0, 1)
     assert recipient_row(engine, "1")["email"] == "ana@example.com"
     assert recipient_row(engine, "1")["cadence"] == "weekly"
+
+
+# -- events import: idempotent without keys ---------------------------------------------------
+
+
+def event_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM digest_events")).scalar_one())
+
+
+EVENTS = [
+    {"user_id": "1", "category": "comment", "entity_type": "post", "entity_id": str(i)}
+    for i in range(3)
+]
+
+
+def test_reimporting_keyless_events_says_how_many_were_new_and_warns(
+    digest_cli: Invoke, engine: Engine, tmp_path: Path
+) -> None:
+    """Without keys a re-import adds every event again: the summary counts them as new and
+    says that importing again adds them again, naming --key-from-line."""
+    path = write_jsonl(tmp_path / "e.jsonl", EVENTS)
+    ok(digest_cli("events", "import", str(path)))
+    again = ok(digest_cli("events", "import", str(path)))
+    assert "3 events in " in again
+    assert ": 3 new, 0 already there" in again
+    assert "3 have no event_key: importing them again adds them again (--key-from-line" in again
+    assert event_count(engine) == 6
+
+
+def test_key_from_line_makes_a_reimport_add_nothing(
+    digest_cli: Invoke, engine: Engine, tmp_path: Path
+) -> None:
+    """--key-from-line: a second import, even re-spaced with its keys reordered, adds nothing;
+    a line with its own event_key keeps it; the summary says N new, M already there."""
+    keyed = {**EVENTS[0], "entity_id": "k", "event_key": "mine"}
+    path = write_jsonl(tmp_path / "e.jsonl", [*EVENTS, keyed])
+    first = ok(digest_cli("events", "import", "--key-from-line", str(path)))
+    assert ": 4 new, 0 already there" in first
+    assert "no event_key" not in first
+    respaced = tmp_path / "respaced.jsonl"
+    respaced.write_text(
+        "".join(
+            json.dumps(dict(reversed(row.items())), indent=None, separators=(" , ", " : ")) + "\n"
+            for row in [*EVENTS, keyed]
+        ),
+        encoding="utf-8",
+    )
+    again = ok(digest_cli("events", "import", "--key-from-line", str(respaced)))
+    assert ": 0 new, 4 already there" in again
+    assert event_count(engine) == 4
+    with engine.connect() as conn:
+        keys = conn.execute(text("SELECT event_key FROM digest_events ORDER BY id")).scalars()
+        stored = list(keys)
+    assert stored[3] == "mine"
+    assert all(key.startswith("line-sha256:") and len(key) == 12 + 64 for key in stored[:3])
