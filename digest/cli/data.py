@@ -283,7 +283,11 @@ def events() -> None:
     help="A JSON object shown by the templates (at most 64 KB, nested 64 deep, numbers of "
     "100 characters; no NaN, NUL or lone surrogates).",
 )
-@click.option("--created-at", help="ISO 8601 time (no offset = UTC); default now.")
+@click.option(
+    "--created-at",
+    help="ISO 8601 time (no offset = UTC); default now; at most DIGEST_MAX_CLOCK_SKEW "
+    "(5 minutes) ahead of the database's clock.",
+)
 @click.option("--key", "event_key", help="Idempotency key: a second event with it is ignored.")
 @click.pass_obj
 def events_add(
@@ -322,6 +326,7 @@ def events_add(
         created_at=created_at,
         event_key=event_key,
         categories=app.settings.categories,
+        max_clock_skew=app.settings.max_clock_skew_seconds,
     )
     if new_id is None:
         click.echo(f"already recorded: user {user_id} has an event with key {event_key!r}")
@@ -373,6 +378,7 @@ def events_import(app: App, file: str, skip_bad: bool, key_from_line: bool) -> N
             categories=app.settings.categories,
             on_bad=_report_bad(console),
             key_from_line=key_from_line,
+            max_clock_skew=app.settings.max_clock_skew_seconds,
         )
     seconds = time.perf_counter() - started
     read = result.loaded + result.duplicates

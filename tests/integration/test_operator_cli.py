@@ -357,3 +357,59 @@ def test_key_from_line_makes_a_reimport_add_nothing(
         stored = list(keys)
     assert stored[3] == "mine"
     assert all(key.startswith("line-sha256:") and len(key) == 12 + 64 for key in stored[:3])
+
+
+# -- events from the future -------------------------------------------------------------------
+
+
+def test_events_add_refuses_a_time_far_in_the_future(digest_cli: Invoke, engine: Engine) -> None:
+    """`--created-at 2999-01-01` is one error line naming the clock skew allowed; nothing stored."""
+    result = digest_cli(
+        "events", "add", "--user", "1", "--category", "comment", "--entity-type", "post",
+        "--entity-id", "1", "--created-at", "2999-01-01",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "digest: error: created_at 2999-01-01T00:00:00+00:00 is ahead of the database's clock "
+        "by more than 5 minutes (DIGEST_MAX_CLOCK_SKEW)"
+    )
+    assert event_count(engine) == 0
+
+
+def test_events_import_names_the_line_from_the_future(
+    digest_cli: Invoke, engine: Engine, tmp_path: Path
+) -> None:
+    """An import refuses a line dated an hour ahead by its number; two minutes ahead (within
+    the skew) is fine; DIGEST_MAX_CLOCK_SKEW widens the window."""
+    from datetime import UTC, datetime, timedelta
+
+    soon = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    rows = [{**EVENTS[0], "created_at": soon}, {**EVENTS[1], "created_at": later}]
+    path = write_jsonl(tmp_path / "e.jsonl", rows)
+    result = digest_cli("events", "import", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:2: created_at {later.replace('+00:00', '')}" in result.stderr
+    assert "is ahead of the database's clock by more than 5 minutes" in result.stderr
+    assert event_count(engine) == 0
+    ok(digest_cli("events", "import", str(path), env={"DIGEST_MAX_CLOCK_SKEW": "7200"}))
+    assert event_count(engine) == 2
+
+
+def test_record_event_and_record_events_refuse_the_future(engine: Engine) -> None:
+    """The Python API refuses a created_at beyond the skew, one event or many."""
+    import pytest
+
+    from digest.errors import ValidationError
+    from digest.ingest.events import record_event, record_events
+
+    with pytest.raises(ValidationError, match="ahead of the database's clock"):
+        record_event(engine, user_id="1", category="comment", entity_type="post", entity_id="1",
+                     created_at="2999-01-01T00:00:00Z")  # fmt: skip
+    with pytest.raises(ValidationError, match=r"rows\[1\]: created_at .* ahead"):
+        record_events(engine, [EVENTS[0], {**EVENTS[1], "created_at": "2999-01-01"}])
+    assert event_count(engine) == 0
+    assert record_event(
+        engine, user_id="1", category="comment", entity_type="post", entity_id="1",
+        created_at="2999-01-01", max_clock_skew=None,
+    )  # fmt: skip
