@@ -413,3 +413,55 @@ def test_record_event_and_record_events_refuse_the_future(engine: Engine) -> Non
         engine, user_id="1", category="comment", entity_type="post", entity_id="1",
         created_at="2999-01-01", max_clock_skew=None,
     )  # fmt: skip
+
+
+# -- digest deliveries in a pipe --------------------------------------------------------------
+
+HEADER = "created_at\trun_id\tuser_id\trecipient\ttransport\tstatus\tprovider_message_id\treason"
+
+
+def test_deliveries_piped_are_tab_separated_lines(digest_cli: Invoke, engine: Engine) -> None:
+    """Not a terminal: a header and one tab-separated line per delivery, never wrapped; a
+    reason's tabs and line breaks become spaces, its escape sequences visible."""
+    run_id = add_run(engine, "1", "sent", "now() - interval '1 hour'")
+    reason = "550 5.1.1 " + "mailbox unavailable " * 8 + "\tline\r\nbreak \x1b[31m"
+    sql(
+        engine,
+        "INSERT INTO deliveries (run_id, user_id, recipient, transport, provider_message_id, "
+        "attempt, status, reason, created_at) VALUES (:run, '1', 'ana@example.com', 'smtp', "
+        "NULL, 1, 'bounced', :reason, '2026-11-01T10:00:00Z')",
+        run=run_id,
+        reason=reason,
+    )
+    result = digest_cli("deliveries")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == HEADER
+    assert len(lines) == 2
+    fields = lines[1].split("\t")
+    assert fields[:7] == [
+        "2026-11-01T10:00:00+00:00", str(run_id), "1", "ana@example.com", "smtp", "bounced", "",
+    ]  # fmt: skip
+    assert fields[7] == reason.replace("\t", " ").replace("\r\n", "  ").replace("\x1b", "\\x1b")
+
+
+def test_deliveries_piped_with_none_is_the_header(digest_cli: Invoke) -> None:
+    """Nothing matches in a pipe: the header alone, so a script reads zero rows."""
+    result = digest_cli("deliveries", "--user", "nobody")
+    assert result.exit_code == 0
+    assert result.stdout == HEADER + "\n"
+
+
+def test_deliveries_on_a_terminal_are_a_table(digest_cli: Invoke, engine: Engine) -> None:
+    """On a terminal: the table, with its column titles."""
+    run_id = add_run(engine, "1", "sent", "now() - interval '1 hour'")
+    sql(
+        engine,
+        "INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status) "
+        "VALUES (:run, '1', 'ana@example.com', 'smtp', 1, 'sent')",
+        run=run_id,
+    )
+    result = digest_cli("deliveries", env={"TTY_COMPATIBLE": "1", "COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "provider message id" in result.stdout
+    assert "\t" not in result.stdout
