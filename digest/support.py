@@ -22,6 +22,8 @@ from digest.recipients import RecipientFacts
 from digest.terminal import plural
 
 RECENT_RUNS = 3
+# A delivery this recent means workers were sending moments ago (`digest why`).
+RECENT_DELIVERY = timedelta(minutes=5)
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # Every filter is optional: a NULL parameter switches it off. LIMIT NULL is no limit.
@@ -440,6 +442,8 @@ def _workers_sentence(facts: UserFacts, zone: ZoneInfo) -> str | None:
             "the last delivery of any user was recorded at "
             f"{_when(queue.last_delivery_at, zone)} ({ago} ago)"
         )
+        if queue.now - queue.last_delivery_at < RECENT_DELIVERY:
+            return f"No worker holds a run right now; {last}."
     return (
         f"No worker has claimed a run lately: none is being processed, and {last}; "
         "is `digest work` running?"

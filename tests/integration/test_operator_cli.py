@@ -465,3 +465,25 @@ def test_deliveries_on_a_terminal_are_a_table(digest_cli: Invoke, engine: Engine
     assert result.exit_code == 0, result.output
     assert "provider message id" in result.stdout
     assert "\t" not in result.stdout
+
+
+def test_explain_an_overdue_run_just_after_a_delivery() -> None:
+    """Overdue with no run held but a delivery a minute ago: says so, and does not ask
+    whether `digest work` is running."""
+    from datetime import UTC, datetime, timedelta
+
+    from digest.recipients import RecipientFacts
+    from digest.support import QueueFacts, RunFacts, UserFacts, explain
+
+    now = datetime(2026, 12, 3, 16, 44, tzinfo=UTC)
+    recipient = RecipientFacts("1", "a@x.org", "daily", "UTC", 8, 1, None, True)
+    run = RunFacts(
+        7, "daily", "pending", now - timedelta(minutes=13), 0, None, None, None, None, None
+    )
+    queue = QueueFacts(now, 0, None, now - timedelta(seconds=70), 0)
+    sentences = explain(UserFacts("1", recipient, None, run, (), None, 0, None, queue))
+    assert "pending and due at 2026-12-03 16:31 UTC, overdue by 13 minutes." in sentences[1]
+    assert sentences[2] == (
+        "No worker holds a run right now; the last delivery of any user was recorded at "
+        "2026-12-03 16:42 UTC (1 minute ago)."
+    )
