@@ -70,6 +70,7 @@ class NotAfter:
     skew: timedelta
 
     def refuse(self, moment: datetime) -> ValidationError:
+        """The error for a `moment` past `latest`, naming the skew allowed."""
         seconds = int(self.skew.total_seconds())
         allowed = (
             plural(seconds // 60, "minute") if seconds % 60 == 0 else plural(seconds, "second")
