@@ -86,6 +86,9 @@ class Settings:
     from_name: str = setting("Digest")
     secret_key: str | None = setting(None, secret=True)
     categories: frozenset[str] | None = setting(None)
+    # An event dated further ahead of the database's clock than this is refused: the claim
+    # takes only events whose time has come, so it would wait, unseen, until then.
+    max_clock_skew_seconds: int = setting(300, env="DIGEST_MAX_CLOCK_SKEW", minimum=0)
     templates_dir: Path = setting(TEMPLATES, env="DIGEST_TEMPLATES")
     # delivery
     delivery: str = setting("at-least-once", choices=DELIVERY_MODES)

@@ -10,7 +10,7 @@ user's pending runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -138,6 +138,9 @@ RECIPIENT_COUNT_UNSCHEDULABLE = text(
      WHERE timezone NOT IN (SELECT name FROM pg_timezone_names)
     """
 )
+RECIPIENT_LIST_EMAILS = text(
+    "SELECT user_id, email FROM recipients WHERE user_id = ANY(CAST(:user_ids AS text[]))"
+)
 
 
 @dataclass(frozen=True)
@@ -247,3 +250,9 @@ def facts(conn: Connection, user_id: str) -> RecipientFacts | None:
 def count_unschedulable(conn: Connection) -> int:
     """Recipients whose time zone PostgreSQL does not know (`digest schedule` skips them)."""
     return int(conn.execute(RECIPIENT_COUNT_UNSCHEDULABLE).scalar_one())
+
+
+def emails_of(conn: Connection, user_ids: Collection[str]) -> dict[str, str]:
+    """The stored email of each of `user_ids` that has a recipient."""
+    rows = conn.execute(RECIPIENT_LIST_EMAILS, {"user_ids": list(user_ids)})
+    return {row.user_id: row.email for row in rows}

@@ -124,7 +124,7 @@ class RecipientIn:
     """
 
     user_id: str
-    email: str | None  # None only for `set` on an existing recipient: the email is kept
+    email: str | None  # None when not given: an existing recipient's email is kept
     name: str | None = None
     cadence: str = Cadence.DAILY
     timezone: str = "UTC"
@@ -294,23 +294,59 @@ def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[i
     return created, updated
 
 
-def _store(conn: Connection, rows: Iterable[RecipientIn]) -> tuple[int, int, int]:
+NEEDS_EMAIL: Final = "email is required for a new recipient"
+# Refuses the row numbered (line, or index) with the reason.
+Refuse = Callable[[int, str], None]
+# A validated row, or the reason its line is bad, numbered by line (or index).
+Numbered = tuple[int, "RecipientIn | str"]
+
+
+def _store(conn: Connection, rows: Iterable[Numbered], refuse: Refuse) -> tuple[int, int, int]:
+    """Upsert numbered rows in batches, all or none; a row without an email for a user who
+    has no recipient yet (stored, or from an earlier row) is refused and left out, like a
+    bad line. Bad lines go to `refuse` in line order, found in a batch or before it."""
     count = created = updated = 0
+    pending: list[Numbered] = []
+    for numbered in rows:
+        pending.append(numbered)
+        if len(pending) >= BATCH_ROWS:
+            n, c, u = _store_batch(conn, pending, refuse)
+            count, created, updated, pending = count + n, created + c, updated + u, []
+    if pending:
+        n, c, u = _store_batch(conn, pending, refuse)
+        count, created, updated = count + n, created + c, updated + u
+    return count, created, updated
+
+
+def _store_batch(conn: Connection, rows: list[Numbered], refuse: Refuse) -> tuple[int, int, int]:
+    # Rows without an email change an existing recipient: the batch asks for the stored
+    # emails once (earlier batches' rows are stored by now, in this transaction).
+    emailless = {r.user_id for _, r in rows if not isinstance(r, str) and r.email is None}
+    stored = recipients.emails_of(conn, emailless) if emailless else {}
+    count = 0
     batch: dict[str, RecipientIn] = {}
-    for row in rows:
-        count += 1
+    for number, row in rows:
+        if isinstance(row, str):
+            refuse(number, row)
+            continue
         # A user_id repeated in one batch becomes one row (a statement cannot update the
         # same row twice): the later row's given fields over the earlier's, exactly what
         # two statements do when the repeat falls in the next batch. Either way the rows
         # apply in file order, and each field ends with the last value given for it.
         earlier = batch.get(row.user_id)
+        if row.email is None:
+            known = stored.get(row.user_id) if earlier is None else earlier.email
+            if known is None:
+                refuse(number, NEEDS_EMAIL)
+                continue
+            # Not given, so not written; it only fills the insert half of the upsert,
+            # which PostgreSQL checks for NOT NULL before it finds the conflict.
+            row.email = known
+        count += 1
         batch[row.user_id] = row if earlier is None else _merged(earlier, row)
-        if len(batch) >= BATCH_ROWS:
-            c, u = _upsert_batch(conn, batch)
-            created, updated, batch = created + c, updated + u, {}
-    if batch:
-        c, u = _upsert_batch(conn, batch)
-        created, updated = created + c, updated + u
+    if not batch:
+        return count, 0, 0
+    created, updated = _upsert_batch(conn, batch)
     return count, created, updated
 
 
@@ -326,29 +362,43 @@ def _merged(earlier: RecipientIn, later: RecipientIn) -> RecipientIn:
 def upsert_recipients(
     target: Connection | Engine, rows: Iterable[Mapping[str, Any] | RecipientIn]
 ) -> RecipientImport:
-    """Validate and upsert recipients in batches, all or none; a bad row raises ValidationError."""
+    """Validate and upsert recipients in batches, all or none; a bad row (or one without an
+    email for a user with no recipient yet) raises ValidationError."""
 
-    def validated() -> Iterator[RecipientIn]:
+    def validated() -> Iterator[Numbered]:
         for index, row in enumerate(rows):
             if isinstance(row, RecipientIn):
-                yield row
+                yield index, row
                 continue
             try:
-                yield validate_recipient(row)
+                yield index, validate_recipient(row, require_email=False)
             except ValidationError as exc:
                 raise ValidationError(f"rows[{index}]: {exc}") from None
 
+    def refuse(index: int, reason: str) -> None:
+        raise ValidationError(f"rows[{index}]: {reason}")
+
     with atomic(target) as conn:
-        count, created, updated = _store(conn, validated())
+        count, created, updated = _store(conn, validated(), refuse)
     return RecipientImport(rows=count, created=created, updated=updated, skipped=0)
 
 
 def read_csv(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, object, str | None]]:
     """Recipient rows from CSV with a header row (`digest.ingest.lines.read_csv`): the
-    columns are recipient fields, user_id and email among them."""
-    return input_lines.read_csv(
-        lines, source, fields=RECIPIENT_FIELDS, required=("user_id", "email")
-    )
+    columns are recipient fields, user_id among them."""
+    return input_lines.read_csv(lines, source, fields=RECIPIENT_FIELDS, required=("user_id",))
+
+
+def _checked(records: Iterable[tuple[int, object, str | None]]) -> Iterator[Numbered]:
+    """Each record validated (email optional), or the reason its line is bad."""
+    for number, value, reason in records:
+        if reason is not None:
+            yield number, reason
+            continue
+        try:
+            yield number, validate_recipient(value, require_email=False)
+        except ValidationError as exc:
+            yield number, str(exc)
 
 
 def import_recipients(
@@ -369,8 +419,9 @@ def import_recipients(
     records = read_jsonl(lines) if fmt == "jsonl" else read_csv(lines, source)
 
     with atomic(target) as conn:
-        valid = bad.valid(records, validate_recipient, skip_bad=skip_bad)
-        count, created, updated = _store(conn, valid)
+        # Unlike the events import, a failing file is still written (then rolled back):
+        # whether a row without an email is bad depends on the rows stored before it.
+        count, created, updated = _store(conn, _checked(records), bad.add)
         if bad.count and not skip_bad:
             raise bad.error()
     return RecipientImport(rows=count, created=created, updated=updated, skipped=bad.count)

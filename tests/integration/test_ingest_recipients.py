@@ -289,7 +289,7 @@ def test_set_cadence_cancels_pending_runs(engine: Engine, run: Any) -> None:
     result = run("set", "u1", "--cadence", "weekly")
     assert result.exit_code == 0, result.output
     assert "cadence daily -> weekly" in result.stdout
-    assert "cancelled 1 pending run(s)" in result.stdout
+    assert "cancelled 1 pending run, the next" in result.stdout
     assert run_statuses(engine, "u1") == ["cancelled", "processing"]
 
 
