@@ -61,16 +61,18 @@ RECIPIENT_LOAD_MANY = text(
     """
 )
 RECIPIENT_GET = text(
-    """
+    f"""
     SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+           muted_categories, {QUIET_HOURS_TEXT} AS quiet_hours,
            unsubscribed_at, created_at, updated_at
       FROM recipients
      WHERE user_id = :user_id
     """
 )
 RECIPIENT_GET_FOR_UPDATE = text(
-    """
+    f"""
     SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+           muted_categories, {QUIET_HOURS_TEXT} AS quiet_hours,
            unsubscribed_at, created_at, updated_at
       FROM recipients
      WHERE user_id = :user_id
