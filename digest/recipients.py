@@ -312,16 +312,23 @@ def set_quiet_hours(conn: Connection, recipient_id: int, hours: tuple[time, time
     return conn.execute(RECIPIENT_SET_QUIET_HOURS, params).first() is not None
 
 
-def categories_for(conn: Connection, user_id: str, muted: Iterable[str]) -> list[str]:
-    """The categories the page offers: the known ones, then the muted and those of the
-    user's events of the last CATEGORY_DAYS days, by name; at most MAX_CATEGORIES_SHOWN."""
+def categories_for(
+    conn: Connection,
+    user_id: str,
+    muted: Iterable[str],
+    offered: Sequence[str] = KNOWN_CATEGORIES,
+) -> list[str]:
+    """The categories the page offers: `offered` first (the known ones, or the allow-list),
+    then the muted ones and those of the user's events of the last CATEGORY_DAYS days, by
+    name; at most MAX_CATEGORIES_SHOWN."""
     params = {"user_id": user_id, "days": CATEGORY_DAYS, "limit": MAX_CATEGORIES_SHOWN}
     seen = conn.execute(CATEGORY_LIST_RECENT, params).scalars().all()
-    muted = sorted(set(muted) - set(KNOWN_CATEGORIES))
-    rest = sorted((set(seen) - set(KNOWN_CATEGORIES)) - set(muted))
+    first = list(dict.fromkeys(offered))[:MAX_CATEGORIES_SHOWN]
+    muted = sorted(set(muted) - set(first))
+    rest = sorted(set(seen) - set(first) - set(muted))
     # The muted ones before the others, so a long list never hides one that is switched off.
-    kept = sorted([*muted, *rest][: MAX_CATEGORIES_SHOWN - len(KNOWN_CATEGORIES)])
-    return [*KNOWN_CATEGORIES, *kept]
+    kept = sorted([*muted, *rest][: MAX_CATEGORIES_SHOWN - len(first)])
+    return [*first, *kept]
 
 
 def facts(conn: Connection, user_id: str) -> RecipientFacts | None:

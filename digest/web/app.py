@@ -54,7 +54,9 @@ def create_app(
     # feedback/webhook.py).
     app = Starlette(
         routes=[
-            *preferences.routes(engine, secret, pages),
+            *preferences.routes(
+                engine, secret, pages, preferences.offered_categories(settings.categories)
+            ),
             Route("/healthz", healthz, methods=["GET"]),
             ses_webhook_route(engine, settings, fetch=fetch),
         ],

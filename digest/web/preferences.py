@@ -175,7 +175,11 @@ class Shown:
 
 
 def apply_action(
-    engine: Engine, token: Token, action: Action, today: date
+    engine: Engine,
+    token: Token,
+    action: Action,
+    today: date,
+    offered: tuple[str, ...] = recipients.KNOWN_CATEGORIES,
 ) -> tuple[Shown, bool] | Stale | None:
     """Carry out `action`; the page to show after it and whether anything changed.
 
@@ -200,7 +204,8 @@ def apply_action(
         after = recipients.preferences(conn, recipient_id=before.id)
         if after is None:
             return None
-        shown = Shown(after, recipients.categories_for(conn, after.user_id, after.muted_categories))
+        categories = recipients.categories_for(conn, after.user_id, after.muted_categories, offered)
+        shown = Shown(after, categories)
     return shown, changed
 
 
@@ -221,8 +226,23 @@ def notice(action: Action, preferences: Preferences, product_name: str) -> str:
     return f"Saved: quiet hours from {start:%H:%M} to {end:%H:%M} ({preferences.timezone} time)."
 
 
-def routes(engine: Engine, secret: str, pages: Pages) -> list[Route]:
-    """`GET` and `POST /u/{token}`, with tokens checked under `secret`."""
+def offered_categories(allowed: frozenset[str] | None) -> tuple[str, ...]:
+    """The categories every recipient is offered: the known ones, or with an allow-list
+    (DIGEST_CATEGORIES) the allowed ones, the known among them first."""
+    if allowed is None:
+        return recipients.KNOWN_CATEGORIES
+    known = [name for name in recipients.KNOWN_CATEGORIES if name in allowed]
+    return (*known, *sorted(allowed - set(known)))
+
+
+def routes(
+    engine: Engine,
+    secret: str,
+    pages: Pages,
+    offered: tuple[str, ...] = recipients.KNOWN_CATEGORIES,
+) -> list[Route]:
+    """`GET` and `POST /u/{token}`, with tokens checked under `secret`; the categories form
+    offers `offered` first."""
 
     async def show(request: Request) -> Response:
         token = verify_token(secret, request.path_params["token"])
@@ -230,7 +250,7 @@ def routes(engine: Engine, secret: str, pages: Pages) -> list[Route]:
             return pages.not_found()
         if token.expired(_today()):  # no need to ask the database
             return pages.stale()
-        shown = await run_in_threadpool(_load, engine, token)
+        shown = await run_in_threadpool(_load, engine, token, offered)
         if shown is None:
             return pages.not_found()
         if is_stale(token, shown.preferences, _today()):
@@ -255,7 +275,7 @@ def routes(engine: Engine, secret: str, pages: Pages) -> list[Route]:
         if isinstance(action, QuietHoursError):
             return await _quiet_hours_error(token, action)
         today = _today()
-        applied = await run_in_threadpool(apply_action, engine, token, action, today)
+        applied = await run_in_threadpool(apply_action, engine, token, action, today, offered)
         if applied is None:
             return pages.not_found()
         if isinstance(applied, Stale):
@@ -277,7 +297,7 @@ def routes(engine: Engine, secret: str, pages: Pages) -> list[Route]:
 
     async def _quiet_hours_error(token: Token, error: QuietHoursError) -> Response:
         """The page again, changing nothing, with the error beside the quiet-hours fields."""
-        shown = await run_in_threadpool(_load, engine, token)
+        shown = await run_in_threadpool(_load, engine, token, offered)
         if shown is None:
             return pages.not_found()
         if is_stale(token, shown.preferences, _today()):
@@ -298,13 +318,13 @@ def routes(engine: Engine, secret: str, pages: Pages) -> list[Route]:
     ]
 
 
-def _load(engine: Engine, token: Token) -> Shown | None:
+def _load(engine: Engine, token: Token, offered: tuple[str, ...]) -> Shown | None:
     with engine.connect() as conn:
         preferences = load_preferences(conn, token)
         if preferences is None:
             return None
         categories = recipients.categories_for(
-            conn, preferences.user_id, preferences.muted_categories
+            conn, preferences.user_id, preferences.muted_categories, offered
         )
     return Shown(preferences, categories)
 

@@ -945,3 +945,15 @@ def test_unsafe_branding_is_refused_at_start(engine: Engine, setting: str, value
     """A colour or logo URL that could break out of CSS or the CSP stops the app at start."""
     with pytest.raises(DigestError, match=f"DIGEST_{setting.upper()}"):
         create_app(engine, Settings(secret_key=SECRET).with_(**{setting: value}))
+
+
+def test_with_an_allow_list_the_page_offers_only_allowed_categories(
+    engine: Engine, start_site: StartSite
+) -> None:
+    """With DIGEST_CATEGORIES set, the boxes are the allowed categories (known ones first),
+    not the four every product is assumed to have."""
+    add_user(engine, "ana")
+    allowed = Settings(secret_key=SECRET).with_(categories=frozenset({"badge", "like", "comment"}))
+    reply = start_site(engine, allowed).request("GET", f"/u/{token_for(engine, 'ana')}")
+    form = PageParts(reply.body).form_with("include")
+    assert [f["value"] for f in form if f.get("type") == "checkbox"] == ["comment", "like", "badge"]
