@@ -35,6 +35,11 @@ from digest.models import EMPTY_DIGEST, ClaimedRun, Outcome, Recipient
 # each run comes back with its recipient (and any suppression of the address) and its
 # digest (`digest.content`).
 #
+# Muted categories: every waiting event is attached, but the grouping skips the categories
+# the recipient had muted when the run first froze (kept on the run, so a retry leaves out
+# the same ones and sends the same bytes); the run's event count is the shown events, and
+# `digest why` counts the rest as muted. An event left waiting instead would wait forever.
+#
 # The batch size is written into the statement (`claim_statement`): with it a parameter,
 # the generic plan PostgreSQL would cache cannot know the LIMIT and scans both tables, so
 # every claim was planned afresh.
@@ -56,11 +61,14 @@ _CLAIM_BATCH_SQL = """
                locked_by = :me,
                lease_expires_at = now() + make_interval(secs => :lease),
                started_at = now(),
-               frozen_at = coalesce(r.frozen_at, now())
+               frozen_at = coalesce(r.frozen_at, now()),
+               muted_categories = CASE WHEN due.frozen_at IS NULL THEN {muted}
+                                       ELSE r.muted_categories END
           FROM due
          WHERE r.id = ANY(ARRAY(SELECT id FROM due)) AND r.id = due.id
         RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
-                  r.sending_attempt, due.frozen_at IS NULL AS fresh
+                  r.sending_attempt, due.frozen_at IS NULL AS fresh,
+                  r.muted_categories AS muted
     ), frozen AS (
         UPDATE digest_events e
            SET digest_run_id = c.id
@@ -76,6 +84,10 @@ _CLAIM_BATCH_SQL = """
         SELECT e.digest_run_id, {columns}
           FROM claimed c JOIN digest_events e ON e.digest_run_id = c.id
          WHERE NOT c.fresh
+    ), shown AS (
+        SELECT a.* FROM attached a
+         WHERE NOT EXISTS (SELECT FROM claimed c
+                            WHERE c.id = a.run_id AND a.category = ANY(c.muted))
     ), {grouping}
     SELECT c.id, c.user_id, c.cadence, c.period_start, c.attempt, c.frozen_at,
            c.sending_attempt, d.total_groups, d.total_events, d.groups, p.*
@@ -92,8 +104,9 @@ def claim_statement(n: int) -> TextClause:
         _CLAIM_BATCH_SQL.format(
             n=int(n),
             columns=content.EVENT_COLUMNS,
-            grouping=content.grouping("attached"),
+            grouping=content.grouping("shown"),
             recipient=recipients.recipient_of("c.user_id"),
+            muted=recipients.muted_of("r.user_id"),
         )
     )
 

@@ -84,6 +84,11 @@ class Settings:
     base_url: str = setting("http://localhost:8000")
     from_address: str = setting("digest@localhost")
     from_name: str = setting("Digest")
+    # branding, for the emails and the preference pages
+    product_name: str = setting("Digest")
+    logo_url: str | None = setting(None)  # https only
+    accent_color: str | None = setting(None)  # #rrggbb
+    postal_address: str | None = setting(None)
     secret_key: str | None = setting(None, secret=True)
     categories: frozenset[str] | None = setting(None)
     # An event dated further ahead of the database's clock than this is refused: the claim

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
+from digest import recipients
 from digest.models import EMPTY_DIGEST, DigestContent, Group
 
 # The grouping as common table expressions over `{events}`, a relation of one run's (or
@@ -99,9 +100,12 @@ EVENT_GROUPS_FOR_RUNS = _digests_of(
     "e.digest_run_id", "WHERE e.digest_run_id = ANY(CAST(:run_ids AS bigint[]))"
 )
 
-# A user's waiting events, as the next run would freeze them now (`digest preview`).
+# A user's waiting events, as the next run would freeze and show them now (`digest
+# preview`): the categories the recipient muted left out.
 EVENT_GROUPS_UNSENT = _digests_of(
-    "0::bigint", "WHERE e.user_id = :user_id AND e.digest_run_id IS NULL AND e.created_at <= now()"
+    "0::bigint",
+    "WHERE e.user_id = :user_id AND e.digest_run_id IS NULL AND e.created_at <= now()"
+    f" AND e.category <> ALL(coalesce({recipients.muted_of(':user_id')}, '{{}}'))",
 )
 
 

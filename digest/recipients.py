@@ -10,10 +10,10 @@ user's pending runs.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, time
+from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Row, RowMapping, text
 
@@ -36,6 +36,23 @@ def recipient_of(user_id: str) -> str:
          LIMIT 1)"""
 
 
+def muted_of(user_id: str) -> str:
+    """A scalar subquery: the categories the recipient `user_id` (an SQL expression of this
+    module or `digest.claim`, never user input) has muted, or NULL when none."""
+    return f"""(
+        SELECT nullif(p.muted_categories, '{{}}')
+          FROM recipients p
+         WHERE p.user_id = {user_id}
+         LIMIT 1)"""
+
+
+# Quiet hours as people write them, `22:00-07:00`, or NULL for none.
+QUIET_HOURS_TEXT = (
+    "CASE WHEN quiet_start IS NOT NULL"
+    " THEN to_char(quiet_start, 'HH24:MI') || '-' || to_char(quiet_end, 'HH24:MI') END"
+)
+
+
 RECIPIENT_LOAD_MANY = text(
     f"""
     SELECT u.user_id, p.*
@@ -44,16 +61,18 @@ RECIPIENT_LOAD_MANY = text(
     """
 )
 RECIPIENT_GET = text(
-    """
+    f"""
     SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+           muted_categories, {QUIET_HOURS_TEXT} AS quiet_hours,
            unsubscribed_at, created_at, updated_at
       FROM recipients
      WHERE user_id = :user_id
     """
 )
 RECIPIENT_GET_FOR_UPDATE = text(
-    """
+    f"""
     SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+           muted_categories, {QUIET_HOURS_TEXT} AS quiet_hours,
            unsubscribed_at, created_at, updated_at
       FROM recipients
      WHERE user_id = :user_id
@@ -62,35 +81,15 @@ RECIPIENT_GET_FOR_UPDATE = text(
 )
 # Unsubscribe tokens name the recipient by id; legacy tokens (mail sent before format 1)
 # by user id. A change locks the row first: the version it checks is the one the update sees.
-RECIPIENT_GET_PREFERENCES = text(
-    """
-    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version
-      FROM recipients
-     WHERE id = :id
-    """
-)
-RECIPIENT_GET_PREFERENCES_BY_USER = text(
-    """
-    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version
-      FROM recipients
-     WHERE user_id = :user_id
-    """
-)
-RECIPIENT_LOCK_PREFERENCES = text(
-    """
-    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version
-      FROM recipients
-     WHERE id = :id
-       FOR UPDATE
-    """
-)
+_PREFERENCE_COLUMNS = """
+    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version,
+           timezone, muted_categories, quiet_start, quiet_end
+      FROM recipients"""
+RECIPIENT_GET_PREFERENCES = text(_PREFERENCE_COLUMNS + " WHERE id = :id")
+RECIPIENT_GET_PREFERENCES_BY_USER = text(_PREFERENCE_COLUMNS + " WHERE user_id = :user_id")
+RECIPIENT_LOCK_PREFERENCES = text(_PREFERENCE_COLUMNS + " WHERE id = :id FOR UPDATE")
 RECIPIENT_LOCK_PREFERENCES_BY_USER = text(
-    """
-    SELECT id, user_id, email, name, cadence, unsubscribed_at, subscription_version
-      FROM recipients
-     WHERE user_id = :user_id
-       FOR UPDATE
-    """
+    _PREFERENCE_COLUMNS + " WHERE user_id = :user_id FOR UPDATE"
 )
 # One-click unsubscribe (the pages) and a complaint (SES feedback).
 RECIPIENT_UNSUBSCRIBE = text(
@@ -123,11 +122,54 @@ RECIPIENT_SET_CADENCE = text(
     RETURNING id
     """
 )
-RECIPIENT_GET_FOR_WHY = text(
+# The page's own choices: which categories to leave out, and quiet hours. Neither moves a
+# run, so neither fires the trigger that cancels pending runs; a choice that changes nothing
+# writes nothing.
+RECIPIENT_SET_MUTED = text(
     """
+    UPDATE recipients
+       SET muted_categories = CAST(:muted AS text[]), updated_at = now()
+     WHERE id = :id AND muted_categories <> CAST(:muted AS text[])
+    RETURNING id
+    """
+)
+RECIPIENT_SET_QUIET_HOURS = text(
+    """
+    UPDATE recipients
+       SET quiet_start = CAST(:start AS time), quiet_end = CAST(:end AS time),
+           updated_at = now()
+     WHERE id = :id
+       AND (quiet_start IS DISTINCT FROM CAST(:start AS time)
+            OR quiet_end IS DISTINCT FROM CAST(:end AS time))
+    RETURNING id
+    """
+)
+# The categories of a user's events of the last CATEGORY_DAYS days, on runs (through the
+# runs' user index and the events' run index: no scan of the events table) or waiting.
+CATEGORY_LIST_RECENT = text(
+    """
+    SELECT category FROM (
+        SELECT e.category
+          FROM digest_runs r JOIN digest_events e ON e.digest_run_id = r.id
+         WHERE r.user_id = :user_id
+           AND r.created_at >= now() - make_interval(days => :days)
+           AND e.created_at >= now() - make_interval(days => :days)
+        UNION
+        SELECT e.category
+          FROM digest_events e
+         WHERE e.user_id = :user_id AND e.digest_run_id IS NULL
+           AND e.created_at >= now() - make_interval(days => :days)
+    ) seen
+     ORDER BY category
+     LIMIT :limit
+    """
+)
+RECIPIENT_GET_FOR_WHY = text(
+    f"""
     SELECT r.user_id, r.email, r.cadence, r.timezone, r.send_hour, r.weekly_day,
            r.unsubscribed_at,
-           r.timezone IN (SELECT name FROM pg_timezone_names) AS timezone_known
+           r.timezone IN (SELECT name FROM pg_timezone_names) AS timezone_known,
+           r.muted_categories, {QUIET_HOURS_TEXT} AS quiet_hours
       FROM recipients r
      WHERE r.user_id = :user_id
     """
@@ -143,6 +185,14 @@ RECIPIENT_LIST_EMAILS = text(
 )
 
 
+# The categories every recipient is offered on the page, in this order, before the rest.
+KNOWN_CATEGORIES: Final = ("comment", "like", "mention", "follow")
+# How far back the page looks for the categories a recipient has received.
+CATEGORY_DAYS: Final = 90
+# At most this many categories on the page (its form's size is bounded); muted ones first.
+MAX_CATEGORIES_SHOWN: Final = 60
+
+
 @dataclass(frozen=True)
 class Preferences:
     """What the unsubscribe page shows about a recipient, and what its tokens name."""
@@ -154,6 +204,10 @@ class Preferences:
     cadence: str
     unsubscribed: bool
     subscription_version: int
+    timezone: str = "UTC"
+    muted_categories: tuple[str, ...] = ()
+    quiet_start: time | None = None  # both or neither, local time
+    quiet_end: time | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +222,8 @@ class RecipientFacts:
     weekly_day: int
     unsubscribed_at: datetime | None
     timezone_known: bool
+    muted_categories: Sequence[str] = ()
+    quiet_hours: str | None = None  # `22:00-07:00`, local time
 
 
 def load_many(conn: Connection, user_ids: Sequence[str]) -> dict[str, Recipient]:
@@ -222,6 +278,10 @@ def _preferences(row: Row[Any] | None) -> Preferences | None:
         row.cadence,
         row.unsubscribed_at is not None,
         row.subscription_version,
+        row.timezone,
+        tuple(row.muted_categories),
+        row.quiet_start,
+        row.quiet_end,
     )
 
 
@@ -239,6 +299,39 @@ def set_cadence(conn: Connection, recipient_id: int, cadence: str) -> bool:
     """Set the cadence (daily and weekly also re-subscribe); False when nothing changed."""
     params = {"id": recipient_id, "cadence": cadence}
     return conn.execute(RECIPIENT_SET_CADENCE, params).first() is not None
+
+
+def set_muted(conn: Connection, recipient_id: int, muted: Iterable[str]) -> bool:
+    """Leave exactly the categories `muted` out of the recipient's digests; False when
+    that was already so."""
+    params = {"id": recipient_id, "muted": sorted(set(muted))}
+    return conn.execute(RECIPIENT_SET_MUTED, params).first() is not None
+
+
+def set_quiet_hours(conn: Connection, recipient_id: int, hours: tuple[time, time] | None) -> bool:
+    """Set the recipient's quiet hours (start, end; None: none); False when unchanged."""
+    start, end = hours if hours is not None else (None, None)
+    params = {"id": recipient_id, "start": start, "end": end}
+    return conn.execute(RECIPIENT_SET_QUIET_HOURS, params).first() is not None
+
+
+def categories_for(
+    conn: Connection,
+    user_id: str,
+    muted: Iterable[str],
+    offered: Sequence[str] = KNOWN_CATEGORIES,
+) -> list[str]:
+    """The categories the page offers: `offered` first (the known ones, or the allow-list),
+    then the muted ones and those of the user's events of the last CATEGORY_DAYS days, by
+    name; at most MAX_CATEGORIES_SHOWN."""
+    params = {"user_id": user_id, "days": CATEGORY_DAYS, "limit": MAX_CATEGORIES_SHOWN}
+    seen = conn.execute(CATEGORY_LIST_RECENT, params).scalars().all()
+    first = list(dict.fromkeys(offered))[:MAX_CATEGORIES_SHOWN]
+    muted = sorted(set(muted) - set(first))
+    rest = sorted(set(seen) - set(first) - set(muted))
+    # The muted ones before the others, so a long list never hides one that is switched off.
+    kept = sorted([*muted, *rest][: MAX_CATEGORIES_SHOWN - len(first)])
+    return [*first, *kept]
 
 
 def facts(conn: Connection, user_id: str) -> RecipientFacts | None:

@@ -45,22 +45,31 @@ SUPPRESSION_GET_FOR_ADDRESS = text(
     "SELECT email, reason, source, created_at FROM suppressions WHERE email = lower(:email)"
 )
 
+# The events a run attached but left out of its digest: those of the categories muted when
+# it first froze them (the claim's rule, `digest.claim`).
+RUN_MUTED_EVENTS = (
+    "CASE WHEN r.muted_categories IS NULL THEN 0 ELSE (SELECT count(*) FROM digest_events e"
+    " WHERE e.digest_run_id = r.id AND e.category = ANY(r.muted_categories)) END"
+)
+
 # The earliest pending run is the next digest; the others are history, newest first.
 RUN_GET_NEXT_PENDING = text(
-    """
+    f"""
     SELECT id, cadence, status, scheduled_for, attempt, locked_by, lease_expires_at,
-           completed_at, last_error, event_count
-      FROM digest_runs
+           completed_at, last_error, event_count, muted_categories,
+           {RUN_MUTED_EVENTS} AS muted_events
+      FROM digest_runs r
      WHERE user_id = :user_id AND status = 'pending'
      ORDER BY scheduled_for, id
      LIMIT 1
     """
 )
 RUN_LIST_RECENT_FINISHED = text(
-    """
+    f"""
     SELECT id, cadence, status, scheduled_for, attempt, locked_by, lease_expires_at,
-           completed_at, last_error, event_count
-      FROM digest_runs
+           completed_at, last_error, event_count, muted_categories,
+           {RUN_MUTED_EVENTS} AS muted_events
+      FROM digest_runs r
      WHERE user_id = :user_id AND status <> 'pending'
      ORDER BY id DESC
      LIMIT :limit
@@ -144,6 +153,8 @@ class RunFacts:
     completed_at: datetime | None
     last_error: str | None
     event_count: int | None
+    muted_categories: list[str] | None = None  # what its first attempt left out
+    muted_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -319,7 +330,7 @@ def explain(facts: UserFacts) -> list[str]:
     sentences.append(_next_run_sentence(facts, zone))
     if (workers := _workers_sentence(facts, zone)) is not None:
         sentences.append(workers)
-    sentences.extend(_run_sentence(run, zone) for run in facts.recent_runs)
+    sentences.extend(_run_sentence(run, zone) + _muted_sentence(run) for run in facts.recent_runs)
     sentences.append(_delivery_sentence(facts.last_delivery, zone))
     sentences.append(_events_sentence(facts, zone))
     return sentences
@@ -369,6 +380,14 @@ def _recipient_sentences(recipient: RecipientFacts, zone: ZoneInfo) -> list[str]
             f"They unsubscribed at {_when(recipient.unsubscribed_at, zone)}, "
             "so no digests are scheduled or sent."
         )
+    if recipient.muted_categories:
+        muted = ", ".join(sorted(recipient.muted_categories))
+        sentences.append(f"Their digests leave out the muted categories {muted}.")
+    if recipient.quiet_hours:
+        sentences.append(
+            f"Quiet hours {recipient.quiet_hours} {recipient.timezone} local time: "
+            "alerts wait until they end; digests keep their send hour."
+        )
     return sentences
 
 
@@ -389,6 +408,16 @@ def span(seconds: float) -> str:
 
 def _overdue(run: RunFacts, queue: QueueFacts | None) -> bool:
     return queue is not None and run.scheduled_for <= queue.now
+
+
+def _muted_sentence(run: RunFacts) -> str:
+    """` N events of muted categories (…) were left out.`, or nothing."""
+    if not run.muted_events:
+        return ""
+    count = run.muted_events
+    events = plural(count, "event")
+    muted = ", ".join(sorted(run.muted_categories or ()))
+    return f" {events} of muted categories ({muted}) {'was' if count == 1 else 'were'} left out."
 
 
 def _next_run_sentence(facts: UserFacts, zone: ZoneInfo) -> str:

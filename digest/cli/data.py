@@ -132,8 +132,10 @@ def recipients_import(app: App, file: str, fmt: Format | None, skip_bad: bool) -
 
     Fields: user_id (required); email (required for a new recipient); name; cadence
     daily|weekly|off; timezone (IANA name, e.g. Europe/Berlin); send_hour 0-23 (local
-    time); weekly_day 1-7 (Monday=1) or mon..sun; locale (e.g. en, pt-BR). Unknown fields
-    or columns are refused.
+    time); weekly_day 1-7 (Monday=1) or mon..sun; locale (e.g. en, pt-BR);
+    muted_categories (a JSON list, or text like "like,follow"; [] for none): left out of
+    the digests; quiet_hours (local, e.g. 22:00-07:00, or off): alerts wait for their end.
+    Unknown fields or columns are refused.
 
     A field that is missing (or an empty CSV cell) keeps an existing recipient's value, the
     email too, so a file of user_id and send_hour changes only the hours; a new recipient
@@ -197,6 +199,14 @@ def _format_of(path: str) -> Format:
 @click.option("--send-hour", help="Local hour to send, 0-23.")
 @click.option("--weekly-day", help="Day for weekly digests: 1-7 (Monday=1) or mon..sun.")
 @click.option("--locale", help="Language of the digest, e.g. en, pt-BR.")
+@click.option(
+    "--muted-categories",
+    help="Categories left out of the digests, comma-separated, e.g. like,follow ('' for none).",
+)
+@click.option(
+    "--quiet-hours",
+    help="Local quiet hours, e.g. 22:00-07:00, or off (alerts wait for their end).",
+)
 @click.pass_obj
 def recipients_set(
     app: App,
@@ -208,11 +218,14 @@ def recipients_set(
     send_hour: str | None,
     weekly_day: str | None,
     locale: str | None,
+    muted_categories: str | None,
+    quiet_hours: str | None,
 ) -> None:
     """Create or update one recipient; only the options given change.
 
     A changed cadence, timezone, send hour or weekly day cancels the user's pending digest
-    runs; the next `digest schedule` creates the right one.
+    runs; the next `digest schedule` creates the right one. Muted categories apply from the
+    next digest on; quiet hours are kept for alerts (digests keep their send hour).
     """
     options = {
         "email": email,
@@ -222,6 +235,8 @@ def recipients_set(
         "send_hour": send_hour,
         "weekly_day": weekly_day,
         "locale": locale,
+        "muted_categories": muted_categories,
+        "quiet_hours": quiet_hours,
     }
     changes = {key: value for key, value in options.items() if value is not None}
     if not changes:
@@ -232,7 +247,9 @@ def recipients_set(
     if result.action == "created":
         message = f"created recipient {user_id}"
     elif result.action == "updated":
-        changed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in result.changes.items())
+        changed = ", ".join(
+            f"{k} {_shown(k, old)} -> {_shown(k, new)}" for k, (old, new) in result.changes.items()
+        )
         message = f"updated recipient {user_id}: {changed}"
     else:
         message = f"recipient {user_id} unchanged"
@@ -260,8 +277,17 @@ def recipients_show(app: App, user_id: str, as_json: bool) -> None:
         return
     width = max(map(len, row))
     for name, value in row.items():
-        shown = "" if value is None else str(value)
+        shown = ",".join(value) if isinstance(value, list) else "" if value is None else str(value)
         click.echo(f"{name:<{width}}  {shown}".rstrip())
+
+
+def _shown(field: str, value: object) -> str:
+    """A recipient field's value as `recipients set` reports a change of it."""
+    if field == "muted_categories":
+        return ",".join(value) or "none" if isinstance(value, tuple | list) else str(value)
+    if field == "quiet_hours":
+        return str(value) if value else "off"
+    return str(value)
 
 
 # -------------------------------------------------------------------------------- events

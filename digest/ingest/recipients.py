@@ -13,6 +13,7 @@ import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import time
 from functools import cache
 from typing import Any, Final, Literal
 
@@ -23,7 +24,8 @@ from digest.channels.email.mime import HeaderError, validate_email
 from digest.db import atomic, raw
 from digest.errors import ValidationError
 from digest.ingest import lines as input_lines
-from digest.ingest.fields import CONTROL, MAX_TEXT, show, text_field, unknown_fields
+from digest.ingest.events import CATEGORY_PATTERN
+from digest.ingest.fields import CONTROL, MAX_TEXT, json_type, show, text_field, unknown_fields
 from digest.ingest.lines import BadLine, BadLines, read_jsonl
 from digest.models import Cadence
 
@@ -36,6 +38,8 @@ RECIPIENT_FIELDS: Final = (
     "send_hour",
     "weekly_day",
     "locale",
+    "muted_categories",
+    "quiet_hours",
 )
 _FIELD_SET: Final = frozenset(RECIPIENT_FIELDS)
 WEEKDAYS: Final = {
@@ -50,6 +54,9 @@ WEEKDAYS: Final = {
 _HOST_ONLY_ZONES: Final = frozenset({"localtime", "posixrules"})
 LOCALE_PATTERN: Final = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
 CADENCES: Final = tuple(c.value for c in Cadence)
+MAX_MUTED: Final = 100  # as the recipients_muted_categories_check constraint
+QUIET_HOURS_PATTERN: Final = re.compile(r"(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)")
+CLOCK_PATTERN: Final = re.compile(r"(\d{1,2}):(\d\d)")
 _ENCODED_WORD = re.compile(r"=\?.*\?=", re.S)
 # Rows per upsert statement: big enough to amortise the round trips, small enough to keep
 # memory and each statement's lock set modest.
@@ -62,7 +69,8 @@ RECIPIENT_STAGE_CREATE = text(
     """
     CREATE TEMP TABLE IF NOT EXISTS recipients_stage (
         user_id text, email text, name text, cadence text, timezone text,
-        send_hour smallint, weekly_day smallint, locale text, shape smallint
+        send_hour smallint, weekly_day smallint, locale text, muted_categories text[],
+        quiet_start time, quiet_end time, shape smallint
     ) ON COMMIT DROP
     """
 )
@@ -70,7 +78,7 @@ RECIPIENT_STAGE_CREATE = text(
 RECIPIENT_STAGE_TRUNCATE = text("TRUNCATE recipients_stage")
 RECIPIENT_STAGE_COPY: Final = (
     "COPY recipients_stage (user_id, email, name, cadence, timezone, send_hour, weekly_day, "
-    "locale, shape) FROM STDIN"
+    "locale, muted_categories, quiet_start, quiet_end, shape) FROM STDIN"
 )
 # Rows are taken in user_id order so concurrent imports lock recipients in the same order
 # and cannot deadlock. (xmax = 0) tells an inserted row from an updated one.
@@ -78,8 +86,10 @@ RECIPIENT_UPSERT = text(
     """
     WITH upserted AS (
         INSERT INTO recipients AS r
-               (user_id, email, name, cadence, timezone, send_hour, weekly_day, locale)
-        SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale
+               (user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+                muted_categories, quiet_start, quiet_end)
+        SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+               muted_categories, quiet_start, quiet_end
           FROM recipients_stage
          WHERE shape = :shape
          ORDER BY user_id
@@ -92,6 +102,11 @@ RECIPIENT_UPSERT = text(
             weekly_day = CASE WHEN :set_weekly_day THEN excluded.weekly_day
                               ELSE r.weekly_day END,
             locale = CASE WHEN :set_locale THEN excluded.locale ELSE r.locale END,
+            muted_categories = CASE WHEN :set_muted_categories THEN excluded.muted_categories
+                                    ELSE r.muted_categories END,
+            quiet_start = CASE WHEN :set_quiet_hours THEN excluded.quiet_start
+                               ELSE r.quiet_start END,
+            quiet_end = CASE WHEN :set_quiet_hours THEN excluded.quiet_end ELSE r.quiet_end END,
             updated_at = now()
         -- Only a real change is written: an unchanged row keeps its updated_at and does not
         -- fire recipients_schedule_changed (which cancels pending runs).
@@ -102,6 +117,10 @@ RECIPIENT_UPSERT = text(
            OR (:set_send_hour AND r.send_hour IS DISTINCT FROM excluded.send_hour)
            OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM excluded.weekly_day)
            OR (:set_locale AND r.locale IS DISTINCT FROM excluded.locale)
+           OR (:set_muted_categories
+               AND r.muted_categories IS DISTINCT FROM excluded.muted_categories)
+           OR (:set_quiet_hours AND (r.quiet_start IS DISTINCT FROM excluded.quiet_start
+                                     OR r.quiet_end IS DISTINCT FROM excluded.quiet_end))
         RETURNING (r.xmax = 0) AS created
     )
     SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
@@ -131,6 +150,8 @@ class RecipientIn:
     send_hour: int = 8
     weekly_day: int = 1
     locale: str = "en"
+    muted_categories: tuple[str, ...] = ()  # sorted, no repeats
+    quiet_hours: str | None = None  # `22:00-07:00`, local time; None: none
     given: frozenset[str] = frozenset({"email"})
 
 
@@ -242,6 +263,62 @@ def _locale(value: object) -> str:
     return value.strip()
 
 
+def clock(value: str) -> time | None:
+    """`H:MM` or `HH:MM` (24-hour) as a time, or None when it is not one."""
+    match = CLOCK_PATTERN.fullmatch(value.strip())
+    if match is None or int(match[1]) > 23 or int(match[2]) > 59:
+        return None
+    return time(int(match[1]), int(match[2]))
+
+
+def quiet_window(start: time, end: time) -> str:
+    """Quiet hours as they are written and stored in imports: `22:00-07:00`."""
+    if start == end:
+        raise ValidationError("quiet_hours must not start and end at the same time")
+    return f"{start:%H:%M}-{end:%H:%M}"
+
+
+def parse_quiet_hours(text: str) -> tuple[time, time] | None:
+    """The (start, end) of a normalised `quiet_hours` value, or None for none."""
+    start, _, end = text.partition("-")
+    first, last = clock(start), clock(end)
+    return None if first is None or last is None else (first, last)
+
+
+def _quiet_hours(value: object) -> str | None:
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return None
+    match = QUIET_HOURS_PATTERN.fullmatch(value.strip()) if isinstance(value, str) else None
+    start = clock(f"{match[1]}:{match[2]}") if match else None
+    end = clock(f"{match[3]}:{match[4]}") if match else None
+    if start is None or end is None:
+        raise ValidationError(f"quiet_hours must be like '22:00-07:00' or 'off', got {show(value)}")
+    return quiet_window(start, end)
+
+
+def muted_categories(value: object) -> tuple[str, ...]:
+    """Category names as a sorted tuple without repeats, from a list or from text like
+    `like, follow` (`''` or `[]`: none); ValidationError names the first bad one."""
+    if isinstance(value, str):
+        text = value.strip()
+        items: list[object] = [] if text in ("", "[]") else [i.strip() for i in text.split(",")]
+        items = [i for i in items if i != ""]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValidationError(
+            "muted_categories must be a list of categories or text like 'like,follow', "
+            f"got {json_type(value)}"
+        )
+    for item in items:
+        if not isinstance(item, str) or not CATEGORY_PATTERN.fullmatch(item):
+            raise ValidationError(f"muted_categories: {show(item)} is not a category name")
+    names = tuple(sorted({str(item) for item in items}))
+    if len(names) > MAX_MUTED:
+        raise ValidationError(f"at most {MAX_MUTED} muted categories, got {len(names)}")
+    return names
+
+
 _CHECKS: Final[tuple[tuple[str, Callable[[object], object]], ...]] = (
     ("name", _name),
     ("cadence", _cadence),
@@ -249,6 +326,8 @@ _CHECKS: Final[tuple[tuple[str, Callable[[object], object]], ...]] = (
     ("send_hour", lambda v: _whole("send_hour", v, 0, 23)),
     ("weekly_day", _weekly_day),
     ("locale", _locale),
+    ("muted_categories", muted_categories),
+    ("quiet_hours", _quiet_hours),
 )
 
 
@@ -285,7 +364,8 @@ def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[i
         for r in batch.values():
             shape = shapes.setdefault(r.given, len(shapes))
             row = (r.user_id, r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day)
-            copy.write_row((*row, r.locale, shape))
+            quiet = r.quiet_hours.split("-") if r.quiet_hours else (None, None)
+            copy.write_row((*row, r.locale, list(r.muted_categories), *quiet, shape))
     created = updated = 0
     for given, shape in shapes.items():
         params: dict[str, Any] = {f"set_{name}": name in given for name in RECIPIENT_FIELDS[1:]}
@@ -452,8 +532,13 @@ def set_recipient(
     if current is None:
         return RecipientSet("created", {}, cancelled)
     diff: dict[str, tuple[object, object]] = {
-        name: (current[name], getattr(wanted, name))
+        name: (_comparable(current[name]), getattr(wanted, name))
         for name in RECIPIENT_FIELDS
-        if name in wanted.given and current[name] != getattr(wanted, name)
+        if name in wanted.given and _comparable(current[name]) != getattr(wanted, name)
     }
     return RecipientSet("updated" if diff else "unchanged", diff, cancelled)
+
+
+def _comparable(value: object) -> object:
+    """A stored value as `RecipientIn` holds it (arrays come back as lists)."""
+    return tuple(value) if isinstance(value, list) else value

@@ -19,7 +19,7 @@ from digest.errors import DigestError
 from digest.feedback import sns
 from digest.feedback.webhook import ses_webhook_route
 from digest.web import preferences
-from digest.web.pages import Pages
+from digest.web.pages import Brand, Pages
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def create_app(
     `fetch` gets SNS signing certificates for the webhook (injectable for tests).
     """
     secret = require_secret(settings)
-    pages = Pages(settings.templates_dir / "web")
+    pages = Pages(settings.templates_dir / "web", Brand.from_settings(settings))
 
     async def healthz(request: Request) -> Response:
         ok = await run_in_threadpool(_ping, engine)
@@ -55,7 +55,9 @@ def create_app(
     # feedback/webhook.py).
     app = Starlette(
         routes=[
-            *preferences.routes(engine, secret, pages),
+            *preferences.routes(
+                engine, secret, pages, preferences.offered_categories(settings.categories)
+            ),
             Route("/healthz", healthz, methods=["GET"]),
             ses_webhook_route(engine, settings, fetch=fetch),
         ],

@@ -13,11 +13,18 @@
                locked_by = :me,
                lease_expires_at = now() + make_interval(secs => :lease),
                started_at = now(),
-               frozen_at = coalesce(r.frozen_at, now())
+               frozen_at = coalesce(r.frozen_at, now()),
+               muted_categories = CASE WHEN due.frozen_at IS NULL THEN (
+        SELECT nullif(p.muted_categories, '{}')
+          FROM recipients p
+         WHERE p.user_id = r.user_id
+         LIMIT 1)
+                                       ELSE r.muted_categories END
           FROM due
          WHERE r.id = ANY(ARRAY(SELECT id FROM due)) AND r.id = due.id
         RETURNING r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
-                  r.sending_attempt, due.frozen_at IS NULL AS fresh
+                  r.sending_attempt, due.frozen_at IS NULL AS fresh,
+                  r.muted_categories AS muted
     ), frozen AS (
         UPDATE digest_events e
            SET digest_run_id = c.id
@@ -33,6 +40,10 @@
         SELECT e.digest_run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id, e.created_at, e.payload
           FROM claimed c JOIN digest_events e ON e.digest_run_id = c.id
          WHERE NOT c.fresh
+    ), shown AS (
+        SELECT a.* FROM attached a
+         WHERE NOT EXISTS (SELECT FROM claimed c
+                            WHERE c.id = a.run_id AND a.category = ANY(c.muted))
     ),
     ev AS (
         SELECT e.run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id,
@@ -48,7 +59,7 @@
                row_number() OVER (
                    PARTITION BY e.run_id, e.category, e.entity_type, e.entity_id, e.actor_id
                    ORDER BY e.created_at DESC, e.id DESC) AS actor_pos
-          FROM attached e
+          FROM shown e
     ), groups AS (
         SELECT run_id, category, entity_type, entity_id,
                count(*) AS event_count,
