@@ -49,7 +49,7 @@ from digest.channels.email.mime import (
     make_message_id,
 )
 from digest.config import Settings
-from digest.grouping import build_digest
+from digest.grouping import OTHER, PRIORITY, build_digest
 from digest.models import DigestContent, DigestRequest, Event, Group, Recipient, RenderedDigest
 from digest.render import Renderer
 from digest.render.fit import BODY_BUDGET, _size_bound, sent_size
@@ -480,22 +480,35 @@ def body_parts(parsed: EmailMessage) -> tuple[EmailMessage, EmailMessage]:
 @settings(max_examples=100, deadline=None)
 @given(events=events, cap=st.integers(1, 8))
 def test_grouping_ranking_and_capping_hold_for_any_events(events: list[Event], cap: int) -> None:
-    """Any events group into one group per (category, type, id), ranked and capped."""
+    """Any events group into one group per (category, type, id), single likes folded when
+    two or more, the rest ranked by category priority, then size and recency, and capped."""
     content = build_digest(events, cap)
     keys = {(e.category, e.entity_type, e.entity_id) for e in events}
+    single = [
+        k for k in keys if k[0] == "like" and sum(key(e) == k for e in events) == 1
+    ]
+    folded = len(single) if len(single) >= 2 else 0
     assert content.total_events == len(events)
     assert content.total_groups == len(keys)
-    assert len(content.groups) == min(cap, len(keys))
-    assert content.more_groups == len(keys) - len(content.groups)
-    ranks = [(g.event_count, g.latest_at, g.last_event_id) for g in content.groups]
+    assert len(content.groups) == min(cap, len(keys) - folded)
+    assert (content.folded_likes.posts if content.folded_likes else 0) == folded
+    assert content.more_groups == len(keys) - folded - len(content.groups)
+    ranks = [
+        (-PRIORITY.get(g.category, OTHER), g.event_count, g.latest_at, g.last_event_id)
+        for g in content.groups
+    ]
     assert ranks == sorted(ranks, reverse=True)
     for group in content.groups:
-        key = (group.category, group.entity_type, group.entity_id)
-        members = [e for e in events if (e.category, e.entity_type, e.entity_id) == key]
+        members = [e for e in events if key(e) == (group.category, group.entity_type, group.entity_id)]
         assert group.event_count == len(members)
         assert group.actor_count == len({e.actor_id for e in members if e.actor_id is not None})
         assert len(group.actor_names) == min(group.actor_count, 3)
         assert group.payload is max(members, key=lambda e: (e.created_at, e.id)).payload
+
+
+def key(event: Event) -> tuple[str, str, str]:
+    """The group an event belongs to."""
+    return (event.category, event.entity_type, event.entity_id)
 
 
 # --- rendering ---------------------------------------------------------------------------
