@@ -50,7 +50,15 @@ from digest.channels.email.mime import (
 )
 from digest.config import Settings
 from digest.grouping import OTHER, PRIORITY, build_digest
-from digest.models import DigestContent, DigestRequest, Event, Group, Recipient, RenderedDigest
+from digest.models import (
+    DigestContent,
+    DigestRequest,
+    Event,
+    FoldedLikes,
+    Group,
+    Recipient,
+    RenderedDigest,
+)
 from digest.render import Renderer
 from digest.render.fit import BODY_BUDGET, _size_bound, sent_size
 from digest.render.text import URL_LIMIT, clean_text, safe_url
@@ -382,7 +390,10 @@ def _benign_attributes() -> set[tuple[str, str, str | None]]:
             )
         )
     found: set[tuple[str, str, str | None]] = set()
-    for content in (DigestContent(tuple(groups), 100, 500), DigestContent((), 0, 0)):
+    # In digests small enough to show every group (the budget cuts a long one short).
+    contents = [DigestContent(tuple(groups[i : i + 8]), 100, 500) for i in range(0, 80, 8)]
+    folded = DigestContent((), 2, 2, FoldedLikes(2, 2, ("Ana", "Ben")))
+    for content in (*contents, folded, DigestContent((), 0, 0)):
         html = RENDERER.render(DigestRequest(RECIPIENT, content, **KW)).html
         found |= {a for a in Structure(html).attributes() if a[1] != "href"}
     return found
@@ -399,8 +410,8 @@ SAFE_HREF = re.compile(
 
 def shown_fields(group: dict[str, Any]) -> list[str]:
     """The user-text fields the partial of `group` displays."""
-    keys = [] if group["is_generic"] and not group["has_actors"] else ["actor_phrase"]
-    if not group["is_follow"]:
+    keys = ["actor_phrase"] if group["show_actor"] else []
+    if group["show_title"]:
         keys.append("title")
     if group["has_excerpt"] and not (group["is_like"] or group["is_follow"]):
         keys.append("excerpt")
@@ -435,7 +446,8 @@ def assert_safe_digest(
     assert not UNSAFE.search(result.subject)
     assert f"<title>{escape(result.subject)}</title>" in result.html
     # The groups shown, plus "…and N more", account for every group.
-    assert len(shown.groups) + shown.more_groups == content.total_groups
+    folded = shown.folded_likes.posts if shown.folded_likes else 0
+    assert len(shown.groups) + folded + shown.more_groups == content.total_groups
     if content.groups:
         assert shown.groups
         assert all(a is b for a, b in zip(shown.groups, content.groups, strict=False))
@@ -560,7 +572,7 @@ def test_payloads_of_any_json_type_render() -> None:
     scalars show as text, everything else counts as missing."""
     values: list[object] = [10**5000, 2**80, 1e308, float("nan"), None, True, [1], {"a": 1}]
     events = [
-        Event(i, "like", "post", str(i), "a", {"title": v, "excerpt": v, "actor_name": v}, NOW)
+        Event(i, "comment", "post", str(i), "a", {"title": v, "excerpt": v, "actor_name": v}, NOW)
         for i, v in enumerate(values)
     ]
     content = build_digest(events, CAP)
@@ -582,7 +594,7 @@ def test_only_absolute_http_urls_become_links(url: str) -> None:
     result = RENDERER.render(DigestRequest(RECIPIENT, content, **KW))
     assert_safe_digest(RECIPIENT, content, result)
     hrefs = [v for _, name, v in Structure(result.html).attributes() if name == "href"]
-    own = [f"{KW['base_url']}/activity", KW["unsubscribe_url"]]
+    own = [f"{KW['base_url']}/activity"] * 2 + [KW["unsubscribe_url"]]
     kept = safe_url(url)
     assert sorted(h or "" for h in hrefs) == sorted([*own, *([kept] if kept else [])])
     for scheme in ("javascript:", "data:", "vbscript:", "file:", "mailto:"):
@@ -853,7 +865,8 @@ def test_worst_case_digest_stays_under_gmail_clipping(char: str, url: str) -> No
     assert sent_size(rendered.html) + sent_size(rendered.text) <= BODY_BUDGET
     shown = RENDERER.shown_content(DigestRequest(recipient, content, **KW))
     assert 1 <= len(shown.groups) < CAP
-    assert f"…and {content.total_groups - len(shown.groups)} more updates." in rendered.text
+    more = content.total_groups - len(shown.groups)
+    assert f"…and {more:,} more updates: {KW['base_url']}/activity" in rendered.text
 
 
 def test_an_ordinary_full_digest_shows_every_group() -> None:
@@ -900,7 +913,8 @@ def test_any_long_payloads_stay_under_gmail_clipping(
     assert len(raw) < GMAIL_CLIP
     assert sent_size(rendered.html) + sent_size(rendered.text) <= BODY_BUDGET
     shown = RENDERER.shown_content(DigestRequest(recipient, content, **KW))
-    assert len(shown.groups) + shown.more_groups == content.total_groups
+    folded = shown.folded_likes.posts if shown.folded_likes else 0
+    assert len(shown.groups) + folded + shown.more_groups == content.total_groups
 
 
 ENDINGS = ["\n", " \n", ".\n", "\t\n", "=", "\n.\n"]
