@@ -19,8 +19,8 @@ from digest.models import EMPTY_DIGEST, DigestContent, FoldedLikes, Group
 # several runs') events: (run_id, id, category, entity_type, entity_id, actor_id, created_at,
 # payload). It ends in `digests`: one row per run that has events, its ranked and capped
 # groups as one JSON array (one value to decode per digest instead of a row per group, with
-# `latest_at` in UTC), its folded single likes (or null) and its totals. `{events}` is one of the fixed relations of this
-# module and `digest.claim`, never user input.
+# `latest_at` in UTC), its folded single likes (or null) and its totals. `{events}` is one
+# of the fixed relations of this module and `digest.claim`, never user input.
 _GROUPING = """
     ev AS (
         SELECT e.run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id,

@@ -79,7 +79,12 @@ def rank(groups: Iterable[Group]) -> list[Group]:
     """By category (`PRIORITY`), then most events, most recent, highest event id."""
     return sorted(
         groups,
-        key=lambda g: (-PRIORITY.get(g.category, OTHER), g.event_count, g.latest_at, g.last_event_id),
+        key=lambda g: (
+            -PRIORITY.get(g.category, OTHER),
+            g.event_count,
+            g.latest_at,
+            g.last_event_id,
+        ),
         reverse=True,
     )
 

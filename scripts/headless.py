@@ -103,7 +103,7 @@ def measure(pages: dict[str, str], widths: list[int], *, dark: bool = False) -> 
         for width in widths
     )
     harness = (
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>"
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
         f'{frames}<pre id="out"></pre><script>{_MEASURE}</script></body></html>'
     )
     with tempfile.TemporaryDirectory(prefix="digest-harness-") as folder:
@@ -121,7 +121,11 @@ def screenshot(page: Path, out: Path, width: int, *, dark: bool = False) -> Path
     (layout,) = measure({"page": page.read_text(encoding="utf-8")}, [width], dark=dark)
     height = max(layout.height, 200)
     _run(
-        [f"--window-size={width},{height}", f"--screenshot={out.resolve()}", page.resolve().as_uri()],
+        [
+            f"--window-size={width},{height}",
+            f"--screenshot={out.resolve()}",
+            page.resolve().as_uri(),
+        ],
         dark=dark,
     )
     return out

@@ -140,7 +140,7 @@ class Catalog:
         return self._form(self.table["phrases"][key], count)
 
     def count(self, category: str, count: int) -> str:
-        """"3 comments": `count` events of `category` (an unknown category's are updates)."""
+        """ "3 comments": `count` events of `category` (an unknown category's are updates)."""
         counts = self.table["counts"]
         key = category if category in counts else "other"
 

@@ -10,7 +10,9 @@ from typing import Any
 import chevron
 
 from digest.models import DigestContent, DigestRequest, RenderedDigest
+from digest.render.brand import Brand
 from digest.render.fit import fitted
+from digest.render.locale import Locales
 from digest.render.mustache import Template
 from digest.render.templates import (
     HTML_TEMPLATE,
@@ -22,8 +24,6 @@ from digest.render.templates import (
     load_sources,
     tokenize,
 )
-from digest.render.brand import Brand
-from digest.render.locale import Locales
 from digest.render.text import clean_text
 from digest.render.view import digest_context
 

@@ -63,12 +63,13 @@ def truncate(text: str, limit: int, *, whole_words: bool = False) -> str:
     """`text` cut to at most `limit` characters, on a word boundary when one is near, with ….
 
     The cut is at the last space when that keeps at least 60% of `limit` (with
-    `whole_words`, any space after the first word: a name is never cut mid-word while it
-    has a word boundary to cut at); otherwise mid-word, but never inside a user-perceived character: a base letter keeps its
-    combining marks, variation selectors and skin-tone modifiers, an emoji ZWJ sequence and
-    a flag (a pair of regional indicators) stay whole or go whole. (One "character" longer
-    than the whole limit, like a letter under hundreds of combining marks, is cut anyway,
-    losing marks only.) Trailing punctuation, spaces and ZWJs before the … are dropped.
+    `whole_words`, any space after the first word: a name is never cut mid-word while it has
+    a word boundary to cut at); otherwise mid-word, but never inside a user-perceived
+    character: a base letter keeps its combining marks, variation selectors and skin-tone
+    modifiers, an emoji ZWJ sequence and a flag (a pair of regional indicators) stay whole
+    or go whole. (One "character" longer than the whole limit, like a letter under hundreds
+    of combining marks, is cut anyway, losing marks only.) Trailing punctuation, spaces and
+    ZWJs before the … are dropped.
     """
     if len(text) <= limit:
         return text

@@ -55,9 +55,7 @@ def actor_phrase(
     if total > len(shown):  # unnamed actors: name at most two, count the rest
         shown = shown[:2]
         others = total - len(shown)
-        return catalog.phrase("names_and_others", others).replace(
-            "{names}", separator.join(shown)
-        )
+        return catalog.phrase("names_and_others", others).replace("{names}", separator.join(shown))
     if len(shown) == 1:
         return shown[0]
     return f"{separator.join(shown[:-1])}{catalog.phrase('list_last')}{shown[-1]}"

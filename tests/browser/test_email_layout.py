@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from headless import chromium, measure
 
 from digest.models import DigestContent, DigestRequest, Group, Recipient
 from digest.render import Renderer
-from headless import chromium, measure
 
 pytestmark = [
     pytest.mark.browser,
@@ -23,7 +24,7 @@ WIDTHS = [390, 1200]
 ICON_WIDTH = 44
 LONG = "W" * 5000  # one unbroken word: the widest text there is, per character
 URL = "https://example.com/" + "a" * 2000
-KW = {
+KW: dict[str, Any] = {
     "cadence": "weekly",
     "period_start": NOW,
     "base_url": "https://app.example.com/" + "b" * 300,

@@ -142,7 +142,7 @@ def test_names_of_whitespace_alone_are_no_names(engine: Engine) -> None:
 def test_single_likes_fold_and_rank_in_sql_as_in_the_reference(engine: Engine) -> None:
     """Likes alone on their post fold into one summary beyond the cap; mentions and
     comments lead; the same digest as the pure reference."""
-    specs = [("like", f"p{i}", f"a{i % 4}", f"Name {i % 4}", i) for i in range(12)]
+    specs: list[Any] = [("like", f"p{i}", f"a{i % 4}", f"Name {i % 4}", i) for i in range(12)]
     specs += [("like", "big", f"a{i}", "X", 1) for i in range(5)]
     specs += [("comment", "c1", "a1", "Ana", 30), ("mention", "m1", None, None, 40)]
     events = insert(engine, 1005, specs)

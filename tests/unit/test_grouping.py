@@ -59,7 +59,9 @@ def test_single_likes_fold_into_one_summary() -> None:
     ]
     digest = build_digest(events, 1)
     assert [(g.category, g.entity_id) for g in digest.groups] == [("comment", "p8")]
-    assert digest.folded_likes == FoldedLikes(posts=6, actor_count=4, actor_names=("Ana", "Ben", "Cy"))
+    assert digest.folded_likes == FoldedLikes(
+        posts=6, actor_count=4, actor_names=("Ana", "Ben", "Cy")
+    )
     assert (digest.total_groups, digest.total_events, digest.more_groups) == (8, 9, 1)
 
 

@@ -496,9 +496,7 @@ def test_grouping_ranking_and_capping_hold_for_any_events(events: list[Event], c
     two or more, the rest ranked by category priority, then size and recency, and capped."""
     content = build_digest(events, cap)
     keys = {(e.category, e.entity_type, e.entity_id) for e in events}
-    single = [
-        k for k in keys if k[0] == "like" and sum(key(e) == k for e in events) == 1
-    ]
+    single = [k for k in keys if k[0] == "like" and sum(key(e) == k for e in events) == 1]
     folded = len(single) if len(single) >= 2 else 0
     assert content.total_events == len(events)
     assert content.total_groups == len(keys)
@@ -511,7 +509,9 @@ def test_grouping_ranking_and_capping_hold_for_any_events(events: list[Event], c
     ]
     assert ranks == sorted(ranks, reverse=True)
     for group in content.groups:
-        members = [e for e in events if key(e) == (group.category, group.entity_type, group.entity_id)]
+        members = [
+            e for e in events if key(e) == (group.category, group.entity_type, group.entity_id)
+        ]
         assert group.event_count == len(members)
         assert group.actor_count == len({e.actor_id for e in members if e.actor_id is not None})
         assert len(group.actor_names) == min(group.actor_count, 3)

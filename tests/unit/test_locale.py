@@ -25,7 +25,9 @@ KW: dict[str, Any] = {
 }
 
 
-def group(category: str, count: int = 1, names: tuple[str, ...] = ("Ana",), index: int = 0) -> Group:
+def group(
+    category: str, count: int = 1, names: tuple[str, ...] = ("Ana",), index: int = 0
+) -> Group:
     """A group of `count` events by `names` on "Trip photos"."""
     payload = {"title": "Trip photos", "url": "https://example.com/p/1", "excerpt": "Schön!"}
     return Group(category, "post", str(index), count, len(names), names, NOW, 99 - index, payload)
@@ -33,7 +35,9 @@ def group(category: str, count: int = 1, names: tuple[str, ...] = ("Ana",), inde
 
 def render(locale: str, *groups: Group, cadence: str = "daily", more: int = 0, **kw: Any) -> Any:
     """The digest of `groups` for Max, whose locale is `locale`."""
-    recipient = Recipient("u", "max@example.com", "Max Mustermann", cadence, "Europe/Berlin", locale)
+    recipient = Recipient(
+        "u", "max@example.com", "Max Mustermann", cadence, "Europe/Berlin", locale
+    )
     content = DigestContent(groups, len(groups) + more, 40, kw.get("folded"))
     return RENDERER.render(DigestRequest(recipient, content, cadence, **KW))
 

@@ -329,7 +329,8 @@ def test_more_counts_the_groups_left_out_and_links_to_activity() -> None:
     base_url/activity."""
     result = render(content(group(), more=12))
     assert re.search(
-        r'<a class="more-link" href="https://app.example.com/activity"[^>]*>…and 12 more updates</a>',
+        r'<a class="more-link" href="https://app.example.com/activity"[^>]*>'
+        r"…and 12 more updates</a>",
         result.html,
     )
     assert "…and 12 more updates: https://app.example.com/activity" in result.text
