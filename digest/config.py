@@ -110,7 +110,9 @@ class Settings:
     # within seconds of the server answering (digest.watchdog).
     restart_grace_seconds: int = setting(60, env="DIGEST_RESTART_GRACE", minimum=0)
     max_attempts: int = setting(5, minimum=1)
-    group_cap: int = setting(50, minimum=1)
+    # Groups shown: 20 rows and the folded likes keep the busiest digest near 2,000 px
+    # tall; the rest are "…and N more", a link to the activity page.
+    group_cap: int = setting(20, minimum=1)
     stagger_seconds: int = setting(3600, minimum=0)
     # Connections `digest schedule` inserts on at once, each over its own slice of users.
     schedule_jobs: int = setting(2, minimum=1)
