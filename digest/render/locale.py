@@ -105,6 +105,19 @@ class Catalog:
     format_number: Callable[[int], str] = field(repr=False)
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        # The pieces every group uses, looked up once (a render reads attributes, no table).
+        phrases = self.table["phrases"]
+        self.separator: str = phrases["list_separator"]
+        self.last: str = phrases["list_last"]
+        self.someone: str = phrases["someone"]
+        self.someone_first: str = phrases["someone_first"]
+        self.quote_open, _, self.quote_close = phrases["quoted"].partition("{text}")
+
+    def quote(self, text: str) -> str:
+        """`text` in the language's quotation marks: “text”, „text“."""
+        return f"{self.quote_open}{text}{self.quote_close}"
+
     def _cached(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         try:
             return self._cache[key]
@@ -153,7 +166,6 @@ class Catalog:
     def sentence(self, category: str, label: str, actors: int, nobody: bool) -> Sentence:
         """What happened in a group of `category`, for `actors` actors (`nobody`: the group
         has no actor at all); `label` is the category as words ("shared album")."""
-        form = self.plural(actors)  # sentences agree with their actors: one or more
 
         def make() -> Sentence:
             sentences = self.table["sentences"]
@@ -172,7 +184,8 @@ class Catalog:
                 title,
             )
 
-        result: Sentence = self._cached(("sentence", category, form, nobody), make)
+        # keyed by the count, not its plural form: no plural rule to run for a cached one
+        result: Sentence = self._cached(("sentence", category, label, actors, nobody), make)
         return result
 
     def sentence_of(self, pattern: str) -> Sentence:

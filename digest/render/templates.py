@@ -197,7 +197,18 @@ def inline(html: str, name: str) -> str:
         out = premailer.Premailer(**_PREMAILER_OPTIONS).transform(html, pretty_print=False)
     except Exception as exc:  # premailer/lxml/cssutils raise many types; report one line
         raise DigestError(f"cannot inline CSS of {name}: {exc}") from None
-    return str(out)
+    # What stays in <style> (@media rules) comes out indented over many lines: one line per
+    # rule is the same CSS in a third fewer bytes, in every email.
+    return _STYLE_BLOCK.sub(lambda m: _compact_css(m.group(0)), str(out))
+
+
+_STYLE_BLOCK = re.compile(r"(?<=<style type=\"text/css\">)[^<]*(?=</style>)")
+
+
+def _compact_css(css: str) -> str:
+    """`css` with its line breaks and indentation collapsed (no Mustache can be in it)."""
+    css = " ".join(css.split())
+    return re.sub(r"\s*([{};])\s*", r"\1", css).replace("}", "}\n")
 
 
 def compile_html(source: str) -> CompiledTemplate:

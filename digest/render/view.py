@@ -49,16 +49,16 @@ def actor_phrase(
     total = max(actor_count, len(shown))
     if not shown:
         if total <= 1:
-            return catalog.phrase("someone_first" if first else "someone")
+            return catalog.someone_first if first else catalog.someone
         return catalog.phrase("people", total)
-    separator = catalog.phrase("list_separator")
+    separator = catalog.separator
     if total > len(shown):  # unnamed actors: name at most two, count the rest
         shown = shown[:2]
         others = total - len(shown)
         return catalog.phrase("names_and_others", others).replace("{names}", separator.join(shown))
     if len(shown) == 1:
         return shown[0]
-    return f"{separator.join(shown[:-1])}{catalog.phrase('list_last')}{shown[-1]}"
+    return f"{separator.join(shown[:-1])}{catalog.last}{shown[-1]}"
 
 
 def first_name(name: object) -> str:
@@ -137,7 +137,7 @@ def _group_context(group: Group, catalog: Catalog) -> dict[str, Any]:
     nobody = group.actor_count == 0 and not any(group.actor_names)
     label = _category_words(group.category)
     sentence = catalog.sentence(group.category, label, max(group.actor_count, 1), nobody)
-    quoted = catalog.phrase("quoted")
+    quote = catalog.quote
     return {
         "is_comment": category == "comment",
         "is_like": category == "like",
@@ -154,11 +154,11 @@ def _group_context(group: Group, catalog: Catalog) -> dict[str, Any]:
             group.actor_names, group.actor_count, catalog, first=not sentence.lead
         ),
         "title": title,
-        "title_quoted": quoted.replace("{text}", real_title) if real_title else title,
-        "subject_title": quoted.replace("{text}", subject_title) if subject_title else title,
+        "title_quoted": quote(real_title) if real_title else title,
+        "subject_title": quote(subject_title) if subject_title else title,
         "has_excerpt": bool(excerpt),
         "excerpt": excerpt,
-        "excerpt_quoted": quoted.replace("{text}", excerpt),
+        "excerpt_quoted": quote(excerpt),
         "has_url": url is not None,
         "url": url or "",
         "count": count,
