@@ -224,12 +224,18 @@ class Catalog:
         return chosen
 
 
+# The tables shipped with the package: a templates folder without `locales/` uses these.
+SHIPPED = Path(__file__).resolve().parents[2] / "templates" / LOCALES_DIR
+
+
 class Locales:
-    """Every table under `templates_dir/locales`, loaded and checked once, and a catalog per
-    locale tag on first use."""
+    """Every table under `templates_dir/locales` (the shipped ones when that folder has
+    none), loaded and checked once, and a catalog per locale tag on first use."""
 
     def __init__(self, templates_dir: Path):
         folder = Path(templates_dir) / LOCALES_DIR
+        if not folder.is_dir():
+            folder = SHIPPED
         self.tables: dict[str, dict[str, dict[str, Any]]] = {}
         for path in sorted(folder.glob("*.toml")):
             self.tables[path.stem] = _read_table(path)

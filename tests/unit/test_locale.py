@@ -147,3 +147,11 @@ def test_a_missing_english_phrase_does_not_load(templates: Path) -> None:
     path.write_text(path.read_text().replace('greeting = "Hi {name},"\n', ""))
     with pytest.raises(DigestError, match=r"en\.toml: no phrases\.greeting"):
         Renderer(templates)
+
+
+def test_a_templates_folder_without_locales_uses_the_shipped_tables(templates: Path) -> None:
+    """A custom templates folder made before locales existed still renders, in German too."""
+    shutil.rmtree(templates / "locales")
+    recipient = Recipient("u", "max@example.com", "Max", "daily", "UTC", "de")
+    request = DigestRequest(recipient, DigestContent((group("comment"),), 1, 1), "daily", **KW)
+    assert "Hallo Max," in Renderer(templates).render(request).text
