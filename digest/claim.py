@@ -90,7 +90,7 @@ _CLAIM_BATCH_SQL = """
                             WHERE c.id = a.run_id AND a.category = ANY(c.muted))
     ), {grouping}
     SELECT c.id, c.user_id, c.cadence, c.period_start, c.attempt, c.frozen_at,
-           c.sending_attempt, d.total_groups, d.total_events, d.groups, p.*
+           c.sending_attempt, d.total_groups, d.total_events, d.groups, d.folded_likes, p.*
       FROM claimed c
       LEFT JOIN digests d ON d.run_id = c.id
       LEFT JOIN LATERAL {recipient} p ON true
@@ -238,7 +238,7 @@ def claim_batch(
     one statement, so an autocommit connection needs one round trip)."""
     rows = conn.execute(claim_statement(n), {"me": me, "lease": lease_seconds, "cap": cap}).all()
     runs = []
-    for row in rows:  # the run (7 columns), its digest (3), its recipient (9)
+    for row in rows:  # the run (7 columns), its digest (4), its recipient (9)
         run_id, user_id, cadence, period_start, attempt, frozen_at, sending_attempt = row[:7]
         runs.append(
             ClaimedRun(
@@ -249,8 +249,8 @@ def claim_batch(
                 attempt,
                 frozen_at,
                 sending_attempt,
-                recipient=None if row[10] is None else Recipient(user_id, *row[10:]),
-                digest=EMPTY_DIGEST if row[9] is None else content.digest_content(*row[7:10]),
+                recipient=None if row[11] is None else Recipient(user_id, *row[11:]),
+                digest=EMPTY_DIGEST if row[9] is None else content.digest_content(*row[7:11]),
             )
         )
     return runs

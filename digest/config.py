@@ -9,15 +9,19 @@ Secrets (`secret_key`, `smtp_password`) never appear in a repr or a log line.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from digest.errors import DigestError
+
+if TYPE_CHECKING:
+    from digest.render.brand import Brand
 
 DELIVERY_MODES = ("at-least-once", "at-most-once")
 SMTP_SECURITY = ("starttls", "tls", "none")
@@ -35,10 +39,12 @@ def setting(
     secret: bool = False,
     factory: Callable[[], Any] | None = None,
     upper: bool = False,
+    check: Callable[[str], str] | None = None,
 ) -> Any:
     """A dataclass field with its environment name, bounds and secrecy (`factory` makes
-    the default when it depends on the environment; `upper` takes text in any case)."""
-    meta = {"env": env, "minimum": minimum, "choices": choices, "upper": upper}
+    the default when it depends on the environment; `upper` takes text in any case;
+    `check` normalises a text value or raises ValueError saying what it must be)."""
+    meta = {"env": env, "minimum": minimum, "choices": choices, "upper": upper, "check": check}
     if factory is not None:
         return field(default_factory=factory, repr=not secret, metadata=meta)
     return field(default=default, repr=not secret, metadata=meta)
@@ -53,6 +59,40 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     if xdg and Path(xdg).is_absolute():
         return Path(xdg) / "digest"
     return Path.home() / ".local" / "share" / "digest"
+
+
+# Checks of text settings: each returns the value normalised, or raises ValueError with
+# what the value must be.
+
+
+def _not_empty(value: str) -> str:
+    if not value:
+        raise ValueError("some text")
+    return value
+
+
+def _email_address(value: str) -> str:
+    from digest.channels.email.mime import HeaderError, validate_email
+
+    try:
+        return validate_email(value)
+    except HeaderError:
+        raise ValueError("an email address") from None
+
+
+def _https_url(value: str) -> str:
+    from digest.render.text import safe_url
+
+    url = safe_url(value)
+    if url is None or not url.startswith("https://"):
+        raise ValueError("an https:// URL")
+    return url
+
+
+def _hex_color(value: str) -> str:
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+        raise ValueError("a colour like #2563eb")
+    return value.lower()
 
 
 @dataclass(frozen=True)
@@ -73,7 +113,9 @@ class Settings:
     # within seconds of the server answering (digest.watchdog).
     restart_grace_seconds: int = setting(60, env="DIGEST_RESTART_GRACE", minimum=0)
     max_attempts: int = setting(5, minimum=1)
-    group_cap: int = setting(50, minimum=1)
+    # Groups shown: 20 rows and the folded likes keep the busiest digest near 2,000 px
+    # tall; the rest are "…and N more", a link to the activity page.
+    group_cap: int = setting(20, minimum=1)
     stagger_seconds: int = setting(3600, minimum=0)
     # Connections `digest schedule` inserts on at once, each over its own slice of users.
     schedule_jobs: int = setting(2, minimum=1)
@@ -83,11 +125,12 @@ class Settings:
     poll_interval_seconds: float = setting(1.0, env="DIGEST_POLL_INTERVAL", minimum=0.001)
     base_url: str = setting("http://localhost:8000")
     from_address: str = setting("digest@localhost")
-    from_name: str = setting("Digest")
-    # branding, for the emails and the preference pages
-    product_name: str = setting("Digest")
-    logo_url: str | None = setting(None)  # https only
-    accent_color: str | None = setting(None)  # #rrggbb
+    from_name: str | None = setting(None)  # None: the product's name
+    reply_to: str | None = setting(None, check=_email_address)
+    # branding: what the email shows of the product
+    product_name: str = setting("Digest", check=_not_empty)
+    logo_url: str | None = setting(None, check=_https_url)
+    accent_color: str | None = setting(None, check=_hex_color)
     postal_address: str | None = setting(None)
     secret_key: str | None = setting(None, secret=True)
     categories: frozenset[str] | None = setting(None)
@@ -142,6 +185,18 @@ class Settings:
             if name in env:
                 raw[f.name] = (name, env[name])
         return cls(data_dir=default_data_dir(env))._with_raw(raw)
+
+    @property
+    def sender_name(self) -> str:
+        """The From header's display name: DIGEST_FROM_NAME, else the product's name."""
+        return self.from_name or self.product_name
+
+    @property
+    def branding(self) -> Brand:
+        """What the email shows of the product."""
+        from digest.render.brand import Brand
+
+        return Brand(self.product_name, self.logo_url, self.accent_color, self.postal_address)
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (command-line options override the environment)."""
@@ -202,6 +257,12 @@ def _parse(label: str, value: object, hint: Any, meta: Mapping[str, Any]) -> obj
     choices = meta.get("choices")
     if choices and parsed not in choices:
         raise DigestError(f"{label} must be one of {', '.join(choices)}, got {parsed!r}")
+    check = meta.get("check")
+    if check is not None and isinstance(parsed, str):
+        try:
+            parsed = check(parsed)
+        except ValueError as exc:
+            raise DigestError(f"{label} must be {exc}, got {value!r}") from None
     return parsed
 
 

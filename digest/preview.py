@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from digest import content, recipients
-from digest.compose import Composer, signing_key
+from digest.compose import Composer, make_renderer, signing_key
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.models import Cadence, ClaimedRun, RenderedDigest, RunCadence
-from digest.render import Renderer
 
 
 def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
@@ -30,7 +29,5 @@ def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
     cadence = recipient.cadence if recipient.cadence != Cadence.OFF else RunCadence.DAILY
     # the run the next schedule would make, claimed now: its period and its Date are now
     run = ClaimedRun(0, user_id, cadence, now, 0, now, recipient=recipient, digest=digest)
-    composer = Composer(
-        settings, Renderer(settings.templates_dir), signing_key(settings, "file"), "file"
-    )
+    composer = Composer(settings, make_renderer(settings), signing_key(settings, "file"), "file")
     return composer.render(run)

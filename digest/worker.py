@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from digest import claim, logs, retry, watchdog
 from digest.channels.base import SendError, Transport
 from digest.channels.ratelimit import TokenBucket
-from digest.compose import Composer, signing_key
+from digest.compose import Composer, make_renderer, signing_key
 from digest.config import Settings
 from digest.errors import first_line
 from digest.heartbeat import Heartbeat
@@ -172,7 +172,7 @@ class Worker:
         self.transport = transport
         self.composer = Composer(
             settings,
-            renderer or Renderer(settings.templates_dir),
+            renderer or make_renderer(settings),
             signing_key(settings, transport.name),
             transport.name,
         )

@@ -294,11 +294,12 @@ def test_fatal_transport_error_stops_the_worker_and_keeps_runs(
 
 
 def test_heavy_user_gets_top_groups_and_exact_more(engine: Engine, tmp_path: Path) -> None:
-    """10,000 events over 300 posts: 50 groups rendered and "250 more" in both parts."""
+    """10,000 events over 300 posts, the cap at 50: 50 groups rendered and "250 more",
+    a link, in both parts."""
     add_user(engine, "heavy")
     add_events(engine, "heavy", 10_000, entities=300)
     schedule(engine)
-    make_worker(engine, tmp_path).run(drain=True)
+    make_worker(engine, tmp_path, group_cap=50).run(drain=True)
     run = runs(engine)["heavy"]
     assert (run.status, run.event_count) == ("sent", 10_000)
     html = (tmp_path / "outbox" / f"run-{run.id}.html").read_text()
