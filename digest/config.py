@@ -3,11 +3,14 @@
 Each setting comes from, in rising priority: its default, the settings file
 (`DIGEST_SETTINGS_FILE` or `digest --settings FILE`, TOML with the field names below as
 top-level keys), the environment (`DIGEST_<NAME>` unless noted), then command-line options.
-Secrets (`secret_key`, `smtp_password`) never appear in a repr or a log line.
+Secrets (`secret_key`, `smtp_password`, `slack_bot_token`, `webhook_secret`) never appear
+in a repr or a log line.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import tomllib
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digest.errors import DigestError
+from digest.urls import endpoint_problem
 
 if TYPE_CHECKING:
     from digest.render.brand import Brand
@@ -39,11 +43,12 @@ def setting(
     secret: bool = False,
     factory: Callable[[], Any] | None = None,
     upper: bool = False,
-    check: Callable[[str], str] | None = None,
+    check: Callable[[str, str], str] | None = None,
 ) -> Any:
     """A dataclass field with its environment name, bounds and secrecy (`factory` makes
     the default when it depends on the environment; `upper` takes text in any case;
-    `check` normalises a text value or raises ValueError saying what it must be)."""
+    `check(label, value)` returns the text value normalised, or raises DigestError for a
+    value the type alone does not rule out)."""
     meta = {"env": env, "minimum": minimum, "choices": choices, "upper": upper, "check": check}
     if factory is not None:
         return field(default_factory=factory, repr=not secret, metadata=meta)
@@ -61,38 +66,65 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path.home() / ".local" / "share" / "digest"
 
 
-# Checks of text settings: each returns the value normalised, or raises ValueError with
-# what the value must be.
+# Checks of text settings: each returns the value normalised, or raises DigestError naming
+# the setting (`label`) and what its value must be.
 
 
-def _not_empty(value: str) -> str:
+def _not_empty(label: str, value: str) -> str:
     if not value:
-        raise ValueError("some text")
+        raise DigestError(f"{label} must be some text, got {value!r}")
     return value
 
 
-def _email_address(value: str) -> str:
+def _email_address(label: str, value: str) -> str:
     from digest.channels.email.mime import HeaderError, validate_email
 
     try:
         return validate_email(value)
     except HeaderError:
-        raise ValueError("an email address") from None
+        raise DigestError(f"{label} must be an email address, got {value!r}") from None
 
 
-def _https_url(value: str) -> str:
+def _https_url(label: str, value: str) -> str:
     from digest.render.text import safe_url
 
     url = safe_url(value)
     if url is None or not url.startswith("https://"):
-        raise ValueError("an https:// URL")
+        raise DigestError(f"{label} must be an https:// URL, got {value!r}")
     return url
 
 
-def _hex_color(value: str) -> str:
+def _hex_color(label: str, value: str) -> str:
     if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
-        raise ValueError("a colour like #2563eb")
+        raise DigestError(f"{label} must be a colour like #2563eb, got {value!r}")
     return value.lower()
+
+
+def check_webhook_secret(label: str, value: str) -> str:
+    """A Standard Webhooks secret: `whsec_` and the base64 of 24 to 64 random bytes (the
+    spec's bounds); the message never repeats the value."""
+    key = value.removeprefix("whsec_") if value.startswith("whsec_") else None
+    try:
+        raw = base64.b64decode(key, validate=True) if key else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    if not 24 <= len(raw) <= 64:
+        raise DigestError(
+            f"{label} must be a Standard Webhooks secret: whsec_ followed by the base64 of "
+            "24 to 64 random bytes (the value given is not shown)"
+        )
+    return value
+
+
+def check_service_url(label: str, value: str) -> str:
+    """A service URL that credentials go to: https, or plain http to this machine only."""
+    problem = endpoint_problem(value)
+    if problem:
+        shown = "" if problem == "credentials in the URL" else f", got {value!r}"
+        raise DigestError(
+            f"{label} must be an https:// URL (or http:// to localhost){shown}: {problem}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -159,6 +191,13 @@ class Settings:
     # feedback (SES events through SNS)
     sns_topics: frozenset[str] = setting(frozenset())
     transient_bounce_limit: int = setting(3, minimum=1)
+    # slack channel (chat.postMessage through slack_sdk; the base URL points tests at a stand-in)
+    slack_bot_token: str | None = setting(None, secret=True)
+    slack_base_url: str = setting("https://slack.com/api/", check=check_service_url)
+    slack_timeout: float = setting(15.0, minimum=0.01)
+    # webhook channel (Standard Webhooks, signed with this whsec_ secret)
+    webhook_secret: str | None = setting(None, secret=True, check=check_webhook_secret)
+    webhook_timeout: float = setting(15.0, minimum=0.01)
     # web (unsubscribe pages, feedback webhooks)
     web_host: str = setting("127.0.0.1")
     web_port: int = setting(8000, minimum=0)
@@ -259,10 +298,7 @@ def _parse(label: str, value: object, hint: Any, meta: Mapping[str, Any]) -> obj
         raise DigestError(f"{label} must be one of {', '.join(choices)}, got {parsed!r}")
     check = meta.get("check")
     if check is not None and isinstance(parsed, str):
-        try:
-            parsed = check(parsed)
-        except ValueError as exc:
-            raise DigestError(f"{label} must be {exc}, got {value!r}") from None
+        parsed = check(label, parsed)
     return parsed
 
 

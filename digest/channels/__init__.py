@@ -1,19 +1,20 @@
 """Channels and their transports: `make` builds the email transport a name asks for
-(`ses,smtp` is a fallback list), the modules under `email/` send MIME messages, and the
-interface every transport implements is `digest.channels.base`.
+(`ses,smtp` is a fallback list), the modules under `email/` send MIME messages, `slack` and
+`webhook` send the other channels' messages (built by `slack_blocks` and `webhook_payload`),
+and the interface every transport implements is `digest.channels.base`.
 
 Transports are imported when made: boto3 and smtplib load only for the ones in use.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from digest.channels.base import SendError, Transport
 from digest.config import Settings
 from digest.errors import DigestError
+from digest.urls import is_loopback
 
 TRANSPORTS = ("file", "null", "smtp", "ses")
 # Transports that mail real people: their links must work from any inbox, over HTTPS.
@@ -53,24 +54,13 @@ def require_https_links(settings: Settings, names: Iterable[str]) -> None:
     parts = urlsplit(settings.base_url)
     if parts.scheme.lower() == "https" and parts.hostname:
         return
-    if parts.scheme.lower() == "http" and _loopback(parts.hostname):
+    if parts.scheme.lower() == "http" and is_loopback(parts.hostname):
         return
     raise DigestError(
         f"DIGEST_BASE_URL must be an https:// URL to send real mail ({','.join(real)}), got "
         f"{settings.base_url!r}: List-Unsubscribe links need HTTPS (RFC 8058); "
         "only localhost may use http://"
     )
-
-
-def _loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name other than localhost
-        return False
 
 
 def make(name: str, settings: Settings) -> Transport:

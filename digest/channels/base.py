@@ -27,6 +27,12 @@ class SendError(Exception):
     refused, timeout before the message was handed over, 421, a 5xx to MAIL FROM or AUTH):
     a fallback transport tries the next one. Never set it when the provider may already
     hold the message.
+
+    `gone` marks a destination that no longer exists (a webhook endpoint's 410, a Slack
+    channel archived or not found): record it and send it nothing more until it changes.
+    `deferred` marks a message our own per-destination rate limit held back before any
+    request was made: nothing can have been sent, and the queue may put the run back
+    without spending an attempt.
     """
 
     def __init__(
@@ -36,12 +42,16 @@ class SendError(Exception):
         *,
         retry_after: float | None = None,
         down: bool = False,
+        gone: bool = False,
+        deferred: bool = False,
     ):
         super().__init__(reason)
         self.kind: FailureKind = kind
         self.reason = reason
         self.retry_after = retry_after
         self.down = down
+        self.gone = gone
+        self.deferred = deferred
 
 
 class Sender(Protocol[M_contra]):

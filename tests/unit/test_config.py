@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,68 @@ def test_bad_branding_is_refused_in_one_line(env: dict[str, str], message: str) 
     with pytest.raises(DigestError, match="^" + message.replace(".", r"\.")) as info:
         Settings.from_env(env)
     assert "\n" not in str(info.value)
+
+
+# A Standard Webhooks secret: whsec_ and the base64 of 24 to 64 random bytes.
+WHSEC = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+
+
+def test_channel_settings_defaults() -> None:
+    """Slack goes to Slack's own API and both channels wait 15 s, until told otherwise."""
+    settings = Settings.from_env({})
+    assert settings.slack_bot_token is None
+    assert settings.slack_base_url == "https://slack.com/api/"
+    assert settings.slack_timeout == 15.0
+    assert settings.webhook_secret is None
+    assert settings.webhook_timeout == 15.0
+
+
+def test_channel_secrets_are_read_and_never_shown() -> None:
+    """The Slack token and the webhook secret are read, and stay out of the repr."""
+    settings = Settings.from_env(
+        {
+            "DIGEST_SLACK_BOT_TOKEN": "xoxb-s3cr3t",
+            "DIGEST_WEBHOOK_SECRET": WHSEC,
+            "DIGEST_SLACK_BASE_URL": "http://127.0.0.1:8123/api/",
+            "DIGEST_SLACK_TIMEOUT": "2.5",
+            "DIGEST_WEBHOOK_TIMEOUT": "20",
+        }
+    )
+    assert settings.slack_bot_token == "xoxb-s3cr3t"
+    assert settings.webhook_secret == WHSEC
+    assert settings.slack_base_url == "http://127.0.0.1:8123/api/"
+    assert (settings.slack_timeout, settings.webhook_timeout) == (2.5, 20.0)
+    text = repr(settings)
+    assert "xoxb-s3cr3t" not in text
+    assert WHSEC[6:] not in text
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        base64.b64encode(bytes(range(32))).decode(),  # no whsec_ prefix
+        "whsec_not base64 at all!",
+        "whsec_" + base64.b64encode(bytes(16)).decode(),  # 16 bytes: shorter than the spec's 24
+        "whsec_" + base64.b64encode(bytes(65)).decode(),  # longer than 64
+        "whsec_",
+    ],
+)
+def test_webhook_secret_must_be_a_standard_webhooks_secret(secret: str) -> None:
+    """A secret that is not whsec_ + base64 of 24-64 bytes is refused in one line that does
+    not repeat it."""
+    with pytest.raises(DigestError) as caught:
+        Settings.from_env({"DIGEST_WEBHOOK_SECRET": secret})
+    message = str(caught.value)
+    assert message.startswith("DIGEST_WEBHOOK_SECRET must be")
+    assert "\n" not in message
+    assert secret.removeprefix("whsec_") not in message or secret == "whsec_"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://slack.example.com/api/", "ftp://127.0.0.1/api/", "https:///api/", "slack.com/api"],
+)
+def test_slack_base_url_must_be_https_or_loopback(url: str) -> None:
+    """The bot token goes with every request: only https, or plain http to this machine."""
+    with pytest.raises(DigestError, match=r"^DIGEST_SLACK_BASE_URL must be an https:// URL"):
+        Settings.from_env({"DIGEST_SLACK_BASE_URL": url})

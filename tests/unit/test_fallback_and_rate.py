@@ -8,7 +8,7 @@ import pytest
 
 from digest.channels.base import SendError
 from digest.channels.fallback import FallbackTransport
-from digest.channels.ratelimit import TokenBucket
+from digest.channels.ratelimit import DestinationBuckets, TokenBucket
 from digest.models import OutgoingMessage, SendResult
 
 
@@ -121,3 +121,45 @@ def test_two_transports_of_one_kind_keep_separate_cooldowns() -> None:
     for _ in range(3):
         assert fallback.send(MESSAGE).provider_message_id == "smtp-id"
     assert (broken.calls, working.calls) == (1, 3)
+
+
+def slot(reserved: tuple[bool, float]) -> tuple[bool, float]:
+    """A reservation with its wait rounded to the millisecond (float sums fall just short)."""
+    free, wait = reserved
+    return free, round(wait, 3)
+
+
+def test_destination_buckets_reserve_a_slot_within_the_wait_then_refuse() -> None:
+    """1/s per destination, waits up to 1 s: the second message waits 1 s for its slot, the
+    third (2 s away) gets none and takes nothing, so a fourth still sees 2 s."""
+    clock = Clock()
+    buckets = DestinationBuckets(1.0, clock=clock)
+    assert slot(buckets.reserve("C1", max_wait=1.0)) == (True, 0.0)
+    assert slot(buckets.reserve("C1", max_wait=1.0)) == (True, 1.0)
+    assert slot(buckets.reserve("C1", max_wait=1.0)) == (False, 2.0)
+    assert slot(buckets.reserve("C1", max_wait=1.0)) == (False, 2.0)
+    clock.now += 2.0
+    assert slot(buckets.reserve("C1", max_wait=1.0)) == (True, 0.0)
+
+
+def test_destination_buckets_are_independent() -> None:
+    """A busy channel does not slow a message to another channel."""
+    clock = Clock()
+    buckets = DestinationBuckets(1.0, clock=clock)
+    assert slot(buckets.reserve("C1", max_wait=0.0)) == (True, 0.0)
+    assert slot(buckets.reserve("C1", max_wait=0.0)) == (False, 1.0)
+    assert slot(buckets.reserve("C2", max_wait=0.0)) == (True, 0.0)
+
+
+def test_destination_buckets_forget_idle_destinations() -> None:
+    """One bucket per destination ever seen would grow without end: idle ones are dropped
+    once there are more than `limit`, busy ones are kept."""
+    clock = Clock()
+    buckets = DestinationBuckets(1.0, clock=clock, limit=3)
+    for key in ("a", "b", "c"):
+        buckets.reserve(key, max_wait=0.0)
+    clock.now += 5.0  # a, b, c are full again: nothing to remember
+    buckets.reserve("d", max_wait=0.0)
+    buckets.reserve("e", max_wait=0.0)  # past the limit: a, b, c go; d (busy) stays
+    assert len(buckets) == 2
+    assert slot(buckets.reserve("d", max_wait=0.0)) == (False, 1.0)

@@ -37,8 +37,8 @@ from digest.channels.email.ses import (
     SesTransport,
     classify_botocore_error,
     make_client,
-    retry_after,
 )
+from digest.channels.http import retry_after
 from digest.config import Settings
 from digest.models import OutgoingMessage, SendResult
 

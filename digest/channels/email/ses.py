@@ -10,9 +10,6 @@ chain (environment, shared config/credentials files, container or instance role)
 from __future__ import annotations
 
 import logging
-import math
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import boto3
@@ -30,6 +27,7 @@ from botocore.exceptions import (
 
 from digest import logs
 from digest.channels.base import SendError
+from digest.channels.http import retry_after
 from digest.config import Settings
 from digest.models import OutgoingMessage, SendResult
 
@@ -179,22 +177,3 @@ def classify_botocore_error(exc: BotoCoreError) -> SendError:
     # ReadTimeoutError, ConnectionClosedError and any other HTTP failure after the request
     # went out: SES may have accepted the message.
     return SendError("unknown", f"ses: no answer after sending: {exc}")
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), if usable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
