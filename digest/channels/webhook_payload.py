@@ -2,6 +2,10 @@
 and webhooks", has the schema), with the Standard Webhooks id that stays the same on every
 retry.
 
+The raw identifiers and counts come from the run's groups; the text a person reads
+(`summary`, each group's `text`, the folded likes' `text`, `period.label`) is the email's,
+from the same view model, in the recipient's language (`language`).
+
 Pure: no network, no database. The body is built once from the run's frozen content, so a
 retry sends the same bytes under the same `webhook-id`; only the timestamp and signature,
 made by the sender at each attempt, change. One function per kind (`BUILDERS`): the digest
@@ -19,10 +23,10 @@ from typing import Any
 import orjson
 
 from digest.errors import ValidationError
-from digest.models import DigestRequest, Group
-from digest.render.lines import group_sentence, summary
+from digest.models import DigestRequest, FoldedLikes, Group
+from digest.render.lines import line
 from digest.render.text import URL_LIMIT, clean_text, safe_url
-from digest.render.view import EXCERPT_LIMIT, NAME_LIMIT, TITLE_LIMIT, digest_context
+from digest.render.view import EXCERPT_LIMIT, NAME_LIMIT, TITLE_LIMIT
 from digest.urls import endpoint_problem
 
 SCHEMA_VERSION = 1
@@ -73,14 +77,20 @@ def webhook_message(
     )
 
 
-def digest_payload(request: DigestRequest, run_id: int, frozen_at: datetime) -> dict[str, Any]:
+def digest_payload(
+    request: DigestRequest, context: Mapping[str, Any], run_id: int, frozen_at: datetime
+) -> dict[str, Any]:
     """A digest as Standard Webhooks' recommended envelope: type, timestamp (when its content
-    was frozen) and data."""
-    context = digest_context(request)
+    was frozen) and data. `context` is the request's view model as `Renderer.context` makes
+    it (the email's subject included): it gives the words, the request the ids and counts."""
     content = request.content
     groups = [
         _group(group, view) for group, view in zip(content.groups, context["groups"], strict=True)
     ]
+    folded = None
+    if content.folded_likes is not None:
+        (view,) = context["folded"]
+        folded = _folded(content.folded_likes, view)
     return {
         "type": "notification.digest",
         "timestamp": _iso(frozen_at),
@@ -89,18 +99,20 @@ def digest_payload(request: DigestRequest, run_id: int, frozen_at: datetime) -> 
             "kind": "digest",
             "run_id": run_id,
             "recipient": {"user_id": request.recipient.user_id},
+            "language": context["lang"],
             "period": {
                 "cadence": request.cadence,
                 "start": _iso(request.period_start),
                 "label": context["period_label"],
             },
-            "summary": summary(context),
+            "summary": context["subject"],
             "counts": {
                 "events": content.total_events,
                 "groups": content.total_groups,
                 "groups_not_listed": max(content.more_groups, 0),
             },
             "groups": groups,
+            "folded_likes": folded,
             "links": {
                 "activity": context["activity_url"],
                 "preferences": context["unsubscribe_url"],
@@ -109,15 +121,20 @@ def digest_payload(request: DigestRequest, run_id: int, frozen_at: datetime) -> 
     }
 
 
-BUILDERS: Mapping[str, Callable[[DigestRequest, int, datetime], dict[str, Any]]] = {
+BUILDERS: Mapping[
+    str, Callable[[DigestRequest, Mapping[str, Any], int, datetime], dict[str, Any]]
+] = {
     "digest": digest_payload,
 }
+
+
+def _names(names: tuple[str, ...]) -> list[str]:
+    return [n for n in (clean_text(name, NAME_LIMIT) for name in names) if n]
 
 
 def _group(group: Group, view: Mapping[str, Any]) -> dict[str, Any]:
     """One group: the raw identifiers and counts, text cleaned as the email cleans it."""
     payload: Mapping[str, Any] = group.payload if isinstance(group.payload, Mapping) else {}
-    names = [n for n in (clean_text(name, NAME_LIMIT) for name in group.actor_names) if n]
     excerpt = clean_text(payload.get("excerpt"), EXCERPT_LIMIT) or clean_text(
         payload.get("text"), EXCERPT_LIMIT
     )
@@ -125,12 +142,21 @@ def _group(group: Group, view: Mapping[str, Any]) -> dict[str, Any]:
         "category": group.category,
         "entity": {"type": group.entity_type, "id": group.entity_id},
         "events": group.event_count,
-        "actors": {"count": group.actor_count, "names": names},
+        "actors": {"count": group.actor_count, "names": _names(group.actor_names)},
         "title": clean_text(payload.get("title"), TITLE_LIMIT) or None,
         "url": safe_url(payload.get("url")),
         "excerpt": excerpt or None,
         "latest_at": _iso(group.latest_at),
-        "text": group_sentence(view),
+        "text": line(view),
+    }
+
+
+def _folded(folded: FoldedLikes, view: Mapping[str, Any]) -> dict[str, Any]:
+    """The single likes folded into one line: how many posts, by whom, and the line."""
+    return {
+        "posts": folded.posts,
+        "actors": {"count": folded.actor_count, "names": _names(folded.actor_names)},
+        "text": line(view),
     }
 
 

@@ -1,7 +1,7 @@
 """Render a digest: text cleaning (`text`), the view model (`view`), templates loaded,
 inlined and compiled once (`templates`, `mustache`), fitting under Gmail's clip (`fit`),
-tied together by `Renderer` (`renderer`); the text email's sentences for channels without
-templates (`lines`).
+tied together by `Renderer` (`renderer`); the view model's sentences laid out as the text
+email's lines for channels without templates (`lines`).
 
 `Renderer` is imported on first use: `digest.render.text` is what the MIME writer needs,
 and importing it must not load chevron and the compiled-template machinery.

@@ -1,8 +1,11 @@
-"""A digest's groups as one-line sentences, in the text email's words, for the channels
-that have no templates (Slack, webhooks).
+"""A digest's items as one-line sentences for the channels that have no templates (Slack,
+webhooks), laid out as `templates/partials/*.txt.mustache` lay them out.
 
-A sentence is a list of segments, so each channel can mark them up its own way: Slack
-bolds the actors and links the title, a webhook joins them into plain text.
+No words live here: every word is the view model's (`digest.render.view`), in the
+recipient's language: each item's sentence cut around its slots, its actors, its title and
+its count. This module only says which of those pieces a line shows, as segments, so each
+channel can mark them up its own way: Slack bolds the actors and links the title, a webhook
+joins them into plain text.
 """
 
 from __future__ import annotations
@@ -14,24 +17,23 @@ SegmentKind = Literal["actors", "title", "text"]
 Segment = tuple[SegmentKind, str]
 
 
-def sentence_segments(group: Mapping[str, Any]) -> list[Segment]:
-    """The sentence of one view-model group, as `templates/partials/*.txt.mustache` word it."""
-    actors: Segment = ("actors", group["actor_phrase"])
-    title: Segment = ("title", group["title_quoted"])
-    if group["is_follow"]:
-        return [actors, ("text", " started following you")]
-    if group["is_comment"]:
-        segments = [actors, ("text", " commented on "), title]
-    elif group["is_like"]:
-        segments = [actors, ("text", " liked "), title]
-    elif group["is_mention"]:
-        segments = [actors, ("text", " mentioned you in "), title]
-    else:
-        segments = [("text", f"{group['category_label']} on "), title]
-        if group["has_actors"]:
-            segments += [("text", " by "), actors]
-    if group["multiple"]:
-        segments.append(("text", f" ({group['count_label']})"))
+def sentence_segments(item: Mapping[str, Any]) -> list[Segment]:
+    """The line of one view-model group, or of the folded likes (no title, no count): the
+    sentence with its actors and title in their slots, then the count as the text email
+    shows it ("(3 comments)"; never for a follow, whose count is its actors)."""
+    segments: list[Segment] = []
+    if item["lead"]:
+        segments.append(("text", item["lead"]))
+    if item.get("show_actor", True):
+        segments.append(("actors", item["actor_phrase"]))
+    if item["middle"]:
+        segments.append(("text", item["middle"]))
+    if item.get("show_title", False):
+        segments.append(("title", item["title_quoted"]))
+    if item["tail"]:
+        segments.append(("text", item["tail"]))
+    if item.get("multiple") and not item.get("is_follow"):
+        segments.append(("text", f" ({item['count_label']})"))
     return segments
 
 
@@ -41,25 +43,6 @@ def shows_excerpt(group: Mapping[str, Any]) -> bool:
     return bool(group["has_excerpt"]) and not (group["is_like"] or group["is_follow"])
 
 
-def group_sentence(group: Mapping[str, Any]) -> str:
-    """The sentence of one view-model group as plain text."""
-    return "".join(text for _, text in sentence_segments(group))
-
-
-def summary(context: Mapping[str, Any]) -> str:
-    """The digest in one line, the email's subject: the top group and how many others."""
-    top = context["top"]
-    if not top:
-        return f"{context['heading']} · {context['period_label']}"
-    first = top[0]
-    if first["is_follow"]:
-        line = f"{first['actor_phrase']} started following you"
-    elif first["is_generic"]:
-        line = f"{first['category_label']} on {first['subject_title']}"
-    else:
-        verb = {"is_comment": "commented on", "is_like": "liked", "is_mention": "mentioned you in"}
-        word = next(v for k, v in verb.items() if first[k])
-        line = f"{first['actor_phrase']} {word} {first['subject_title']}"
-    if context["has_others"]:
-        line += f" and {context['others_count']} more {context['others_noun']}"
-    return line
+def line(item: Mapping[str, Any]) -> str:
+    """The line of one view-model group (or of the folded likes) as plain text."""
+    return "".join(text for _, text in sentence_segments(item))

@@ -29,10 +29,9 @@ from digest.channels.webhook_payload import (
     webhook_message,
 )
 from digest.errors import ValidationError
-from digest.models import DigestContent, DigestRequest, Group, Recipient
+from digest.models import DigestContent, DigestRequest, FoldedLikes, Group, Recipient
 from digest.render import Renderer
-from digest.render.lines import group_sentence, summary
-from digest.render.view import digest_context
+from digest.render.lines import line
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 NOW = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
@@ -40,6 +39,7 @@ RECIPIENT = Recipient("u1", "ana@example.com", "Ana", "daily", "Europe/Lisbon", 
 BASE = "https://app.example.com"
 UNSUBSCRIBE = f"{BASE}/u/TOKEN"
 CATEGORIES = ("comment", "like", "mention", "follow", "shared_album")
+RENDERER = Renderer(TEMPLATES)
 
 
 def group(
@@ -70,14 +70,33 @@ def group(
     )
 
 
-def request(*groups: Group, more: int = 0, events: int | None = None) -> DigestRequest:
-    """A daily digest of `groups` (plus `more` the cap left out) for Ana."""
+def request(
+    *groups: Group,
+    more: int = 0,
+    events: int | None = None,
+    folded: FoldedLikes | None = None,
+    recipient: Recipient = RECIPIENT,
+) -> DigestRequest:
+    """A daily digest of `groups` (plus `more` the cap left out, and `folded` likes) for
+    Ana, or for `recipient`."""
+    posts = folded.posts if folded else 0
     content = DigestContent(
         groups=tuple(groups),
-        total_groups=len(groups) + more,
-        total_events=events if events is not None else sum(g.event_count for g in groups),
+        total_groups=len(groups) + more + posts,
+        total_events=events if events is not None else sum(g.event_count for g in groups) + posts,
+        folded_likes=folded,
     )
-    return DigestRequest(RECIPIENT, content, "daily", NOW, BASE, UNSUBSCRIBE)
+    return DigestRequest(recipient, content, "daily", NOW, BASE, UNSUBSCRIBE)
+
+
+def view(req: DigestRequest) -> dict[str, Any]:
+    """The view model the email renders `req` from, its subject included."""
+    return RENDERER.context(req)
+
+
+def slack(req: DigestRequest, destination: str = "C1") -> SlackMessage:
+    """The Slack message of `req` to `destination`."""
+    return slack_message(1, destination, view(req))
 
 
 def section_texts(message: SlackMessage) -> list[str]:
@@ -106,22 +125,31 @@ def every_text(blocks: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def test_sentences_are_the_text_emails_own_lines() -> None:
-    """Each group's sentence is the line the text email shows for it, for every category."""
-    req = request(*(group(c, i, count=2) for i, c in enumerate(CATEGORIES)))
-    text = Renderer(TEMPLATES).render(req).text
-    context = digest_context(req)
-    for g in context["groups"]:
-        assert f"* {group_sentence(g)}\n" in text
+    """Each group's line, and the folded likes' line, is the line the text email shows for
+    it, for every category: the view model's own sentence, not a copy of its words."""
+    folded = FoldedLikes(posts=7, actor_count=7, actor_names=("Cy", "Di"))
+    req = request(*(group(c, i, count=2) for i, c in enumerate(CATEGORIES)), folded=folded)
+    text = RENDERER.render(req).text
+    context = view(req)
+    for item in (*context["groups"], *context["folded"]):
+        assert f"* {line(item)}\n" in text
+    assert "* Ana shared “Trip photos 4” (2 updates)\n" in text  # any category, a sentence
+    assert "* Cy, Di and 5 others liked 7 of your posts\n" in text
 
 
-def test_summary_is_the_subject() -> None:
-    """The one-line summary (Slack's notification text, the webhook's `summary`) is the
-    email's subject, with groups or without."""
-    renderer = Renderer(TEMPLATES)
-    for req in (request(group("like", 0), group("comment", 1)), request(group("follow"))):
-        assert summary(digest_context(req)) == renderer.render(req).subject
-    empty = request()
-    assert summary(digest_context(empty)) == renderer.render(empty).subject
+def test_slack_text_and_webhook_summary_are_the_subject() -> None:
+    """Slack's notification text and the webhook's `summary` are the email's subject, with
+    groups, with only folded likes, or with nothing."""
+    folded = FoldedLikes(posts=2, actor_count=2, actor_names=("Cy", "Di"))
+    for req in (
+        request(group("like", 0), group("comment", 1)),
+        request(group("follow")),
+        request(folded=folded),
+        request(),
+    ):
+        subject = RENDERER.render(req).subject
+        assert slack(req).text == subject
+        assert digest_payload(req, view(req), 1, NOW)["data"]["summary"] == subject
 
 
 # -- Slack -----------------------------------------------------------------------------------
@@ -130,9 +158,9 @@ def test_summary_is_the_subject() -> None:
 def test_slack_digest_reads_like_the_email() -> None:
     """Header, period, one section per group with its link and excerpt, and the footer links."""
     req = request(group("comment", 0, count=3, names=("Ana", "Ben")), group("like", 1))
-    message = slack_message(7, "C0123ABCD", digest_context(req))
+    message = slack_message(7, "C0123ABCD", view(req))
     assert (message.run_id, message.destination) == (7, "C0123ABCD")
-    assert message.text == "Ana and Ben commented on “Trip photos 0” and 1 more update"
+    assert message.text == "Ana and Ben commented on “Trip photos 0”, plus 1 more update"
     header = message.blocks[0]
     assert header == {
         "type": "header",
@@ -144,12 +172,13 @@ def test_slack_digest_reads_like_the_email() -> None:
         " (3 comments)\n>Lovely!" in sections
     )
     assert "*Ana* liked <https://example.com/p/1?a=1&amp;b=2|“Trip photos 1”>" in sections
-    follow = slack_message(7, "C1", digest_context(request(group("follow", 2))))
-    assert "*Ana* started following you · <https://example.com/p/2?a=1&amp;b=2|View>" in (
+    follow = slack(request(group("follow", 2)))
+    assert "*Ana* started following you · <https://example.com/p/2?a=1&amp;b=2|View profile>" in (
         section_texts(follow)
     )
     everything = "\n".join(every_text(message.blocks))
-    assert "Tuesday, 3 March 2026" in everything
+    assert "Hi Ana,\nHere’s what happened while you were away." in everything
+    assert "Tuesday, March 3, 2026" in everything
     assert f"<{BASE}/activity|See all activity>" in everything
     assert f"<{UNSUBSCRIBE}|" in everything
     json.dumps(list(message.blocks))  # plain JSON, ready for chat.postMessage
@@ -167,7 +196,7 @@ def test_slack_escapes_user_text_and_never_expands_mentions() -> None:
         },
         names=("<!here>",),
     )
-    message = slack_message(1, "C1", digest_context(request(hostile)))
+    message = slack(request(hostile))
     texts = every_text(message.blocks)
     joined = "\n".join(texts)
     assert "<!channel>" not in joined
@@ -210,7 +239,7 @@ def test_slack_digest_of_ten_thousand_events_stays_within_slacks_limits() -> Non
         for i in range(400)
     ]
     req = request(*groups, more=600, events=10_000)
-    message = slack_message(1, "C1", digest_context(req))
+    message = slack(req)
     assert len(message.blocks) <= MAX_BLOCKS
     assert len(message.blocks) == MAX_BLOCKS  # the budget is used, not wasted
     for text in section_texts(message):
@@ -222,7 +251,7 @@ def test_slack_digest_of_ten_thousand_events_stays_within_slacks_limits() -> Non
             assert len(block["elements"]) <= 10
     shown = sum(1 for b in message.blocks if b.get("block_id", "").startswith("group-"))
     more = 1000 - shown
-    assert any(f"…and *{more} more updates*" in t for t in section_texts(message))
+    assert any(f"|…and {more} more updates>" in t for t in section_texts(message))
     assert len(message.text) <= 3000
 
 
@@ -251,7 +280,7 @@ def test_slack_limits_hold_whatever_the_events_hold(
         )
         for i, title in enumerate(titles)
     ]
-    message = slack_message(1, "C1", digest_context(request(*groups)))
+    message = slack(request(*groups))
     assert len(message.blocks) <= MAX_BLOCKS
     for text in section_texts(message):
         assert len(text) <= SECTION_TEXT_LIMIT
@@ -265,7 +294,7 @@ def test_slack_sections_keep_whole_entities_when_cut() -> None:
     each) is cut to 3,000 characters, never inside an escape like `&amp;`."""
     names = tuple("&" * 39 + str(i % 10) for i in range(100))
     long = group("comment", names=names)
-    message = slack_message(1, "C1", digest_context(request(long)))
+    message = slack(request(long))
     (text,) = [t for t in section_texts(message) if t.startswith("*&amp;")]
     assert SECTION_TEXT_LIMIT - len("&amp;") <= len(text) <= SECTION_TEXT_LIMIT
     assert text.endswith("…")
@@ -274,9 +303,68 @@ def test_slack_sections_keep_whole_entities_when_cut() -> None:
 
 def test_slack_digest_without_groups_says_so() -> None:
     """An empty digest (never sent by the worker, but previewable) still makes a message."""
-    message = slack_message(1, "U0123", digest_context(request()))
+    message = slack(request(), "U0123")
     assert any("Nothing new this time" in t for t in every_text(message.blocks))
-    assert message.text == "Your daily digest · Tuesday, 3 March 2026"
+    assert message.text == "Your daily digest · Tuesday, March 3, 2026"
+
+
+GERMAN = Recipient("u2", "max@example.com", "Max Mustermann", "daily", "Europe/Berlin", "de")
+
+
+def test_a_german_recipients_slack_digest_is_in_german() -> None:
+    """Locale de: the Slack digest says what the German email says, in German: heading,
+    greeting, intro and link labels, each group's sentence with German verbs and quotes,
+    the folded likes, "…und N weitere", the date, and the subject as notification text."""
+    req = request(
+        group("mention", 0, names=("Cy",)),
+        group("comment", 1, count=3, names=("Ana", "Ben")),
+        group("follow", 2, names=("Di",)),
+        more=2,
+        folded=FoldedLikes(posts=3, actor_count=2, actor_names=("Eva", "Flo")),
+        recipient=GERMAN,
+    )
+    message = slack(req)
+    assert message.text == RENDERER.render(req).subject
+    assert message.text == "Cy hat dich in „Trip photos 0“ erwähnt, dazu 7 weitere Neuigkeiten"
+    assert message.blocks[0]["text"]["text"] == "Deine tägliche Zusammenfassung"
+    sections = section_texts(message)
+    assert "*Cy* hat dich in <https://example.com/p/0?a=1&amp;b=2|„Trip photos 0“> erwähnt" in (
+        "\n".join(sections)
+    )
+    assert (
+        "*Ana und Ben* haben <https://example.com/p/1?a=1&amp;b=2|„Trip photos 1“> kommentiert"
+        " (3 Kommentare)\n>Lovely!" in sections
+    )
+    assert "*Di* folgt dir jetzt · <https://example.com/p/2?a=1&amp;b=2|Profil ansehen>" in (
+        sections
+    )
+    assert "*Eva und Flo* haben 3 deiner Beiträge mit „Gefällt mir“ markiert" in sections
+    assert f"<{BASE}/activity|…und 2 weitere Neuigkeiten>" in sections
+    everything = "\n".join(every_text(message.blocks))
+    assert "Hallo Max,\nDas ist passiert, während du weg warst." in everything
+    assert f"<{BASE}/activity|Alle Aktivitäten ansehen>" in everything
+    assert "Dienstag, 3. März 2026" in everything
+    assert f"<{UNSUBSCRIBE}|Einstellungen verwalten / abbestellen>" in everything
+    for english in ("Hi ", "happened", "See all", "more update", " and ", "liked", "March"):
+        assert english not in everything
+        assert english not in message.text
+
+
+def test_slack_shows_folded_likes_and_never_an_id_for_a_name() -> None:
+    """The one-like rows arrive folded into the email's summary line, and an actor without
+    a name is "Someone", as in the email; a folded line does not cost a group its place."""
+    folded = FoldedLikes(posts=5, actor_count=5, actor_names=("Cy",))
+    nameless = group("comment", 0, names=("",))
+    message = slack(request(nameless, folded=folded))
+    sections = section_texts(message)
+    assert sections[1].startswith("*Someone* commented on <https://example.com/p/0")
+    assert sections[2] == "*Cy and 4 others* liked 5 of your posts"
+    many = [group("comment", i) for i in range(60)]
+    full = slack(request(*many, folded=folded))
+    assert len(full.blocks) == MAX_BLOCKS
+    assert any(b.get("block_id") == "folded" for b in full.blocks)
+    shown = sum(1 for b in full.blocks if b.get("block_id", "").startswith("group-"))
+    assert any(f"|…and {60 - shown} more updates>" in t for t in section_texts(full))
 
 
 @pytest.mark.parametrize("destination", ["C0123ABCD", "U0123", "D9", "#ops-alerts", "G1_x.y"])
@@ -299,7 +387,7 @@ FROZEN = datetime(2026, 3, 3, 7, 0, 5, 123456, tzinfo=UTC)
 
 def payload_of(req: DigestRequest, run_id: int = 42) -> dict[str, Any]:
     message = webhook_message(
-        run_id, "https://hooks.example.com/digest", digest_payload(req, run_id, FROZEN)
+        run_id, "https://hooks.example.com/digest", digest_payload(req, view(req), run_id, FROZEN)
     )
     parsed: dict[str, Any] = json.loads(message.body)
     return parsed
@@ -326,10 +414,11 @@ def test_webhook_payload_is_the_structured_digest() -> None:
         "period": {
             "cadence": "daily",
             "start": "2026-03-03T07:00:00Z",
-            "label": "Tuesday, 3 March 2026",
+            "label": "Tuesday, March 3, 2026",
         },
     }
-    assert data["summary"] == "Ana and Ben commented on “Trip photos 7” and 4 more updates"
+    assert data["language"] == "en"
+    assert data["summary"] == "Ana and Ben commented on “Trip photos 7”, plus 4 more updates"
     assert data["counts"] == {"events": 12, "groups": 5, "groups_not_listed": 3}
     assert data["groups"][0] == {
         "category": "comment",
@@ -345,7 +434,31 @@ def test_webhook_payload_is_the_structured_digest() -> None:
     follow = data["groups"][1]
     assert (follow["title"], follow["url"], follow["excerpt"]) == (None, None, None)
     assert follow["text"] == "Cy started following you"
+    assert data["folded_likes"] is None
     assert data["links"] == {"activity": f"{BASE}/activity", "preferences": UNSUBSCRIBE}
+
+
+def test_webhook_payload_carries_folded_likes_and_the_recipients_language() -> None:
+    """The folded likes come as their own field (posts, actors, the email's line), and every
+    text a person reads is in the recipient's language, named by `language`."""
+    req = request(
+        group("comment", 1, count=2, names=("Ana", "Ben")),
+        folded=FoldedLikes(posts=3, actor_count=2, actor_names=("Eva", "Flo")),
+        recipient=GERMAN,
+    )
+    data = payload_of(req)["data"]
+    assert data["language"] == "de"
+    assert data["period"]["label"] == "Dienstag, 3. März 2026"
+    assert data["summary"] == RENDERER.render(req).subject
+    assert (
+        data["groups"][0]["text"] == "Ana und Ben haben „Trip photos 1“ kommentiert (2 Kommentare)"
+    )
+    assert data["folded_likes"] == {
+        "posts": 3,
+        "actors": {"count": 2, "names": ["Eva", "Flo"]},
+        "text": "Eva und Flo haben 3 deiner Beiträge mit „Gefällt mir“ markiert",
+    }
+    assert data["counts"] == {"events": 5, "groups": 4, "groups_not_listed": 0}
 
 
 def test_webhook_payload_keeps_only_safe_values() -> None:
@@ -370,8 +483,8 @@ def test_webhook_id_is_the_same_on_every_retry_and_differs_by_run_and_channel() 
     assert webhook_id(42) == webhook_id(42, "webhook") == "digest_42_webhook"
     assert len({webhook_id(42), webhook_id(43), webhook_id(42, "ops-hook")}) == 3
     req = request(group("comment"))
-    first = webhook_message(42, "https://h.example/x", digest_payload(req, 42, FROZEN))
-    again = webhook_message(42, "https://h.example/x", digest_payload(req, 42, FROZEN))
+    first = webhook_message(42, "https://h.example/x", digest_payload(req, view(req), 42, FROZEN))
+    again = webhook_message(42, "https://h.example/x", digest_payload(req, view(req), 42, FROZEN))
     assert first == again  # same id, same body bytes: a retry sends the same webhook
     assert first.webhook_id == "digest_42_webhook"
     with pytest.raises(ValueError, match="channel"):
