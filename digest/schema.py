@@ -17,7 +17,6 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
@@ -40,9 +39,13 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
+# Every per-user table starts with `bucket` (`digest.buckets`): part of every primary and
+# unique key (Citus distributes the tables by it, and a key must hold the distribution
+# column), and the first column of the indexes the claim and the freeze read by user.
 recipients = Table(
     "recipients",
     metadata,
+    Column("bucket", SmallInteger, primary_key=True),
     Column("user_id", Text, primary_key=True),
     Column("email", Text, nullable=False),
     Column("name", Text),
@@ -62,12 +65,15 @@ recipients = Table(
     CheckConstraint(_in("cadence", CADENCES), name="recipients_cadence_check"),
     CheckConstraint("send_hour BETWEEN 0 AND 23", name="recipients_send_hour_check"),
     CheckConstraint("weekly_day BETWEEN 1 AND 7", name="recipients_weekly_day_check"),
-    Index("recipients_id_key", "id", unique=True),
+    # Tokens name the recipient by (bucket, id); legacy tokens (format 1) by id alone, hence
+    # id first: one probe whatever the bucket.
+    Index("recipients_id_key", "id", "bucket", unique=True),
 )
 
 digest_events = Table(
     "digest_events",
     metadata,
+    Column("bucket", SmallInteger, primary_key=True),
     Column("id", BigInteger, Identity(always=False), primary_key=True),
     Column("user_id", Text, nullable=False),
     Column("category", Text, nullable=False),
@@ -81,17 +87,20 @@ digest_events = Table(
     CheckConstraint("jsonb_typeof(payload) = 'object'", name="digest_events_payload_check"),
     Index(
         "digest_events_unsent_idx",
+        "bucket",
         "user_id",
         "created_at",
         postgresql_where=text("digest_run_id IS NULL"),
     ),
     Index(
         "digest_events_run_idx",
+        "bucket",
         "digest_run_id",
         postgresql_where=text("digest_run_id IS NOT NULL"),
     ),
     Index(
         "digest_events_event_key_idx",
+        "bucket",
         "user_id",
         "event_key",
         unique=True,
@@ -102,6 +111,7 @@ digest_events = Table(
 digest_runs = Table(
     "digest_runs",
     metadata,
+    Column("bucket", SmallInteger, primary_key=True),
     Column("id", BigInteger, Identity(always=False), primary_key=True),
     Column("user_id", Text, nullable=False),
     Column("cadence", Text, nullable=False),
@@ -125,13 +135,16 @@ digest_runs = Table(
     # preference changed back and forth gets its run again.
     Index(
         "digest_runs_period_key",
+        "bucket",
         "user_id",
         "cadence",
         "period_start",
         unique=True,
         postgresql_where=text("status <> 'cancelled'"),
     ),
-    # The claim reads only this small index: finished runs leave it.
+    # The claim reads only this small index: finished runs leave it. Not led by bucket: a
+    # claim names all the buckets of a shard, and only this order gives their due runs in
+    # due order without sorting them all (docs/performance.md, "The bucket").
     Index("digest_runs_due_idx", "scheduled_for", postgresql_where=text("status = 'pending'")),
     # The watchdog's index: runs with a lease (exactly the processing ones). Not keyed on
     # the status, so that statements fenced by it look their runs up by id (migration 0004).
@@ -140,12 +153,13 @@ digest_runs = Table(
         "lease_expires_at",
         postgresql_where=text("lease_expires_at IS NOT NULL"),
     ),
-    Index("digest_runs_user_idx", "user_id", "id"),
+    Index("digest_runs_user_idx", "bucket", "user_id", "id"),
 )
 
 deliveries = Table(
     "deliveries",
     metadata,
+    Column("bucket", SmallInteger, primary_key=True),
     Column("id", BigInteger, Identity(always=False), primary_key=True),
     Column("run_id", BigInteger, nullable=False),
     Column("user_id", Text, nullable=False),
@@ -161,11 +175,19 @@ deliveries = Table(
     CheckConstraint(_in("status", DELIVERY_STATUSES), name="deliveries_status_check"),
     Index("deliveries_run_idx", "run_id"),
     Index("deliveries_user_idx", "user_id", "created_at"),
-    Index(
-        "deliveries_provider_message_idx",
-        "provider_message_id",
-        postgresql_where=text("provider_message_id IS NOT NULL"),
-    ),
+)
+
+# A delivery by its provider's message id, for feedback that carries neither our tags nor
+# our Message-ID (`digest.feedback.apply`). Keyed by the provider id, so that on Citus it
+# is distributed by it and a lookup reaches one node; written with the delivery.
+delivery_provider_ids = Table(
+    "delivery_provider_ids",
+    metadata,
+    Column("provider_message_id", Text, primary_key=True),
+    Column("delivery_id", BigInteger, primary_key=True),
+    Column("bucket", SmallInteger, nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=NOW),
+    Index("delivery_provider_ids_created_idx", "created_at"),
 )
 
 suppressions = Table(
@@ -177,13 +199,15 @@ suppressions = Table(
     Column("created_at", TZ, nullable=False, server_default=NOW),
 )
 
-# Every SES event received, matched to its delivery or kept as an orphan. The SNS MessageId
-# is unique: an SNS retry of the same message finds its row and changes nothing.
+# Every SES event received, matched to its delivery or kept as an orphan. Keyed by the SNS
+# MessageId: an SNS retry of the same message finds its row and changes nothing (and on
+# Citus the table is distributed by it). An event that came without one gets a key of its
+# own, `local:` and a random UUID, and so is never taken for a replay.
 feedback_events = Table(
     "feedback_events",
     metadata,
-    Column("id", BigInteger, Identity(always=False), primary_key=True),
-    Column("sns_message_id", Text),
+    Column("id", BigInteger, Identity(always=False), nullable=False),
+    Column("sns_message_id", Text, primary_key=True),
     Column("event_type", Text, nullable=False),
     Column("provider_message_id", Text),
     Column("run_id", BigInteger),
@@ -195,7 +219,6 @@ feedback_events = Table(
     Column("orphan", Boolean, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=NOW),
     CheckConstraint(_in("event_type", FEEDBACK_EVENT_TYPES), name="feedback_events_type_check"),
-    UniqueConstraint("sns_message_id", name="feedback_events_sns_message_id_key"),
     Index(
         "feedback_events_provider_message_idx",
         "provider_message_id",
