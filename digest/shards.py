@@ -120,7 +120,9 @@ class ShardMap:
         """The number of the shard holding `bucket`."""
         return self._index[bucket]
 
-    def group(self, items: Iterable[T], bucket: Callable[[T], int]) -> list[tuple[Buckets, list[T]]]:
+    def group(
+        self, items: Iterable[T], bucket: Callable[[T], int]
+    ) -> list[tuple[Buckets, list[T]]]:
         """`items` by shard, each with the buckets of its items (for one statement each)."""
         by_shard: dict[int, tuple[set[int], list[T]]] = {}
         for item in items:
@@ -177,6 +179,11 @@ def for_engine(engine: Engine) -> ShardMap:
         with _maps_lock:
             _maps[key] = found
     return found
+
+
+def for_connection(conn: Connection) -> ShardMap:
+    """The shard map of `conn`'s database (`for_engine`)."""
+    return for_engine(conn.engine)
 
 
 @dataclass

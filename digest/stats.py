@@ -2,34 +2,39 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
-from digest import recipients
+from digest import recipients, shards
 from digest.models import DeliveryStatus, RunStatus
+from digest.shards import Sharded
 
-RUN_COUNT_BY_STATUS = text("SELECT status, count(*) FROM digest_runs GROUP BY status")
+# Each figure is asked of every shard in turn (`{shard:…}`, `digest.shards`) and added up:
+# a user's rows all lie in one shard, so the counts of distinct users add up too.
+RUN_COUNT_BY_STATUS = Sharded(
+    "SELECT status, count(*) FROM digest_runs WHERE {shard:bucket} GROUP BY status"
+)
 
-RUN_OLDEST_DUE = text(
+RUN_OLDEST_DUE = Sharded(
     """
-    SELECT min(scheduled_for) AS oldest_due,
-           count(*) AS due,
+    SELECT min(scheduled_for) AS oldest_due, count(*) AS due,
            extract(epoch FROM now() - min(scheduled_for)) AS lag_seconds
       FROM digest_runs
-     WHERE status = 'pending' AND scheduled_for <= now()
+     WHERE {shard:bucket} AND status = 'pending' AND scheduled_for <= now()
     """
 )
 
-EVENT_COUNT_WAITING = text(
+EVENT_COUNT_WAITING = Sharded(
     """
     SELECT count(*) AS events, count(DISTINCT user_id) AS users
-      FROM digest_events WHERE digest_run_id IS NULL
+      FROM digest_events WHERE {shard:bucket} AND digest_run_id IS NULL
     """
 )
 
 # Messages a provider accepted, whatever feedback said about them afterwards.
-DELIVERY_RATES_BY_DAY = text(
+DELIVERY_RATES_BY_DAY = Sharded(
     """
     SELECT date_trunc('day', created_at AT TIME ZONE 'UTC')::date AS day,
            count(*) FILTER (WHERE status IN ('sent', 'delivered', 'bounced', 'complained'))
@@ -38,7 +43,7 @@ DELIVERY_RATES_BY_DAY = text(
            count(*) FILTER (WHERE status = 'bounced') AS bounced,
            count(*) FILTER (WHERE status = 'complained') AS complained
       FROM deliveries
-     WHERE created_at >= now() - interval '7 days'
+     WHERE {shard:bucket} AND created_at >= now() - interval '7 days'
      GROUP BY 1
      ORDER BY 1
     """
@@ -61,13 +66,25 @@ STATUSES = tuple(RunStatus)
 def collect(conn: Connection) -> dict[str, Any]:
     """Every figure of the report, as plain data (for --json)."""
     by_status = dict.fromkeys(STATUSES, 0)
-    by_status.update({row.status: row.count for row in conn.execute(RUN_COUNT_BY_STATUS)})
-    oldest = conn.execute(RUN_OLDEST_DUE).one()
-    waiting = conn.execute(EVENT_COUNT_WAITING).one()
-    days = [
-        {"day": row.day.isoformat(), **{k: int(getattr(row, k)) for k in RATE_KEYS}}
-        for row in conn.execute(DELIVERY_RATES_BY_DAY)
-    ]
+    oldest_due: datetime | None = None
+    due = events = users = 0
+    lag = 0.0
+    by_day: dict[date, dict[str, int]] = {}
+    for buckets in shards.for_connection(conn).shards:
+        for status, count in conn.execute(RUN_COUNT_BY_STATUS.bind(buckets)):
+            by_status[status] = by_status.get(status, 0) + count
+        oldest = conn.execute(RUN_OLDEST_DUE.bind(buckets)).one()
+        due += oldest.due
+        if oldest.oldest_due is not None:
+            oldest_due = min(oldest.oldest_due, oldest_due or oldest.oldest_due)
+            lag = max(lag, float(oldest.lag_seconds))
+        waiting = conn.execute(EVENT_COUNT_WAITING.bind(buckets)).one()
+        events, users = events + waiting.events, users + waiting.users
+        for row in conn.execute(DELIVERY_RATES_BY_DAY.bind(buckets)):
+            day = by_day.setdefault(row.day, dict.fromkeys(RATE_KEYS, 0))
+            for key in RATE_KEYS:
+                day[key] += int(getattr(row, key))
+    days: list[dict[str, Any]] = [{"day": day.isoformat(), **by_day[day]} for day in sorted(by_day)]
     sent = sum(d[DeliveryStatus.SENT] for d in days)
     complaint_rate = sum(d[DeliveryStatus.COMPLAINED] for d in days) / sent if sent else 0.0
     bounce_rate = sum(d[DeliveryStatus.BOUNCED] for d in days) / sent if sent else 0.0
@@ -87,10 +104,10 @@ def collect(conn: Connection) -> dict[str, Any]:
         "bounce_rate_7d": bounce_rate,
         "warnings": warnings,
         "runs": by_status,
-        "due_now": oldest.due,
-        "oldest_due_pending": oldest.oldest_due.isoformat() if oldest.oldest_due else None,
-        "oldest_due_lag_seconds": float(oldest.lag_seconds) if oldest.lag_seconds else 0.0,
-        "events_waiting": waiting.events,
-        "users_with_events_waiting": waiting.users,
+        "due_now": due,
+        "oldest_due_pending": oldest_due.isoformat() if oldest_due else None,
+        "oldest_due_lag_seconds": lag,
+        "events_waiting": events,
+        "users_with_events_waiting": users,
         "recipients_with_unknown_timezone": recipients.count_unschedulable(conn),
     }

@@ -15,27 +15,39 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, text
 
-from digest import recipients
+from digest import recipients, shards
+from digest.buckets import bucket_of
 from digest.errors import DigestError, ValidationError
 from digest.models import Cadence, DeliveryStatus, RunStatus
 from digest.recipients import RecipientFacts
+from digest.shards import Sharded
 
 RECENT_RUNS = 3
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # Every filter is optional: a NULL parameter switches it off. LIMIT NULL is no limit.
-DELIVERY_LIST = text(
-    """
-    SELECT id, created_at, run_id, user_id, recipient, transport, status,
-           provider_message_id, reason
-      FROM deliveries
-     WHERE (CAST(:user_id AS text) IS NULL OR user_id = :user_id)
+# One user's deliveries are in the shard of their bucket; without a user, each shard is
+# asked in turn and the newest kept (`list_deliveries`).
+_DELIVERY_FILTERS = """
        AND (CAST(:email AS text) IS NULL OR lower(recipient) = lower(:email))
        AND (CAST(:status AS text) IS NULL OR status = :status)
        AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
      ORDER BY created_at DESC, id DESC
      LIMIT CAST(:limit AS bigint)
-    """
+"""
+_DELIVERY_COLUMNS = """id, created_at, run_id, user_id, recipient, transport, status,
+           provider_message_id, reason"""
+DELIVERY_LIST_FOR_USER = text(
+    f"""
+    SELECT {_DELIVERY_COLUMNS}
+      FROM deliveries
+     WHERE bucket = :bucket AND user_id = :user_id{_DELIVERY_FILTERS}"""
+)
+DELIVERY_LIST = Sharded(
+    f"""
+    SELECT {_DELIVERY_COLUMNS}
+      FROM deliveries
+     WHERE {{shard:bucket}}{_DELIVERY_FILTERS}"""
 )
 
 SUPPRESSION_GET_FOR_ADDRESS = text(
@@ -48,7 +60,7 @@ RUN_GET_NEXT_PENDING = text(
     SELECT id, cadence, status, scheduled_for, attempt, locked_by, lease_expires_at,
            completed_at, last_error, event_count
       FROM digest_runs
-     WHERE user_id = :user_id AND status = 'pending'
+     WHERE bucket = :bucket AND user_id = :user_id AND status = 'pending'
      ORDER BY scheduled_for, id
      LIMIT 1
     """
@@ -58,7 +70,7 @@ RUN_LIST_RECENT_FINISHED = text(
     SELECT id, cadence, status, scheduled_for, attempt, locked_by, lease_expires_at,
            completed_at, last_error, event_count
       FROM digest_runs
-     WHERE user_id = :user_id AND status <> 'pending'
+     WHERE bucket = :bucket AND user_id = :user_id AND status <> 'pending'
      ORDER BY id DESC
      LIMIT :limit
     """
@@ -69,7 +81,7 @@ DELIVERY_GET_LAST_FOR_USER = text(
     SELECT id, created_at, run_id, user_id, recipient, transport, status,
            provider_message_id, reason
       FROM deliveries
-     WHERE user_id = :user_id
+     WHERE bucket = :bucket AND user_id = :user_id
      ORDER BY created_at DESC, id DESC
      LIMIT 1
     """
@@ -79,7 +91,7 @@ EVENT_COUNT_WAITING_FOR_USER = text(
     """
     SELECT count(*) AS events, min(created_at) AS oldest
       FROM digest_events
-     WHERE user_id = :user_id AND digest_run_id IS NULL
+     WHERE bucket = :bucket AND user_id = :user_id AND digest_run_id IS NULL
     """
 )
 
@@ -182,18 +194,28 @@ def list_deliveries(
 ) -> list[DeliveryRow]:
     """Deliveries matching every given filter, newest first."""
     params = {
-        "user_id": user_id,
         "email": email.strip() if email else None,
         "status": status,
         "since": since,
         "limit": limit,
     }
-    return [DeliveryRow(**row._asdict()) for row in conn.execute(DELIVERY_LIST, params)]
+    if user_id is not None:
+        params |= {"bucket": bucket_of(user_id), "user_id": user_id}
+        rows = list(conn.execute(DELIVERY_LIST_FOR_USER, params))
+    else:
+        rows = [
+            row
+            for buckets in shards.for_connection(conn).shards
+            for row in conn.execute(DELIVERY_LIST.bind(buckets), params)
+        ]
+        rows.sort(key=lambda row: (row.created_at, row.id), reverse=True)
+        rows = rows[:limit] if limit is not None else rows
+    return [DeliveryRow(**row._asdict()) for row in rows]
 
 
 def load_facts(conn: Connection, user_id: str) -> UserFacts:
     """The facts about `user_id`'s digest, read in a handful of small queries."""
-    params: dict[str, Any] = {"user_id": user_id}
+    params: dict[str, Any] = {"bucket": bucket_of(user_id), "user_id": user_id}
     recipient = recipients.facts(conn, user_id)
     suppression = None
     if recipient is not None:

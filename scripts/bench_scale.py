@@ -53,8 +53,9 @@ WEEKLY_EVERY = 5
 
 SEED_SCHEDULE_RECIPIENTS = text(
     """
-    INSERT INTO recipients (user_id, email, name, cadence, timezone, send_hour, weekly_day)
-    SELECT 's' || g, 'user' || g || '@example.com', 'User ' || g,
+    INSERT INTO recipients (bucket, user_id, email, name, cadence, timezone, send_hour,
+                            weekly_day)
+    SELECT digest_bucket('s' || g), 's' || g, 'user' || g || '@example.com', 'User ' || g,
            CASE WHEN g % :weekly_every = 0 THEN 'weekly' ELSE 'daily' END,
            (CAST(:zones AS text[]))[1 + g % :n_zones],
            (CAST(:hours AS int[]))[1 + g % :n_zones],
@@ -68,16 +69,17 @@ RUNS_DUE = text(
 
 HEAVY_USER = "heavy"
 SEED_HEAVY_RECIPIENT = text(
-    "INSERT INTO recipients (user_id, email, name) "
-    "VALUES (:user, 'heavy@example.com', 'Heavy User')"
+    "INSERT INTO recipients (bucket, user_id, email, name) "
+    "VALUES (digest_bucket(:user), :user, 'heavy@example.com', 'Heavy User')"
 )
 # `events` events over 2,000 posts and 5 categories (10,000 groups), 5,000 actors, in the
 # last day: grouping, ranking and the cap all have work to do.
 SEED_HEAVY_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
-                               created_at)
-    SELECT :user, (ARRAY['comment', 'like', 'mention', 'follow', 'share'])[1 + e % 5],
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id,
+                               payload, created_at)
+    SELECT digest_bucket(:user), :user,
+           (ARRAY['comment', 'like', 'mention', 'follow', 'share'])[1 + e % 5],
            'post', 'p' || (e % 2000), 'a' || (e % 5000),
            jsonb_build_object('title', 'A post about ' || (e % 2000),
                               'actor_name', 'Actor ' || (e % 5000),

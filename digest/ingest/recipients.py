@@ -4,7 +4,9 @@ in bulk (imports) or one at a time (`digest recipients set`). Reads are in
 
 A field an input leaves out keeps the stored value of an existing recipient and gets its
 default for a new one; an update that changes nothing writes nothing, so re-importing the
-same file neither touches `updated_at` nor fires the trigger that cancels pending runs.
+same file neither touches `updated_at` nor cancels pending runs. A changed schedule
+(cadence, zone, hour, day) cancels the user's pending runs in the same transaction, as
+every write path of recipients does (`digest.recipients.cancel_pending_runs`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Final, Literal
 
 from sqlalchemy import Connection, Engine, text
 
-from digest import recipients
+from digest import recipients, shards
+from digest.buckets import bucket_of
 from digest.channels.email.mime import HeaderError, validate_email
 from digest.db import atomic, raw
 from digest.errors import ValidationError
@@ -26,6 +30,7 @@ from digest.ingest import lines as input_lines
 from digest.ingest.fields import CONTROL, MAX_TEXT, show, text_field, unknown_fields
 from digest.ingest.lines import BadLine, BadLines, read_jsonl
 from digest.models import Cadence
+from digest.shards import Sharded
 
 RECIPIENT_FIELDS: Final = (
     "user_id",
@@ -57,11 +62,12 @@ BATCH_ROWS: Final = 20_000
 Format = Literal["jsonl", "csv"]
 
 # Rows reach PostgreSQL by COPY into a staging table (dumping big parameter arrays costs
-# more than the upsert itself); `shape` numbers each set of given fields in the batch.
+# more than the upsert itself), each with its user's bucket; `shape` numbers each set of
+# given fields in the batch.
 RECIPIENT_STAGE_CREATE = text(
     """
     CREATE TEMP TABLE IF NOT EXISTS recipients_stage (
-        user_id text, email text, name text, cadence text, timezone text,
+        bucket smallint, user_id text, email text, name text, cadence text, timezone text,
         send_hour smallint, weekly_day smallint, locale text, shape smallint
     ) ON COMMIT DROP
     """
@@ -69,21 +75,47 @@ RECIPIENT_STAGE_CREATE = text(
 # TRUNCATE, not DELETE: temp tables are never autovacuumed, dead rows would pile up.
 RECIPIENT_STAGE_TRUNCATE = text("TRUNCATE recipients_stage")
 RECIPIENT_STAGE_COPY: Final = (
-    "COPY recipients_stage (user_id, email, name, cadence, timezone, send_hour, weekly_day, "
-    "locale, shape) FROM STDIN"
+    "COPY recipients_stage (bucket, user_id, email, name, cadence, timezone, send_hour, "
+    "weekly_day, locale, shape) FROM STDIN"
 )
-# Rows are taken in user_id order so concurrent imports lock recipients in the same order
-# and cannot deadlock. (xmax = 0) tells an inserted row from an updated one.
+# Before the upsert, per shard: lock the staged users' stored rows, in key order, and name
+# those whose schedule the upsert will change (their pending runs are then cancelled, in
+# this transaction: `recipients.cancel_pending_runs_of`). Locked first so that what is
+# compared is what the upsert overwrites, and all of them so that concurrent imports take
+# their locks in one order (the upsert's own) and cannot deadlock.
+RECIPIENT_LOCK_STAGED = Sharded(
+    """
+    WITH locked AS (
+        SELECT r.user_id,
+               (:set_cadence AND r.cadence IS DISTINCT FROM s.cadence)
+               OR (:set_timezone AND r.timezone IS DISTINCT FROM s.timezone)
+               OR (:set_send_hour AND r.send_hour IS DISTINCT FROM s.send_hour)
+               OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM s.weekly_day)
+                   AS rescheduled
+          FROM recipients_stage s
+          JOIN recipients r ON r.bucket = s.bucket AND r.user_id = s.user_id
+         WHERE s.shape = :shape AND {shard:s.bucket} AND {shard:r.bucket}
+         ORDER BY r.bucket, r.user_id
+           FOR UPDATE OF r
+    )
+    SELECT user_id FROM locked WHERE rescheduled
+    """
+)
+# Rows are taken in key order so concurrent imports lock recipients in the same order and
+# cannot deadlock. (xmax = 0) tells an inserted row from an updated one. A recipient who
+# got no digests (cadence off) and now gets them grows its subscription version (see
+# `digest.unsubscribe`); an import never changes `unsubscribed_at`. The time comes in as
+# :now: Citus refuses now() in ON CONFLICT DO UPDATE.
 RECIPIENT_UPSERT = text(
     """
     WITH upserted AS (
         INSERT INTO recipients AS r
-               (user_id, email, name, cadence, timezone, send_hour, weekly_day, locale)
-        SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale
+               (bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale)
+        SELECT bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale
           FROM recipients_stage
          WHERE shape = :shape
-         ORDER BY user_id
-        ON CONFLICT (user_id) DO UPDATE SET
+         ORDER BY bucket, user_id
+        ON CONFLICT (bucket, user_id) DO UPDATE SET
             email = CASE WHEN :set_email THEN excluded.email ELSE r.email END,
             name = CASE WHEN :set_name THEN excluded.name ELSE r.name END,
             cadence = CASE WHEN :set_cadence THEN excluded.cadence ELSE r.cadence END,
@@ -92,9 +124,11 @@ RECIPIENT_UPSERT = text(
             weekly_day = CASE WHEN :set_weekly_day THEN excluded.weekly_day
                               ELSE r.weekly_day END,
             locale = CASE WHEN :set_locale THEN excluded.locale ELSE r.locale END,
-            updated_at = now()
-        -- Only a real change is written: an unchanged row keeps its updated_at and does not
-        -- fire recipients_schedule_changed (which cancels pending runs).
+            subscription_version = r.subscription_version
+                + CASE WHEN :set_cadence AND r.cadence = 'off' AND excluded.cadence <> 'off'
+                            AND r.unsubscribed_at IS NULL THEN 1 ELSE 0 END,
+            updated_at = CAST(:now AS timestamptz)
+        -- Only a real change is written: an unchanged row keeps its updated_at.
         WHERE (:set_email AND r.email IS DISTINCT FROM excluded.email)
            OR (:set_name AND r.name IS DISTINCT FROM excluded.name)
            OR (:set_cadence AND r.cadence IS DISTINCT FROM excluded.cadence)
@@ -105,13 +139,6 @@ RECIPIENT_UPSERT = text(
         RETURNING (r.xmax = 0) AS created
     )
     SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
-    """
-)
-# The trigger stamps the runs it cancels with completed_at = now(), our transaction's time.
-RUN_COUNT_CANCELLED_NOW = text(
-    """
-    SELECT count(*) FROM digest_runs
-     WHERE user_id = :user_id AND status = 'cancelled' AND completed_at = now()
     """
 )
 
@@ -276,22 +303,35 @@ def validate_recipient(row: object, *, require_email: bool = True) -> RecipientI
     return person
 
 
-def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[int, int]:
+def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[int, int, int]:
+    """Upsert one batch; (created, updated, runs cancelled by schedule changes)."""
     # One statement per set of given fields: a file usually has one.
     shapes: dict[frozenset[str], int] = {}
+    buckets: set[int] = set()
     conn.execute(RECIPIENT_STAGE_CREATE)
     conn.execute(RECIPIENT_STAGE_TRUNCATE)
     with raw(conn).cursor() as cursor, cursor.copy(RECIPIENT_STAGE_COPY) as copy:
         for r in batch.values():
             shape = shapes.setdefault(r.given, len(shapes))
-            row = (r.user_id, r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day)
-            copy.write_row((*row, r.locale, shape))
-    created = updated = 0
+            bucket = bucket_of(r.user_id)
+            buckets.add(bucket)
+            row = (r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day, r.locale)
+            copy.write_row((bucket, r.user_id, *row, shape))
+    by_shard = shards.for_connection(conn).group(buckets, int)
+    created = updated = cancelled = 0
+    now = datetime.now(UTC)
     for given, shape in shapes.items():
         params: dict[str, Any] = {f"set_{name}": name in given for name in RECIPIENT_FIELDS[1:]}
-        new, changed = conn.execute(RECIPIENT_UPSERT, {**params, "shape": shape}).one()
+        params["shape"] = shape
+        rescheduled = [
+            user_id
+            for shard, _ in by_shard
+            for (user_id,) in conn.execute(RECIPIENT_LOCK_STAGED.bind(shard), params)
+        ]
+        new, changed = conn.execute(RECIPIENT_UPSERT, {**params, "now": now}).one()
         created, updated = created + new, updated + changed
-    return created, updated
+        cancelled += recipients.cancel_pending_runs_of(conn, rescheduled)
+    return created, updated, cancelled
 
 
 def _store(conn: Connection, rows: Iterable[RecipientIn]) -> tuple[int, int, int]:
@@ -306,10 +346,10 @@ def _store(conn: Connection, rows: Iterable[RecipientIn]) -> tuple[int, int, int
         earlier = batch.get(row.user_id)
         batch[row.user_id] = row if earlier is None else _merged(earlier, row)
         if len(batch) >= BATCH_ROWS:
-            c, u = _upsert_batch(conn, batch)
+            c, u, _ = _upsert_batch(conn, batch)
             created, updated, batch = created + c, updated + u, {}
     if batch:
-        c, u = _upsert_batch(conn, batch)
+        c, u, _ = _upsert_batch(conn, batch)
         created, updated = created + c, updated + u
     return count, created, updated
 
@@ -382,7 +422,7 @@ def set_recipient(
     """Create or update one recipient, changing only the fields in `changes`.
 
     A new recipient needs an email. A changed cadence, zone, hour or day cancels the
-    user's pending runs (the database trigger does it); the count is reported.
+    user's pending runs in the same transaction; the count is reported.
     """
     uid = text_field("user_id", user_id)
     if not changes:
@@ -396,8 +436,7 @@ def set_recipient(
             # Not given, so not written; only fills the insert half of the upsert, which a
             # row locked above can never take.
             wanted.email = current["email"]
-        _upsert_batch(conn, {uid: wanted})
-        cancelled = int(conn.execute(RUN_COUNT_CANCELLED_NOW, {"user_id": uid}).scalar_one())
+        _, _, cancelled = _upsert_batch(conn, {uid: wanted})
     if current is None:
         return RecipientSet("created", {}, cancelled)
     diff: dict[str, tuple[object, object]] = {

@@ -62,7 +62,12 @@ def load_preferences(conn: Connection, token: Token, *, lock: bool = False) -> P
     """The recipient `token` names (locked for update with `lock`), or None."""
     if token.recipient_id is None:  # a legacy token
         return recipients.preferences(conn, user_id=token.user_id, lock=lock)
-    return recipients.preferences(conn, recipient_id=token.recipient_id, lock=lock)
+    bucket = token.bucket
+    if bucket is None:  # format 1, from mail sent before the bucket
+        bucket = recipients.find_bucket(conn, token.recipient_id)
+        if bucket is None:
+            return None
+    return recipients.preferences(conn, recipient_id=token.recipient_id, bucket=bucket, lock=lock)
 
 
 def is_stale(token: Token, preferences: Preferences, today: date) -> bool:
@@ -86,10 +91,10 @@ def apply_action(
         if is_stale(token, before, today):
             return STALE
         if action == UNSUBSCRIBE:
-            changed = recipients.unsubscribe(conn, before.id)
+            changed = recipients.unsubscribe(conn, before)
         else:
-            changed = recipients.set_cadence(conn, before.id, action)
-        after = recipients.preferences(conn, recipient_id=before.id)
+            changed = recipients.set_cadence(conn, before, action)
+        after = recipients.preferences(conn, recipient_id=before.id, bucket=before.bucket)
     return None if after is None else (after, changed)
 
 
@@ -140,7 +145,9 @@ def routes(engine: Engine, secret: str, pages: Pages) -> list[Route]:
         fresh = None
         if preferences.subscription_version != token.subscription_version:
             # This choice retired the page's token: later clicks on it need a current one.
-            fresh = make_token(secret, preferences.id, preferences.subscription_version, today)
+            fresh = make_token(
+                secret, preferences.bucket, preferences.id, preferences.subscription_version, today
+            )
         return pages.page(pages.manage(preferences, NOTICES[action], fresh))
 
     # The form's body limit is its own: an app-wide one would also bind the routes that set

@@ -67,9 +67,9 @@ FILL_BATCH = """
     )
     SELECT max({key}) FROM batch
 """
-PER_USER = {"recipients": ("user_id", "text")} | {
-    table: ("id", "bigint") for table in ("digest_events", "digest_runs", "deliveries")
-}
+PER_USER = {"recipients": ("user_id", "text")} | dict.fromkeys(
+    ("digest_events", "digest_runs", "deliveries"), ("id", "bigint")
+)
 
 TZ = TIMESTAMP(timezone=True)
 
@@ -159,9 +159,7 @@ def upgrade() -> None:
         sa.Column("bucket", sa.SmallInteger, nullable=False),
         sa.Column("created_at", TZ, nullable=False, server_default=sa.text("now()")),
     )
-    op.create_index(
-        "delivery_provider_ids_created_idx", "delivery_provider_ids", ["created_at"]
-    )
+    op.create_index("delivery_provider_ids_created_idx", "delivery_provider_ids", ["created_at"])
     op.execute(
         """
         INSERT INTO delivery_provider_ids (provider_message_id, delivery_id, bucket, created_at)

@@ -39,20 +39,30 @@ CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123ab
 SUBSCRIBE_URL = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=t"
 SHAPES = ("eventType", "notificationType")
 
-ADD_RECIPIENT = text("INSERT INTO recipients (user_id, email) VALUES (:user_id, :email)")
+ADD_RECIPIENT = text(
+    "INSERT INTO recipients (bucket, user_id, email) "
+    "VALUES (digest_bucket(:user_id), :user_id, :email)"
+)
 ADD_RUN = text(
     """
-    INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status)
-    VALUES (:user_id, 'daily', now(), now(), 'sent')
+    INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for, status)
+    VALUES (digest_bucket(:user_id), :user_id, 'daily', now(), now(), 'sent')
     RETURNING id
     """
 )
 ADD_DELIVERY = text(
     """
-    INSERT INTO deliveries (run_id, user_id, recipient, transport, provider_message_id,
-                            attempt, status)
-    VALUES (:run_id, :user_id, :email, 'ses', :provider_message_id, 1, 'sent')
-    RETURNING id
+    WITH delivery AS (
+        INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport,
+                                provider_message_id, attempt, status)
+        VALUES (digest_bucket(:user_id), :run_id, :user_id, :email, 'ses', :provider_message_id,
+                1, 'sent')
+        RETURNING bucket, id, provider_message_id
+    ), looked_up AS (  -- as the worker records a delivery (digest.claim.RUN_FINISH_MANY)
+        INSERT INTO delivery_provider_ids (provider_message_id, delivery_id, bucket)
+        SELECT provider_message_id, id, bucket FROM delivery WHERE provider_message_id IS NOT NULL
+    )
+    SELECT id FROM delivery
     """
 )
 
@@ -328,9 +338,9 @@ def test_suppression_lifecycle_send_bounce_remove(engine: Engine, tmp_path: Path
         conn.execute(
             text(
                 """
-                INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload,
-                                           created_at)
-                VALUES ('ana', 'comment', 'post', 'p1',
+                INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id,
+                                           payload, created_at)
+                VALUES (digest_bucket('ana'), 'ana', 'comment', 'post', 'p1',
                         '{"title": "Trip photos", "actor_name": "Ben"}',
                         now() - interval '1 hour')
                 """

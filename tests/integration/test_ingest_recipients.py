@@ -42,8 +42,9 @@ def add_pending_run(engine: Engine, user_id: str, status: str = "pending") -> No
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status)"
-                " VALUES (:u, 'daily', now(), now() + interval '1 hour', :s)"
+                "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for,"
+                " status)"
+                " VALUES (digest_bucket(:u), :u, 'daily', now(), now() + interval '1 hour', :s)"
             ),
             {"u": user_id, "s": status},
         )

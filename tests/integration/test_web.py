@@ -32,7 +32,7 @@ from digest.config import Settings
 from digest.db import make_engine
 from digest.errors import DigestError
 from digest.scheduler import schedule_once
-from digest.unsubscribe import MAX_AGE_DAYS, make_legacy_token, make_token
+from digest.unsubscribe import MAX_AGE_DAYS, make_legacy_token, make_token, make_token_v1
 from digest.web.app import SECRET_MISSING, create_app
 from digest.worker import Worker
 
@@ -43,13 +43,14 @@ BOUNDARY = "digest-test-boundary-7MA4YWxkTrZu0gW"
 MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 ADD_RECIPIENT = text(
-    "INSERT INTO recipients (user_id, email, name) VALUES (:user_id, :email, :name)"
+    "INSERT INTO recipients (bucket, user_id, email, name) "
+    "VALUES (digest_bucket(:user_id), :user_id, :email, :name)"
 )
 ADD_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id, payload,
                                created_at)
-    SELECT CAST(:user_id AS text), 'comment', 'post', 'p1', 'a' || g,
+    SELECT digest_bucket(:user_id), CAST(:user_id AS text), 'comment', 'post', 'p1', 'a' || g,
            jsonb_build_object('title', 'Trip photos', 'actor_name', 'Actor ' || g),
            now() - interval '1 hour'
       FROM generate_series(1, 3) g
@@ -145,10 +146,10 @@ def token_for(engine: Engine, user_id: str, issued: date | None = None) -> str:
     """The token of `user_id` as mail sent now (or on `issued`) carries it."""
     with engine.connect() as conn:
         row = conn.execute(
-            text("SELECT id, subscription_version FROM recipients WHERE user_id = :u"),
+            text("SELECT bucket, id, subscription_version FROM recipients WHERE user_id = :u"),
             {"u": user_id},
         ).one()
-    return make_token(SECRET, row.id, row.subscription_version, issued or today())
+    return make_token(SECRET, row.bucket, row.id, row.subscription_version, issued or today())
 
 
 def today() -> date:
@@ -293,11 +294,12 @@ def test_bad_tokens_get_one_identical_404_and_change_nothing(engine: Engine, sit
     before = snapshot(engine)
     good = token_for(engine, "ana")
     paths = {
-        "forged": f"/u/{make_token('some-other-secret', 1, 0, today())}",
+        "forged": f"/u/{make_token('some-other-secret', 0, 1, 0, today())}",
         "forged legacy": f"/u/{make_legacy_token('some-other-secret', 'ana')}",
         "truncated": f"/u/{good[:-4]}",
         "garbage": "/u/garbage!!",
-        "unknown recipient": f"/u/{make_token(SECRET, 999_999, 0, today())}",
+        "unknown recipient": f"/u/{make_token(SECRET, 0, 999_999, 0, today())}",
+        "unknown format 1 recipient": f"/u/{make_token_v1(SECRET, 999_999, 0, today())}",
         "unknown legacy user": f"/u/{make_legacy_token(SECRET, 'nobody')}",
         "empty": "/u/",
         "extra segment": f"/u/{good}/more",
@@ -447,8 +449,8 @@ def test_cadence_button_gives_a_deferred_runs_events_to_the_next_run(
 def stale_reference(site: Site, engine: Engine) -> Reply:
     """The out-of-date page, as a token of a version that never existed gets it."""
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT id FROM recipients LIMIT 1")).one()
-    return site.request("GET", f"/u/{make_token(SECRET, row.id, 2**31 - 1, today())}")
+        row = conn.execute(text("SELECT bucket, id FROM recipients LIMIT 1")).one()
+    return site.request("GET", f"/u/{make_token(SECRET, row.bucket, row.id, 2**31 - 1, today())}")
 
 
 def test_a_replayed_link_after_resubscribing_changes_nothing(engine: Engine, site: Site) -> None:

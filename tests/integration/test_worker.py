@@ -33,13 +33,15 @@ from digest.worker import Worker
 RunDigest = Callable[..., subprocess.CompletedProcess[str]]  # the conftest fixture
 
 ADD_RECIPIENT = text(
-    "INSERT INTO recipients (user_id, email, name) VALUES (:user_id, :email, :name)"
+    "INSERT INTO recipients (bucket, user_id, email, name) "
+    "VALUES (digest_bucket(:user_id), :user_id, :email, :name)"
 )
 ADD_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id, payload,
                                created_at)
-    SELECT CAST(:user_id AS text), CAST(:category AS text), 'post', 'p' || (g % :entities),
+    SELECT digest_bucket(:user_id), CAST(:user_id AS text), CAST(:category AS text), 'post',
+           'p' || (g % :entities),
            'a' || g,
            jsonb_build_object('title', CAST(:title AS text), 'actor_name', 'Actor ' || g,
                               'url', 'https://example.com/p/' || (g % :entities)),
@@ -638,7 +640,7 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
     from digest.heartbeat import Heartbeat as _Heartbeat
 
     beat = _Heartbeat(make_engine("postgresql://nobody@127.0.0.1:1/none"), "me", 1.5)
-    beat.add([(1, 1), (2, 1)])
+    beat.add([(0, 1, 1), (0, 2, 1)])
     beater = threading.Thread(target=beat.run)
     with caplog.at_level(logging.WARNING, logger="digest.heartbeat"):
         beater.start()

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from digest import channels as transports
+from digest.buckets import bucket_of
 from digest.channels.base import SendError
 from digest.channels.email.mime import (
     build_message,
@@ -208,6 +209,7 @@ def outgoing(
         idempotency_key=idempotency_key(run_id),
         data=data,
         html=html,
+        bucket=bucket_of("42"),
     )
 
 

@@ -3,50 +3,24 @@ assembled from the grouping's and the recipient's parts, is readable whole in on
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
-import re
 from pathlib import Path
 
-from sqlalchemy import TextClause
+from conftest import named_statements, statement_text
 
-import digest
 from digest.claim import claim_statement
 from digest.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CLAIM_SNAPSHOT = ROOT / "docs" / "sql" / "claim_batch.sql"
-# Statements kept as plain strings (COPY, and those run through the driver directly).
-_SQL_TEXT = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH|COPY|CREATE|TRUNCATE)\b", re.I)
-
-
-def named_statements() -> dict[str, str]:
-    """`module.NAME` -> statement text, for every module-level SQL constant in digest/."""
-    found: dict[int, tuple[str, str]] = {}
-    for info in pkgutil.walk_packages(digest.__path__, "digest."):
-        if info.name == "digest.__main__":  # runs the command line when imported
-            continue
-        module = importlib.import_module(info.name)
-        for name, value in vars(module).items():
-            if not name.isupper():
-                continue
-            if isinstance(value, TextClause):
-                sql = value.text
-            elif isinstance(value, str) and _SQL_TEXT.match(value):
-                sql = value
-            else:
-                continue
-            # an imported constant is the same object: keep where it was seen first
-            found.setdefault(id(value), (f"{info.name}.{name}", sql))
-    return dict(found.values())
 
 
 def test_every_sql_constant_is_one_of_a_kind() -> None:
     """No two SQL constants hold the same statement, and no name stands for two statements
     (RECIPIENT_UNSUBSCRIBE once meant one statement in feedback and another in web)."""
-    statements = named_statements()
+    statements = {name: statement_text(s) for name, s in named_statements().items()}
     assert len(statements) > 40  # the walk found the package's statements
+    assert "digest.ingest.store.EVENT_INSERT" in statements  # namespace packages too
     by_text: dict[str, list[str]] = {}
     by_name: dict[str, list[str]] = {}
     for where, sql in statements.items():
