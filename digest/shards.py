@@ -189,7 +189,8 @@ def for_connection(conn: Connection) -> ShardMap:
 @dataclass
 class Rotation:
     """Which shard a worker claims from next: round robin, skipping for `quiet_seconds` the
-    shards that had nothing due (so a busy worker does not ask them at every batch)."""
+    shards that had nothing due (so a busy worker does not ask them at every batch), unless
+    all of them had: then every shard is asked again (one PostgreSQL's one shard always)."""
 
     count: int
     quiet_seconds: float
@@ -201,7 +202,8 @@ class Rotation:
         """The shards to try now, in turn, the quiet ones left out."""
         now = self.clock()
         turn = [(self._next + i) % self.count for i in range(self.count)]
-        return [s for s in turn if self._quiet_until.get(s, 0.0) <= now]
+        awake = [s for s in turn if self._quiet_until.get(s, 0.0) <= now]
+        return awake or turn
 
     def claimed(self, shard: int) -> None:
         """`shard` gave work: the next claim starts at the one after it."""

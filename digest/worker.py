@@ -187,11 +187,10 @@ class Worker:
         self.db_away = threading.Event()
         # Runs to give back unsent whose release the database has not confirmed yet.
         self.unreleased: list[Held] = []
-        # Which shard to claim from next (one PostgreSQL: the one shard of all buckets).
-        self.shard_map = shards.for_engine(self.engine)
-        self.rotation = shards.Rotation(
-            len(self.shard_map.shards), quiet_seconds=settings.poll_interval_seconds / 2
-        )
+        # Which shard to claim from next (one PostgreSQL: the one shard of all buckets); read
+        # at the first claim, where a database that does not answer is an outage like any.
+        self.shard_map: shards.ShardMap | None = None
+        self.rotation = shards.Rotation(1, quiet_seconds=settings.poll_interval_seconds / 2)
         # False after a statement failed: a claim may have committed without its reply.
         self.swept = True
 
@@ -393,6 +392,9 @@ class Worker:
         (round robin; shards found empty are left out for half a poll interval); None when
         none has any."""
         runs: list[ClaimedRun] = []
+        if self.shard_map is None:
+            self.shard_map = shards.for_engine(self.engine)
+            self.rotation.count = len(self.shard_map.shards)
         with self.engine.connect() as conn:  # autocommit: the claim is one statement
             for shard in self.rotation.order():
                 runs = claim.claim_batch(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -238,7 +239,7 @@ def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
     with engine.begin() as conn:
         plan = conn.execute(
             text("EXPLAIN (FORMAT JSON) " + str(claim.claim_statement(100).text)),
-            {"me": "w", "lease": 60, "cap": 50},
+            {"me": "w", "lease": 60, "cap": 50, "now": datetime.now(UTC)},
         ).scalar_one()
     assert "digest_runs_due_idx" in json.dumps(plan)
     assert not seq_scans_of_runs(plan)

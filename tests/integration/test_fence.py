@@ -142,6 +142,7 @@ def test_fenced_statements_find_a_batch_by_key(engine: Engine) -> None:
     params = {
         "me": "w",
         "lease": 60,
+        "buckets": [r.bucket for r in held],
         "ids": [r.id for r in held],
         "attempts": [r.attempt for r in held],
     }

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from digest import scheduler
+from digest.ingest.recipients import set_recipient
 from digest.scheduler import schedule_once
 
 NY = ZoneInfo("America/New_York")
@@ -248,9 +249,8 @@ def test_preference_change_cancels_pending_runs_only(engine: Engine) -> None:
     schedule(engine, now)
     with engine.begin() as conn:
         conn.execute(text("UPDATE digest_runs SET status = 'processing' WHERE user_id = 'busy'"))
-        conn.execute(
-            text("UPDATE recipients SET cadence = 'weekly' WHERE user_id IN ('p', 'busy')")
-        )
+    assert set_recipient(engine, "p", {"cadence": "weekly"}).cancelled_runs == 1
+    assert set_recipient(engine, "busy", {"cadence": "weekly"}).cancelled_runs == 0
     assert [(c, s) for _, c, _, _, s in runs(engine, "p")] == [("daily", "cancelled")]
     assert [(c, s) for _, c, _, _, s in runs(engine, "busy")] == [("daily", "processing")]
     schedule(engine, now)
@@ -259,8 +259,7 @@ def test_preference_change_cancels_pending_runs_only(engine: Engine) -> None:
         ("weekly", "pending"),
     ]
     # changing back frees the cancelled slot: the daily run of this period comes back
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE recipients SET cadence = 'daily' WHERE user_id = 'p'"))
+    set_recipient(engine, "p", {"cadence": "daily"})
     schedule(engine, now)
     assert sorted((c, s) for _, c, _, _, s in runs(engine, "p")) == [
         ("daily", "cancelled"),
@@ -273,6 +272,6 @@ def test_unchanged_update_cancels_nothing(engine: Engine) -> None:
     """Touching a recipient without changing its schedule keeps its pending run."""
     add_recipient(engine, "same")
     schedule(engine, datetime(2026, 11, 24, 9, 0, tzinfo=UTC))
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE recipients SET name = 'New Name' WHERE user_id = 'same'"))
+    changed = set_recipient(engine, "same", {"name": "New Name", "cadence": "daily"})
+    assert (changed.action, changed.cancelled_runs) == ("updated", 0)
     assert [s for *_, s in runs(engine)] == ["pending"]

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from digest import watchdog
+from digest import shards, watchdog
 from digest.channels.base import SendError
 from digest.channels.email.file import FileTransport
 from digest.cli.work import worker_cpus
@@ -573,6 +573,7 @@ def test_a_batch_is_claimed_with_its_digests_in_one_autocommit_statement(
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         sent.append((statement, conn.connection.driver_connection.autocommit))
 
+    shards.for_engine(worker.engine)  # read once per process, before the first claim
     event.listen(worker.engine, "before_cursor_execute", record)
     beat = _Heartbeat(worker.engine, worker.me, 60)
     claimed = worker.claim_batch(beat)
