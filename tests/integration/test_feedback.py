@@ -24,6 +24,8 @@ from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 
 from digest import suppressions
+from digest.buckets import BUCKETS, bucket_of
+from digest.channels.email.mime import make_message_id
 from digest.channels.email.file import FileTransport
 from digest.config import Settings
 from digest.feedback.apply import ingest
@@ -259,6 +261,49 @@ def test_run_tag_matches_a_delivery_without_provider_id(engine: Engine) -> None:
     assert (result.delivery_id, result.orphan) == (delivery_id, False)
     assert status(engine, delivery_id)[0] == "delivered"
     assert feedback_rows(engine)[0].run_id == run_id
+
+
+def test_bucket_and_run_tags_find_the_delivery_on_its_shard(engine: Engine) -> None:
+    """With our `bucket` tag beside `run_id`, the fallback by run looks in that bucket only
+    (on Citus, the one node that holds it): the right bucket matches, another does not."""
+    run_id, delivery_id = sent(engine, "ana", None)
+    event = ses_event("Delivery", "ses-x", "ana@example.com", run_id=run_id)
+    event["mail"]["tags"]["bucket"] = [str((bucket_of("ana") + 1) % BUCKETS)]
+    assert ingest(engine, event).orphan
+    event["mail"]["tags"]["bucket"] = [str(bucket_of("ana"))]
+    result = ingest(engine, event)
+    assert (result.delivery_id, result.orphan) == (delivery_id, False)
+
+
+def test_our_message_id_finds_the_delivery_when_tags_are_missing(engine: Engine) -> None:
+    """No tags, but SES quotes our Message-ID, which names the run and its bucket."""
+    run_id, delivery_id = sent(engine, "ana", None)
+    event = ses_event("Delivery", "ses-x", "ana@example.com")
+    message_id = make_message_id(run_id, "example.com", bucket_of("ana"))
+    event["mail"]["commonHeaders"] = {"messageId": message_id}
+    result = ingest(engine, event)
+    assert (result.delivery_id, result.orphan) == (delivery_id, False)
+    del event["mail"]["commonHeaders"]
+    event["mail"]["headers"] = [{"name": "Message-ID", "value": message_id}]
+    assert ingest(engine, event).delivery_id == delivery_id
+
+
+def test_a_complaint_cancels_the_users_pending_runs(engine: Engine) -> None:
+    """The unsubscribe a complaint makes cancels the user's pending run, in its transaction."""
+    sent(engine, "ana", "ses-1")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for) "
+                "VALUES (digest_bucket('ana'), 'ana', 'daily', now(), now())"
+            )
+        )
+    assert ingest(engine, ses_event("Complaint", "ses-1", "ana@example.com")).unsubscribed
+    with engine.connect() as conn:
+        statuses = conn.execute(
+            text("SELECT status FROM digest_runs WHERE user_id = 'ana' ORDER BY id")
+        ).scalars()
+        assert list(statuses) == ["sent", "cancelled"]
 
 
 def test_unmatched_event_is_stored_as_orphan_and_still_suppresses(engine: Engine) -> None:
