@@ -34,6 +34,8 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
+import os
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import TIMESTAMP
@@ -43,7 +45,8 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-BATCH_ROWS = 50_000
+# Rows per batch of the fill (DIGEST_MIGRATION_BATCH_ROWS overrides it: tests use small ones).
+BATCH_ROWS = int(os.environ.get("DIGEST_MIGRATION_BATCH_ROWS", "50000"))
 
 # `digest.buckets.SQL_FUNCTION` as this revision defines it (a migration never changes).
 BUCKET_FUNCTION = """
@@ -54,7 +57,8 @@ BUCKET_FUNCTION = """
 """
 
 # One batch: the next BATCH_ROWS keys after :after (NULL: from the start), filled; returns
-# the last key of the batch (NULL: none left). The table and key names are this module's.
+# the last key of the batch and how many rows it had (fewer than BATCH_ROWS: the last). The
+# table and key names are this module's.
 FILL_BATCH = """
     WITH batch AS (
         SELECT {key} FROM {table}
@@ -65,7 +69,7 @@ FILL_BATCH = """
         UPDATE {table} t SET bucket = digest_bucket(t.user_id)
           FROM batch WHERE t.{key} = batch.{key}
     )
-    SELECT max({key}) FROM batch
+    SELECT max({key}), count(*) FROM batch
 """
 PER_USER = {"recipients": ("user_id", "text")} | dict.fromkeys(
     ("digest_events", "digest_runs", "deliveries"), ("id", "bigint")
@@ -220,11 +224,9 @@ def _fill(table: str, key: str, key_type: str) -> None:
     """Fill `table`'s bucket in batches of BATCH_ROWS keys, each its own transaction."""
     statement = sa.text(FILL_BATCH.format(table=table, key=key, key_type=key_type))
     conn = op.get_bind()
-    after = None
-    while True:
-        after = conn.execute(statement, {"after": after, "rows": BATCH_ROWS}).scalar()
-        if after is None:
-            return
+    after, count = None, BATCH_ROWS
+    while count == BATCH_ROWS:
+        after, count = conn.execute(statement, {"after": after, "rows": BATCH_ROWS}).one()
 
 
 def _primary_key(table: str, columns: list[str]) -> None:

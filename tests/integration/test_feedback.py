@@ -25,8 +25,8 @@ from starlette.applications import Starlette
 
 from digest import suppressions
 from digest.buckets import BUCKETS, bucket_of
-from digest.channels.email.mime import make_message_id
 from digest.channels.email.file import FileTransport
+from digest.channels.email.mime import make_message_id
 from digest.config import Settings
 from digest.feedback.apply import ingest
 from digest.feedback.sns import canonical_string
