@@ -19,7 +19,7 @@ from digest.worker import Worker
 
 # What PostgreSQL can store in text: no NUL, no lone surrogate.
 USER_IDS = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    st.characters(codec="utf-8", exclude_characters="\x00"),
     min_size=1,
     max_size=300,
 )
