@@ -4,6 +4,7 @@ assembled from the grouping's and the recipient's parts, is readable whole in on
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from conftest import named_statements, statement_text
@@ -44,3 +45,50 @@ def test_the_claim_statement_is_written_out_in_docs() -> None:
     if os.environ.get("DIGEST_UPDATE_SNAPSHOTS") == "1":
         CLAIM_SNAPSHOT.write_text(text)
     assert CLAIM_SNAPSHOT.read_text() == text
+
+
+# What Citus refuses in a distributed statement that changes rows it reads (an UPDATE, an
+# INSERT ... SELECT): a non-immutable function inside CASE or COALESCE, or in ON CONFLICT DO
+# UPDATE SET, and a volatile one in an UPDATE. (INSERT ... VALUES it evaluates first.)
+CLOCK = re.compile(r"\b(now|clock_timestamp|statement_timestamp|timeofday|random)\s*\(", re.I)
+
+
+def _case_spans(sql: str) -> list[str]:
+    """Every CASE ... END of `sql` (nested ones inside their parent's span)."""
+    words = list(re.finditer(r"\b(CASE|END)\b", sql, re.I))
+    spans, opened = [], []
+    for word in words:
+        if word[1].upper() == "CASE":
+            opened.append(word.start())
+        elif opened:
+            spans.append(sql[opened.pop() : word.end()])
+    return spans
+
+
+def _call_spans(sql: str, function: str) -> list[str]:
+    """The argument lists of every call of `function` in `sql`."""
+    spans = []
+    for match in re.finditer(rf"\b{function}\s*\(", sql, re.I):
+        depth, end = 1, match.end()
+        while depth and end < len(sql):
+            depth += {"(": 1, ")": -1}.get(sql[end], 0)
+            end += 1
+        spans.append(sql[match.end() : end])
+    return spans
+
+
+def test_no_clock_or_random_where_citus_refuses_them() -> None:
+    """No named statement that changes rows calls now() (or another clock) inside CASE or
+    COALESCE or in ON CONFLICT DO UPDATE SET, nor random() in an UPDATE: Citus refuses them,
+    so the time comes in as :now and jitter from a hash."""
+    found = []
+    for name, statement in named_statements().items():
+        sql = statement_text(statement)
+        if not re.search(r"\bUPDATE\b|\bINSERT\b.*\bSELECT\b", sql, re.I | re.S):
+            continue
+        spans = [*_case_spans(sql), *_call_spans(sql, "coalesce")]
+        spans += re.findall(r"DO\s+UPDATE\s+SET(.*?)(?:RETURNING|$)", sql, re.I | re.S)
+        found += [(name, span) for span in spans if CLOCK.search(span)]
+        if re.search(r"\bUPDATE\b", sql, re.I) and re.search(r"\brandom\s*\(", sql, re.I):
+            found.append((name, "random()"))
+    assert found == [], sorted({n for n, _ in found})
