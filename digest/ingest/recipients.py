@@ -21,7 +21,7 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import Connection, Engine, text
 
-from digest import recipients, shards
+from digest import recipients
 from digest.buckets import bucket_of
 from digest.channels.email.mime import HeaderError, validate_email
 from digest.db import atomic, raw
@@ -30,7 +30,6 @@ from digest.ingest import lines as input_lines
 from digest.ingest.fields import CONTROL, MAX_TEXT, show, text_field, unknown_fields
 from digest.ingest.lines import BadLine, BadLines, read_jsonl
 from digest.models import Cadence
-from digest.shards import Sharded
 
 RECIPIENT_FIELDS: Final = (
     "user_id",
@@ -78,36 +77,18 @@ RECIPIENT_STAGE_COPY: Final = (
     "COPY recipients_stage (bucket, user_id, email, name, cadence, timezone, send_hour, "
     "weekly_day, locale, shape) FROM STDIN"
 )
-# Before the upsert, per shard: lock the staged users' stored rows, in key order, and name
-# those whose schedule the upsert will change (their pending runs are then cancelled, in
-# this transaction: `recipients.cancel_pending_runs_of`). Locked first so that what is
-# compared is what the upsert overwrites, and all of them so that concurrent imports take
-# their locks in one order (the upsert's own) and cannot deadlock.
-RECIPIENT_LOCK_STAGED = Sharded(
-    """
-    WITH locked AS (
-        SELECT r.user_id,
-               (:set_cadence AND r.cadence IS DISTINCT FROM s.cadence)
-               OR (:set_timezone AND r.timezone IS DISTINCT FROM s.timezone)
-               OR (:set_send_hour AND r.send_hour IS DISTINCT FROM s.send_hour)
-               OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM s.weekly_day)
-                   AS rescheduled
-          FROM recipients_stage s
-          JOIN recipients r ON r.bucket = s.bucket AND r.user_id = s.user_id
-         WHERE s.shape = :shape AND {shard:s.bucket} AND {shard:r.bucket}
-         ORDER BY r.bucket, r.user_id
-           FOR UPDATE OF r
-    )
-    SELECT user_id FROM locked WHERE rescheduled
-    """
-)
-# Rows are taken in key order so concurrent imports lock recipients in the same order and
-# cannot deadlock. (xmax = 0) tells an inserted row from an updated one. A recipient who
-# got no digests (cadence off) and now gets them grows its subscription version (see
-# `digest.unsubscribe`); an import never changes `unsubscribed_at`. The time comes in as
-# :now: Citus refuses now() in ON CONFLICT DO UPDATE.
-RECIPIENT_UPSERT = text(
-    """
+# The upsert, in two statements over the same staged rows: the first writes the rows that
+# are new or whose schedule (cadence, zone, hour, day) changes, and returns the latter, whose
+# pending runs are then cancelled in this transaction (`recipients.cancel_pending_runs_of`);
+# the second writes the rows whose other fields change. Each decides on the row as it locks
+# it (ON CONFLICT's WHERE sees the latest version), so what is compared is what is
+# overwritten, as the trigger this replaces saw it. Rows are taken in key order so concurrent
+# imports lock recipients in the same order and cannot deadlock. (xmax = 0) tells an
+# inserted row from an updated one. Only a real change is written: an unchanged row keeps
+# its updated_at. A recipient who got no digests (cadence off) and now gets them grows its
+# subscription version (see `digest.unsubscribe`); an import never changes
+# `unsubscribed_at`. The time comes in as :now: Citus refuses now() in ON CONFLICT DO UPDATE.
+_UPSERT = """
     WITH upserted AS (
         INSERT INTO recipients AS r
                (bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale)
@@ -128,19 +109,22 @@ RECIPIENT_UPSERT = text(
                 + CASE WHEN :set_cadence AND r.cadence = 'off' AND excluded.cadence <> 'off'
                             AND r.unsubscribed_at IS NULL THEN 1 ELSE 0 END,
             updated_at = CAST(:now AS timestamptz)
-        -- Only a real change is written: an unchanged row keeps its updated_at.
-        WHERE (:set_email AND r.email IS DISTINCT FROM excluded.email)
-           OR (:set_name AND r.name IS DISTINCT FROM excluded.name)
-           OR (:set_cadence AND r.cadence IS DISTINCT FROM excluded.cadence)
+        WHERE {changed}
+        RETURNING (r.xmax = 0) AS created, r.user_id
+    )
+    SELECT count(*) FILTER (WHERE created),
+           coalesce(array_agg(user_id) FILTER (WHERE NOT created), '{{}}')
+      FROM upserted
+"""
+_SCHEDULE_CHANGED = """(:set_cadence AND r.cadence IS DISTINCT FROM excluded.cadence)
            OR (:set_timezone AND r.timezone IS DISTINCT FROM excluded.timezone)
            OR (:set_send_hour AND r.send_hour IS DISTINCT FROM excluded.send_hour)
-           OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM excluded.weekly_day)
-           OR (:set_locale AND r.locale IS DISTINCT FROM excluded.locale)
-        RETURNING (r.xmax = 0) AS created
-    )
-    SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
-    """
-)
+           OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM excluded.weekly_day)"""
+_REST_CHANGED = """(:set_email AND r.email IS DISTINCT FROM excluded.email)
+           OR (:set_name AND r.name IS DISTINCT FROM excluded.name)
+           OR (:set_locale AND r.locale IS DISTINCT FROM excluded.locale)"""
+RECIPIENT_UPSERT_RESCHEDULING = text(_UPSERT.format(changed=_SCHEDULE_CHANGED))
+RECIPIENT_UPSERT_REST = text(_UPSERT.format(changed=_REST_CHANGED))
 
 
 @dataclass(slots=True)  # not frozen: one per row, and frozen ones are slow to build
@@ -307,29 +291,22 @@ def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[i
     """Upsert one batch; (created, updated, runs cancelled by schedule changes)."""
     # One statement per set of given fields: a file usually has one.
     shapes: dict[frozenset[str], int] = {}
-    buckets: set[int] = set()
     conn.execute(RECIPIENT_STAGE_CREATE)
     conn.execute(RECIPIENT_STAGE_TRUNCATE)
     with raw(conn).cursor() as cursor, cursor.copy(RECIPIENT_STAGE_COPY) as copy:
         for r in batch.values():
             shape = shapes.setdefault(r.given, len(shapes))
-            bucket = bucket_of(r.user_id)
-            buckets.add(bucket)
             row = (r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day, r.locale)
-            copy.write_row((bucket, r.user_id, *row, shape))
-    by_shard = shards.for_connection(conn).group(buckets, int)
+            copy.write_row((bucket_of(r.user_id), r.user_id, *row, shape))
     created = updated = cancelled = 0
     now = datetime.now(UTC)
     for given, shape in shapes.items():
         params: dict[str, Any] = {f"set_{name}": name in given for name in RECIPIENT_FIELDS[1:]}
-        params["shape"] = shape
-        rescheduled = [
-            user_id
-            for shard, _ in by_shard
-            for (user_id,) in conn.execute(RECIPIENT_LOCK_STAGED.bind(shard), params)
-        ]
-        new, changed = conn.execute(RECIPIENT_UPSERT, {**params, "now": now}).one()
-        created, updated = created + new, updated + changed
+        params |= {"shape": shape, "now": now}
+        new, rescheduled = conn.execute(RECIPIENT_UPSERT_RESCHEDULING, params).one()
+        _, changed = conn.execute(RECIPIENT_UPSERT_REST, params).one()
+        created += new
+        updated += len(rescheduled) + len(changed)
         cancelled += recipients.cancel_pending_runs_of(conn, rescheduled)
     return created, updated, cancelled
 

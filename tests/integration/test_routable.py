@@ -106,11 +106,13 @@ SAMPLES: dict[str, Sample] = {
     "digest.feedback.apply.DELIVERY_GET_FOR_UPDATE": by_id,
     "digest.feedback.apply.DELIVERY_SET_FEEDBACK_STATUS": lambda b: {
         "status": "delivered",
+        "rank": 2,
         "reason": None,
         **by_id(b),
     },
-    "digest.ingest.recipients.RECIPIENT_LOCK_STAGED": shape,
-    "digest.ingest.recipients.RECIPIENT_UPSERT": shape,
+    "digest.ingest.recipients.RECIPIENT_UPSERT_RESCHEDULING": shape,
+    "digest.ingest.recipients.RECIPIENT_UPSERT_REST": shape,
+    "digest.ingest.recipients._UPSERT": shape,
     "digest.ingest.store.EVENT_COPY": nothing,
     "digest.ingest.store.EVENT_INSERT": lambda b: {
         "category": "like",
@@ -176,6 +178,8 @@ def bound(name: str, statement: Statement, buckets: Buckets) -> TextClause:
         return claim.claim_statement(100, buckets)
     if name == "digest.feedback.apply._BY_RUN":
         return feedback_apply.DELIVERY_FIND_BY_RUN
+    if name == "digest.ingest.recipients._UPSERT":
+        return recipient_input.RECIPIENT_UPSERT_REST
     if isinstance(statement, Sharded):
         return statement.bind(buckets)
     if isinstance(statement, TextClause):
