@@ -42,12 +42,11 @@ RUN_SCHEDULE_CURRENT = Sharded(
           CROSS JOIN LATERAL (
               SELECT (CAST(:now AS timestamptz) AT TIME ZONE r.timezone) AS local_now) l
           CROSS JOIN LATERAL (
-              SELECT CASE r.cadence
-                       WHEN 'daily' THEN l.local_now::date
-                       ELSE l.local_now::date
-                            - (extract(isodow FROM l.local_now)::int - r.weekly_day + 7) % 7
+              SELECT CASE WHEN r.cadence = 'daily' THEN l.local_now::date
+                          ELSE l.local_now::date
+                               - (extract(isodow FROM l.local_now)::int - r.weekly_day + 7) % 7
                      END AS day,
-                     CASE r.cadence WHEN 'daily' THEN 1 ELSE 7 END AS period_days) d
+                     CASE WHEN r.cadence = 'daily' THEN 1 ELSE 7 END AS period_days) d
           CROSS JOIN LATERAL (
               SELECT CASE
                        WHEN ((d.day + make_time(r.send_hour, 0, 0)) AT TIME ZONE r.timezone)

@@ -81,8 +81,9 @@ DELIVERY_FIND_BY_RUN = text(_BY_RUN.format(where="bucket = :bucket"))
 DELIVERY_FIND_BY_RUN_IN_SHARD = Sharded(_BY_RUN.format(where="{shard:bucket}"))
 # Statuses only move forward: sent/unknown < deferred < delivered < bounced/rejected <
 # complained. Worker outcomes (failed, suppressed) are never overwritten. The new status's
-# rank comes in as :rank (STATUS_RANK): Citus 13.2 turns a CASE over a parameter into
-# `text = boolean` on the worker node.
+# rank comes in as :rank (STATUS_RANK); the stored one's is a searched CASE: Citus 13.2
+# sends a simple `CASE status WHEN …` in the WHERE of a statement with parameters to its
+# worker nodes as `text = boolean`.
 DELIVERY_SET_FEEDBACK_STATUS = text(
     """
     UPDATE deliveries
@@ -90,10 +91,12 @@ DELIVERY_SET_FEEDBACK_STATUS = text(
            reason = COALESCE(CAST(:reason AS text), reason),
            updated_at = now()
      WHERE bucket = :bucket AND id = :id
-       AND (CASE status WHEN 'sent' THEN 0 WHEN 'unknown' THEN 0 WHEN 'deferred' THEN 1
-                        WHEN 'delivered' THEN 2 WHEN 'bounced' THEN 3 WHEN 'rejected' THEN 3
-                        WHEN 'complained' THEN 4 ELSE 99 END)
-         < CAST(:rank AS int)
+       AND (CASE WHEN status IN ('sent', 'unknown') THEN 0
+                 WHEN status = 'deferred' THEN 1
+                 WHEN status = 'delivered' THEN 2
+                 WHEN status IN ('bounced', 'rejected') THEN 3
+                 WHEN status = 'complained' THEN 4
+                 ELSE 99 END) < CAST(:rank AS int)
     RETURNING id
     """
 )
