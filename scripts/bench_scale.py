@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from digest import scheduler  # noqa: E402
+from digest.buckets import bucket_of  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import make_engine  # noqa: E402
 from digest.ingest.events import record_event, record_events, validate_event  # noqa: E402
@@ -156,7 +157,7 @@ def bare_copy(url: str, pool: list[dict[str, Any]], count: int) -> Timed:
     """The pool's rows formatted once, then `count` of them sent by COPY into digest_events
     with no Python per row: what the server alone ingests, the ceiling of record_events."""
     now = datetime.now(UTC).isoformat()
-    rows = [(*row[:6], now, row[7]) for row in map(validate_event, pool)]
+    rows = [(bucket_of(row[0]), *row[:6], now, row[7]) for row in map(validate_event, pool)]
     whole, rest = divmod(count, len(pool))
     with psycopg.connect(url) as conn:
         # psycopg's own COPY text format, written to memory instead of the server

@@ -71,7 +71,7 @@
                count(*) OVER (PARTITION BY run_id) AS total_groups,
                CAST(sum(event_count) OVER (PARTITION BY run_id) AS bigint) AS total_events
           FROM groups g
-    ), digests AS (
+    ), digests AS MATERIALIZED (
         SELECT run_id, max(total_groups) AS total_groups, max(total_events) AS total_events,
                json_agg(json_build_array(category, entity_type, entity_id, event_count,
                                          actor_count, latest_at AT TIME ZONE 'UTC',

@@ -3,9 +3,10 @@
 `bucket smallint` = `digest_bucket(user_id)` (`digest.buckets`: the first 16 bits of the
 MD5 of the user id, mod 4,096) on recipients, digest_events, digest_runs and deliveries;
 part of every primary and unique key, the first column of the indexes the freeze and the
-claim read by user. The claim's index of due runs stays on `scheduled_for` alone (see
-docs/performance.md, "The bucket"). Citus distributes the tables by it; on one
-PostgreSQL it is only a column.
+claim read by user (recipients' key, the events not yet sent, the events of a run), last
+elsewhere (keys on an identity keep growing at their right edge). The claim's index of
+due runs stays on `scheduled_for` alone. Citus distributes the tables by it; on one
+PostgreSQL it is only a column. docs/performance.md, "The bucket", has the measurements.
 
 The column is added empty, then filled in batches of BATCH_ROWS rows in key order, each
 batch committed on its own (a statement per batch, so the rows it rewrites can be vacuumed
@@ -148,13 +149,13 @@ def upgrade() -> None:
     op.drop_index("recipients_id_key", table_name="recipients")
     op.create_index("recipients_id_key", "recipients", ["id", "bucket"], unique=True)
 
-    _primary_key("digest_events", ["bucket", "id"])
-    _events_indexes(["bucket"])
+    _primary_key("digest_events", ["id", "bucket"])
+    _events_indexes(with_bucket=True)
 
-    _primary_key("digest_runs", ["bucket", "id"])
-    _runs_indexes(["bucket"])
+    _primary_key("digest_runs", ["id", "bucket"])
+    _runs_period_key(["bucket"])
 
-    _primary_key("deliveries", ["bucket", "id"])
+    _primary_key("deliveries", ["id", "bucket"])
     op.drop_index("deliveries_provider_message_idx", table_name="deliveries")
     op.create_table(
         "delivery_provider_ids",
@@ -201,10 +202,10 @@ def downgrade() -> None:
     )
     _primary_key("deliveries", ["id"])
 
-    _runs_indexes([])
+    _runs_period_key([])
     _primary_key("digest_runs", ["id"])
 
-    _events_indexes([])
+    _events_indexes(with_bucket=False)
     _primary_key("digest_events", ["id"])
 
     op.drop_index("recipients_id_key", table_name="recipients")
@@ -234,32 +235,32 @@ def _primary_key(table: str, columns: list[str]) -> None:
     op.create_primary_key(f"{table}_pkey", table, columns)
 
 
-def _events_indexes(lead: list[str]) -> None:
-    """digest_events' indexes by user and by run, led by `lead` (the bucket, or nothing)."""
+def _events_indexes(*, with_bucket: bool) -> None:
+    """digest_events' indexes by user and by run: the freeze's and the claim's led by the
+    bucket, the event key ending with it (or, going down, none of them with it)."""
+    lead, tail = (["bucket"], ["bucket"]) if with_bucket else ([], [])
     for name, columns, where in (
-        ("digest_events_unsent_idx", ["user_id", "created_at"], "digest_run_id IS NULL"),
-        ("digest_events_run_idx", ["digest_run_id"], "digest_run_id IS NOT NULL"),
-        ("digest_events_event_key_idx", ["user_id", "event_key"], "event_key IS NOT NULL"),
+        ("digest_events_unsent_idx", [*lead, "user_id", "created_at"], "digest_run_id IS NULL"),
+        ("digest_events_run_idx", [*lead, "digest_run_id"], "digest_run_id IS NOT NULL"),
+        ("digest_events_event_key_idx", ["user_id", "event_key", *tail], "event_key IS NOT NULL"),
     ):
         op.drop_index(name, table_name="digest_events")
         op.create_index(
             name,
             "digest_events",
-            [*lead, *columns],
+            columns,
             unique=name == "digest_events_event_key_idx",
             postgresql_where=sa.text(where),
         )
 
 
-def _runs_indexes(lead: list[str]) -> None:
-    """digest_runs' period key and index by user, led by `lead` (the bucket, or nothing)."""
+def _runs_period_key(tail: list[str]) -> None:
+    """digest_runs' period key, ending with `tail` (the bucket, or nothing)."""
     op.drop_index("digest_runs_period_key", table_name="digest_runs")
     op.create_index(
         "digest_runs_period_key",
         "digest_runs",
-        [*lead, "user_id", "cadence", "period_start"],
+        ["user_id", "cadence", "period_start", *tail],
         unique=True,
         postgresql_where=sa.text("status <> 'cancelled'"),
     )
-    op.drop_index("digest_runs_user_idx", table_name="digest_runs")
-    op.create_index("digest_runs_user_idx", "digest_runs", [*lead, "user_id", "id"])

@@ -152,7 +152,7 @@ def test_0006_fills_the_bucket_in_batches_on_a_database_with_data(
     inspector = inspect(engine)
     assert inspector.get_pk_constraint("recipients")["constrained_columns"] == ["bucket", "user_id"]
     for table in PER_USER[1:]:
-        assert inspector.get_pk_constraint(table)["constrained_columns"] == ["bucket", "id"]
+        assert inspector.get_pk_constraint(table)["constrained_columns"] == ["id", "bucket"]
     assert user_triggers(engine) == 0
 
     migrate.downgrade(engine, "0005")
