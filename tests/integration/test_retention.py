@@ -24,11 +24,14 @@ INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, cr
                            digest_run_id)
 SELECT digest_bucket('u'), 'u', 'like', 'post', 'p', now() - interval '101 days', run
   FROM (VALUES (1), (1), (1), (2), (3), (NULL)) AS r(run);
-INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, attempt, status, created_at)
-VALUES (digest_bucket('u'), 1, 'u', 'u@example.com', 'ses', 1, 'sent',
+INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, attempt, status,
+                        provider_message_id, created_at)
+VALUES (digest_bucket('u'), 1, 'u', 'u@example.com', 'ses', 1, 'sent', 'ses-1',
         now() - interval '100 days'),
-       (digest_bucket('u'), 2, 'u', 'u@example.com', 'ses', 1, 'delivered',
+       (digest_bucket('u'), 2, 'u', 'u@example.com', 'ses', 1, 'delivered', 'ses-2',
         now() - interval '2 days');
+INSERT INTO delivery_provider_ids (provider_message_id, delivery_id, bucket, created_at)
+SELECT provider_message_id, id, bucket, created_at FROM deliveries;
 INSERT INTO feedback_events (sns_message_id, event_type, raw, orphan, created_at)
 VALUES ('sns-1', 'Delivery', '{}', true, now() - interval '100 days'),
        ('sns-2', 'Delivery', '{}', true, now() - interval '1 day');
@@ -47,6 +50,7 @@ def counts(engine: Engine) -> tuple[int, ...]:
                 "digest_runs",
                 "suppressions",
                 "feedback_events",
+                "delivery_provider_ids",
             )
         )
 
@@ -54,7 +58,8 @@ def counts(engine: Engine) -> tuple[int, ...]:
 def test_purge_removes_old_finished_work_and_keeps_the_rest(
     engine: Engine, digest_cli: Invoke
 ) -> None:
-    """Old sent runs go with their events and deliveries; waiting work and suppressions stay."""
+    """Old sent runs go with their events, deliveries and the deliveries' provider ids;
+    waiting work and suppressions stay."""
     with engine.begin() as conn:
         for statement in SEED.split(";")[:-1]:
             conn.execute(text(statement))
@@ -62,7 +67,8 @@ def test_purge_removes_old_finished_work_and_keeps_the_rest(
     assert result.exit_code == 0, result.output
     assert "purged 3 events, 1 deliveries, 1 feedback events, 1 runs" in result.output
     # events: run 2's, the pending run's and the unattached one; runs 2 and 3; 1 delivery
-    assert counts(engine) == (3, 1, 2, 1, 1)
+    # and its provider id
+    assert counts(engine) == (3, 1, 2, 1, 1, 1)
     again = digest_cli("purge", "--older-than", "90d")
     assert "purged 0 events, 0 deliveries, 0 feedback events, 0 runs" in again.output
 

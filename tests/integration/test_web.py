@@ -515,6 +515,26 @@ def test_an_expired_link_changes_nothing(engine: Engine, site: Site) -> None:
     assert site.request("GET", f"/u/{last_day}").status == 200
 
 
+def test_links_without_a_bucket_in_mail_already_sent_still_work(
+    engine: Engine, site: Site
+) -> None:
+    """Format 1 links (mail sent before the bucket) find their recipient shard by shard:
+    the page shows, the one-click unsubscribes and cancels the pending run."""
+    add_user(engine, "ana")
+    add_user(engine, "ben")
+    schedule(engine)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT id, subscription_version FROM recipients WHERE user_id = 'ana'")
+        ).one()
+    old = make_token_v1(SECRET, row.id, row.subscription_version, today())
+    assert site.request("GET", f"/u/{old}").status == 200
+    assert site.one_click(old).status == 200
+    assert recipient(engine, "ana").unsubscribed_at is not None
+    assert recipient(engine, "ben").unsubscribed_at is None
+    assert run_statuses(engine, "ana") == ["cancelled"]
+
+
 def test_legacy_links_in_mail_already_sent_still_work(engine: Engine, site: Site) -> None:
     """`base64(user_id).mac` links from before the upgrade act as version 0 links."""
     add_user(engine, "ana")
