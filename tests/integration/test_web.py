@@ -515,9 +515,7 @@ def test_an_expired_link_changes_nothing(engine: Engine, site: Site) -> None:
     assert site.request("GET", f"/u/{last_day}").status == 200
 
 
-def test_links_without_a_bucket_in_mail_already_sent_still_work(
-    engine: Engine, site: Site
-) -> None:
+def test_links_without_a_bucket_in_mail_already_sent_still_work(engine: Engine, site: Site) -> None:
     """Format 1 links (mail sent before the bucket) find their recipient shard by shard:
     the page shows, the one-click unsubscribes and cancels the pending run."""
     add_user(engine, "ana")
