@@ -3,7 +3,7 @@
 Every per-user table (recipients, digest_events, digest_runs, deliveries) carries
 `bucket smallint`, the first 16 bits of the MD5 of the user id's UTF-8 bytes mod 4,096.
 `digest` computes it whenever it writes a row (producers never pass one), in Python here
-and in SQL as `digest_bucket(text)` (migration 0006) for rows SQL writes itself; a
+and in SQL as `digest_bucket(text)` (migration 0007) for rows SQL writes itself; a
 property test checks that the two agree. On Citus the tables are distributed by it, so a
 statement that names its buckets reaches one node; on one PostgreSQL it is only a column.
 
@@ -22,7 +22,7 @@ from typing import Any, Final
 BUCKETS: Final = 4096
 """How many buckets there are: `bucket_of` gives 0 to BUCKETS - 1."""
 
-# The same function in SQL, created by migration 0006. Immutable (the planner may fold it)
+# The same function in SQL, created by migration 0007. Immutable (the planner may fold it)
 # and strict; `convert_to` hashes UTF-8 whatever the server encoding, as Python does.
 SQL_FUNCTION: Final = f"""
     CREATE OR REPLACE FUNCTION digest_bucket(user_id text) RETURNS smallint

@@ -37,6 +37,11 @@ from digest.shards import ALL, Buckets, Sharded
 # each run comes back with its recipient (and any suppression of the address) and its
 # digest (`digest.content`).
 #
+# Muted categories: every waiting event is attached, but the grouping skips the categories
+# the recipient had muted when the run first froze (kept on the run, so a retry leaves out
+# the same ones and sends the same bytes); the run's event count is the shown events, and
+# `digest why` counts the rest as muted. An event left waiting instead would wait forever.
+#
 # The batch size is written into the statement (`claim_statement`): with it a parameter,
 # the generic plan PostgreSQL would cache cannot know the LIMIT and scans both tables, so
 # every claim was planned afresh. So are the shard's buckets (`digest.shards`): every table
@@ -62,12 +67,15 @@ _CLAIM_BATCH_SQL = """
                locked_by = :me,
                lease_expires_at = now() + make_interval(secs => :lease),
                started_at = now(),
-               frozen_at = coalesce(r.frozen_at, CAST(:now AS timestamptz))
+               frozen_at = coalesce(r.frozen_at, CAST(:now AS timestamptz)),
+               muted_categories = CASE WHEN due.frozen_at IS NULL THEN {muted}
+                                       ELSE r.muted_categories END
           FROM due
          WHERE {shard:r.bucket} AND r.id = ANY(ARRAY(SELECT id FROM due))
            AND r.bucket = due.bucket AND r.id = due.id
         RETURNING r.bucket, r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
-                  r.sending_attempt, due.frozen_at IS NULL AS fresh
+                  r.sending_attempt, due.frozen_at IS NULL AS fresh,
+                  r.muted_categories AS muted
     ), frozen AS (
         UPDATE digest_events e
            SET digest_run_id = c.id
@@ -85,9 +93,13 @@ _CLAIM_BATCH_SQL = """
         SELECT e.digest_run_id, {columns}
           FROM claimed c JOIN digest_events e ON e.bucket = c.bucket AND e.digest_run_id = c.id
          WHERE NOT c.fresh AND {shard:e.bucket}
+    ), shown AS (
+        SELECT a.* FROM attached a
+         WHERE NOT EXISTS (SELECT FROM claimed c
+                            WHERE c.id = a.run_id AND a.category = ANY(c.muted))
     ), {grouping}
     SELECT c.bucket, c.id, c.user_id, c.cadence, c.period_start, c.attempt, c.frozen_at,
-           c.sending_attempt, d.total_groups, d.total_events, d.groups, p.*
+           c.sending_attempt, d.total_groups, d.total_events, d.groups, d.folded_likes, p.*
       FROM claimed c
       LEFT JOIN digests d ON d.run_id = c.id
       LEFT JOIN LATERAL {recipient} p ON true
@@ -103,9 +115,12 @@ def claim_statement(n: int, buckets: Buckets = ALL) -> TextClause:
             buckets,
             n=int(n),
             columns=content.EVENT_COLUMNS,
-            grouping=content.grouping("attached"),
+            grouping=content.grouping("shown"),
             recipient=recipients.recipient_of(
                 "c.bucket", "c.user_id", shards.predicate("p.bucket", buckets)
+            ),
+            muted=recipients.muted_of(
+                "r.bucket", "r.user_id", shards.predicate("p.bucket", buckets)
             ),
         )
     )
@@ -273,7 +288,7 @@ def claim_batch(
     params = {"me": me, "lease": lease_seconds, "cap": cap, "now": now or datetime.now(UTC)}
     rows = conn.execute(claim_statement(n, buckets), params).all()
     runs = []
-    for row in rows:  # the run (8 columns), its digest (3), its recipient (9)
+    for row in rows:  # the run (8 columns), its digest (4), its recipient (9)
         bucket, run_id, user_id, cadence, period_start, attempt, frozen_at, sending = row[:8]
         runs.append(
             ClaimedRun(
@@ -285,8 +300,8 @@ def claim_batch(
                 attempt,
                 frozen_at,
                 sending,
-                recipient=None if row[11] is None else Recipient(user_id, *row[11:]),
-                digest=EMPTY_DIGEST if row[10] is None else content.digest_content(*row[8:11]),
+                recipient=None if row[12] is None else Recipient(user_id, *row[12:]),
+                digest=EMPTY_DIGEST if row[10] is None else content.digest_content(*row[8:12]),
             )
         )
     return runs

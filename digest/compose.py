@@ -37,6 +37,13 @@ if TYPE_CHECKING:
 DEV_SECRET = "digest-development-key-not-for-real-mail"
 
 
+def make_renderer(settings: Settings) -> Renderer:
+    """The renderer of the settings' templates, with the product's branding."""
+    from digest.render.renderer import Renderer
+
+    return Renderer(settings.templates_dir, brand=settings.branding)
+
+
 def signing_key(settings: Settings, transport_name: str) -> str:
     """The key for unsubscribe tokens; real transports refuse to run without one."""
     if settings.secret_key:
@@ -55,8 +62,9 @@ class Composer:
         self.transport = transport  # the name a suppressed run's delivery row records
         self.base_url = settings.base_url.rstrip("/")
         self.domain = settings.from_address.rpartition("@")[2] or "localhost"
-        self.from_name = settings.from_name
+        self.from_name = settings.sender_name
         self.from_address = settings.from_address
+        self.reply_to = settings.reply_to
         self.mailto = settings.unsubscribe_mailto
         self.at_most_once = settings.delivery == "at-most-once"
 
@@ -111,6 +119,7 @@ class Composer:
             if mailto
             else None,
             date=run.frozen_at,
+            reply_to=self.reply_to,
         )
         return OutgoingMessage(
             run_id=run.id,

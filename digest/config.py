@@ -9,18 +9,24 @@ Secrets (`secret_key`, `smtp_password`) never appear in a repr or a log line.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from digest.errors import DigestError
 
+if TYPE_CHECKING:
+    from digest.render.brand import Brand
+
 DELIVERY_MODES = ("at-least-once", "at-most-once")
 SMTP_SECURITY = ("starttls", "tls", "none")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -32,10 +38,13 @@ def setting(
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
     factory: Callable[[], Any] | None = None,
+    upper: bool = False,
+    check: Callable[[str], str] | None = None,
 ) -> Any:
     """A dataclass field with its environment name, bounds and secrecy (`factory` makes
-    the default when it depends on the environment)."""
-    meta = {"env": env, "minimum": minimum, "choices": choices}
+    the default when it depends on the environment; `upper` takes text in any case;
+    `check` normalises a text value or raises ValueError saying what it must be)."""
+    meta = {"env": env, "minimum": minimum, "choices": choices, "upper": upper, "check": check}
     if factory is not None:
         return field(default_factory=factory, repr=not secret, metadata=meta)
     return field(default=default, repr=not secret, metadata=meta)
@@ -50,6 +59,40 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     if xdg and Path(xdg).is_absolute():
         return Path(xdg) / "digest"
     return Path.home() / ".local" / "share" / "digest"
+
+
+# Checks of text settings: each returns the value normalised, or raises ValueError with
+# what the value must be.
+
+
+def _not_empty(value: str) -> str:
+    if not value:
+        raise ValueError("some text")
+    return value
+
+
+def _email_address(value: str) -> str:
+    from digest.channels.email.mime import HeaderError, validate_email
+
+    try:
+        return validate_email(value)
+    except HeaderError:
+        raise ValueError("an email address") from None
+
+
+def _https_url(value: str) -> str:
+    from digest.render.text import safe_url
+
+    url = safe_url(value)
+    if url is None or not url.startswith("https://"):
+        raise ValueError("an https:// URL")
+    return url
+
+
+def _hex_color(value: str) -> str:
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+        raise ValueError("a colour like #2563eb")
+    return value.lower()
 
 
 @dataclass(frozen=True)
@@ -70,7 +113,9 @@ class Settings:
     # within seconds of the server answering (digest.watchdog).
     restart_grace_seconds: int = setting(60, env="DIGEST_RESTART_GRACE", minimum=0)
     max_attempts: int = setting(5, minimum=1)
-    group_cap: int = setting(50, minimum=1)
+    # Groups shown: 20 rows and the folded likes keep the busiest digest near 2,000 px
+    # tall; the rest are "…and N more", a link to the activity page.
+    group_cap: int = setting(20, minimum=1)
     stagger_seconds: int = setting(3600, minimum=0)
     # Connections `digest schedule` inserts on at once, each over its own slice of users.
     schedule_jobs: int = setting(2, minimum=1)
@@ -80,9 +125,18 @@ class Settings:
     poll_interval_seconds: float = setting(1.0, env="DIGEST_POLL_INTERVAL", minimum=0.001)
     base_url: str = setting("http://localhost:8000")
     from_address: str = setting("digest@localhost")
-    from_name: str = setting("Digest")
+    from_name: str | None = setting(None)  # None: the product's name
+    reply_to: str | None = setting(None, check=_email_address)
+    # branding: what the email shows of the product
+    product_name: str = setting("Digest", check=_not_empty)
+    logo_url: str | None = setting(None, check=_https_url)
+    accent_color: str | None = setting(None, check=_hex_color)
+    postal_address: str | None = setting(None)
     secret_key: str | None = setting(None, secret=True)
     categories: frozenset[str] | None = setting(None)
+    # An event dated further ahead of the database's clock than this is refused: the claim
+    # takes only events whose time has come, so it would wait, unseen, until then.
+    max_clock_skew_seconds: int = setting(300, env="DIGEST_MAX_CLOCK_SKEW", minimum=0)
     templates_dir: Path = setting(TEMPLATES, env="DIGEST_TEMPLATES")
     # delivery
     delivery: str = setting("at-least-once", choices=DELIVERY_MODES)
@@ -108,6 +162,9 @@ class Settings:
     # web (unsubscribe pages, feedback webhooks)
     web_host: str = setting("127.0.0.1")
     web_port: int = setting(8000, minimum=0)
+    # logs (digest.logs): from this level up, as key=value text or JSON lines
+    log_level: str = setting("INFO", choices=LOG_LEVELS, upper=True)
+    log_format: str = setting("text", choices=LOG_FORMATS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, file: Path | None = None) -> Settings:
@@ -128,6 +185,18 @@ class Settings:
             if name in env:
                 raw[f.name] = (name, env[name])
         return cls(data_dir=default_data_dir(env))._with_raw(raw)
+
+    @property
+    def sender_name(self) -> str:
+        """The From header's display name: DIGEST_FROM_NAME, else the product's name."""
+        return self.from_name or self.product_name
+
+    @property
+    def branding(self) -> Brand:
+        """What the email shows of the product."""
+        from digest.render.brand import Brand
+
+        return Brand(self.product_name, self.logo_url, self.accent_color, self.postal_address)
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (command-line options override the environment)."""
@@ -163,6 +232,8 @@ def _parse(label: str, value: object, hint: Any, meta: Mapping[str, Any]) -> obj
     )
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
     text = value.strip() if isinstance(value, str) else value
+    if meta.get("upper") and isinstance(text, str):
+        text = text.upper()
     if optional and text == "":
         return None
     try:
@@ -186,6 +257,12 @@ def _parse(label: str, value: object, hint: Any, meta: Mapping[str, Any]) -> obj
     choices = meta.get("choices")
     if choices and parsed not in choices:
         raise DigestError(f"{label} must be one of {', '.join(choices)}, got {parsed!r}")
+    check = meta.get("check")
+    if check is not None and isinstance(parsed, str):
+        try:
+            parsed = check(parsed)
+        except ValueError as exc:
+            raise DigestError(f"{label} must be {exc}, got {value!r}") from None
     return parsed
 
 

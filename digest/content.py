@@ -13,30 +13,30 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
-from digest import shards
+from digest import recipients, shards
 from digest.buckets import bucket_of
-from digest.models import EMPTY_DIGEST, DigestContent, Group
+from digest.models import EMPTY_DIGEST, DigestContent, FoldedLikes, Group
 
 # The grouping as common table expressions over `{events}`, a relation of one run's (or
 # several runs') events: (run_id, id, category, entity_type, entity_id, actor_id, created_at,
 # payload). It ends in `digests`: one row per run that has events, its ranked and capped
 # groups as one JSON array (one value to decode per digest instead of a row per group, with
-# `latest_at` in UTC) and its totals. `{events}` is one of the fixed relations of this
-# module and `digest.claim`, never user input. `digests` is MATERIALIZED: computed once per
-# statement whatever the planner guesses of its size. (Joined to the runs a claim froze, it
-# was planned as a nested loop that grouped the whole batch again for each run as soon as
-# the freeze's estimate fell to one row: the bucket in the join makes the planner multiply
-# two selectivities where the user id already implies the bucket; 300 ms a claim of 100
-# instead of 17.)
+# `latest_at` in UTC), its folded single likes (or null) and its totals. `{events}` is one
+# of the fixed relations of this module and `digest.claim`, never user input. `digests` is
+# MATERIALIZED: computed once per statement whatever the planner guesses of its size.
+# (Joined to the runs a claim froze, it was planned as a nested loop that grouped the whole
+# batch again for each run as soon as the freeze's estimate fell to one row: the bucket in
+# the join makes the planner multiply two selectivities where the user id already implies
+# the bucket; 300 ms a claim of 100 instead of 17.)
 _GROUPING = """
     ev AS (
         SELECT e.run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id,
                e.created_at, e.payload,
                -- grouping.actor_name: a string with more than Python's whitespace
-               -- (str.strip) in it, else the actor id
+               -- (str.strip) in it, else '' (unnamed; never the actor id)
                CASE WHEN jsonb_typeof(e.payload -> 'actor_name') = 'string'
                      AND e.payload ->> 'actor_name' ~ {named}
-                    THEN e.payload ->> 'actor_name' ELSE e.actor_id END AS actor_name,
+                    THEN e.payload ->> 'actor_name' ELSE '' END AS actor_name,
                row_number() OVER (
                    PARTITION BY e.run_id, e.category, e.entity_type, e.entity_id
                    ORDER BY e.created_at DESC, e.id DESC) AS group_pos,
@@ -52,26 +52,48 @@ _GROUPING = """
                max(id) FILTER (WHERE group_pos = 1) AS last_event_id,
                (array_agg(payload) FILTER (WHERE group_pos = 1))[1] AS payload,
                (array_agg(actor_name ORDER BY created_at DESC, id DESC)
-                    FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_names
+                    FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_names,
+               min(actor_id) AS only_actor  -- the actor of a one-event group
           FROM ev
          GROUP BY run_id, category, entity_type, entity_id
-    ), ranked AS (
+    ), folding AS (
+        -- grouping.is_single_like, folded when a run has two or more
         SELECT g.*,
-               row_number() OVER (PARTITION BY run_id
-                                  ORDER BY event_count DESC, latest_at DESC,
+               category = 'like' AND event_count = 1
+               AND count(*) FILTER (WHERE category = 'like' AND event_count = 1)
+                       OVER (PARTITION BY run_id) >= 2 AS folded
+          FROM groups g
+    ), ranked AS (
+        SELECT f.*,
+               -- grouping.PRIORITY (written searched: Citus breaks a simple one)
+               row_number() OVER (PARTITION BY run_id, folded
+                                  ORDER BY CASE WHEN category = 'mention' THEN 0
+                                                WHEN category = 'comment' THEN 1
+                                                WHEN category = 'like' THEN 3 ELSE 2 END,
+                                           event_count DESC, latest_at DESC,
                                            last_event_id DESC) AS rank,
+               row_number() OVER (PARTITION BY run_id, folded, only_actor
+                                  ORDER BY latest_at DESC, last_event_id DESC) AS actor_rank,
                count(*) OVER (PARTITION BY run_id) AS total_groups,
                CAST(sum(event_count) OVER (PARTITION BY run_id) AS bigint) AS total_events
-          FROM groups g
+          FROM folding f
     ), digests AS MATERIALIZED (
         SELECT run_id, max(total_groups) AS total_groups, max(total_events) AS total_events,
-               json_agg(json_build_array(category, entity_type, entity_id, event_count,
-                                         actor_count, latest_at AT TIME ZONE 'UTC',
-                                         last_event_id, payload,
-                                         coalesce(actor_names, '{{}}'))
-                        ORDER BY rank) AS groups
+               coalesce(json_agg(json_build_array(category, entity_type, entity_id,
+                                                  event_count, actor_count,
+                                                  latest_at AT TIME ZONE 'UTC',
+                                                  last_event_id, payload,
+                                                  coalesce(actor_names, '{{}}'))
+                                 ORDER BY rank) FILTER (WHERE NOT folded AND rank <= :cap),
+                        CAST('[]' AS json)) AS groups,
+               CASE WHEN bool_or(folded) THEN json_build_array(
+                   count(*) FILTER (WHERE folded),
+                   count(DISTINCT only_actor) FILTER (WHERE folded),
+                   coalesce((array_agg(actor_names[1] ORDER BY latest_at DESC, last_event_id DESC)
+                                 FILTER (WHERE folded AND actor_rank = 1
+                                         AND only_actor IS NOT NULL))[1:3], '{{}}'))
+               END AS folded_likes
           FROM ranked
-         WHERE rank <= :cap
          GROUP BY run_id
     )
 """
@@ -97,7 +119,7 @@ def _digests_of(run_id: str, where: str) -> TextClause:
     return text(
         "WITH "
         + grouping(f"(SELECT {run_id} AS run_id, {EVENT_COLUMNS} FROM digest_events e {where})")
-        + "SELECT run_id, total_groups, total_events, groups FROM digests"
+        + "SELECT run_id, total_groups, total_events, groups, folded_likes FROM digests"
     )
 
 
@@ -108,16 +130,21 @@ EVENT_GROUPS_FOR_RUNS = _digests_of(
     " AND e.digest_run_id = ANY(CAST(:run_ids AS bigint[]))",
 )
 
-# A user's waiting events, as the next run would freeze them now (`digest preview`).
+# A user's waiting events, as the next run would freeze and show them now (`digest
+# preview`): the categories the recipient muted left out.
 EVENT_GROUPS_UNSENT = _digests_of(
     "0::bigint",
     "WHERE e.bucket = :bucket AND e.user_id = :user_id AND e.digest_run_id IS NULL"
-    " AND e.created_at <= now()",
+    " AND e.created_at <= now()"
+    f" AND e.category <> ALL(coalesce({recipients.muted_of(':bucket', ':user_id')}, '{{}}'))",
 )
 
 
-def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> DigestContent:
-    """A digest from a `digests` row of the grouping: its totals and its groups' JSON."""
+def digest_content(
+    total_groups: int, total_events: int, groups: list[Any], folded: list[Any] | None
+) -> DigestContent:
+    """A digest from a `digests` row of the grouping: its totals, its groups' JSON and its
+    folded likes' JSON."""
     return DigestContent(
         tuple(
             Group(
@@ -145,6 +172,7 @@ def digest_content(total_groups: int, total_events: int, groups: list[Any]) -> D
         ),
         total_groups,
         total_events,
+        None if folded is None else FoldedLikes(folded[0], folded[1], tuple(folded[2])),
     )
 
 

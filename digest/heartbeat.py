@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from digest import claim
+from digest import claim, logs
 from digest.claim import Held
 from digest.errors import first_line
 
@@ -61,6 +61,8 @@ class Heartbeat:
                 # A missed beat is survivable, but beat again soon: once the server is back
                 # the leases must be extended within the watchdog's restart grace.
                 wait = min(interval, MISSED_BEAT_RETRY_SECONDS)
-                log.warning("heartbeat_missed runs=%d error=%r", len(held), first_line(exc))
+                logs.event(
+                    log, "heartbeat_missed", logging.WARNING, runs=len(held), error=first_line(exc)
+                )
             except Exception:
-                log.exception("heartbeat failed")
+                logs.exception(log, "heartbeat_failed", runs=len(held))

@@ -21,7 +21,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision`; a no-op when it is already there."""
     cfg = _config()
     # Not in a transaction of ours: each revision commits in its own (alembic's
-    # transaction_per_migration), and one may commit batches on its own (0006's fill).
+    # transaction_per_migration), and one may commit batches on its own (0007's fill).
     with engine.connect() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)

@@ -100,18 +100,30 @@ class Group(NamedTuple):
     payload: Mapping[str, Any]
 
 
+class FoldedLikes(NamedTuple):
+    """Likes alone on their post, two or more, folded into one line ("Ana, Ben and 5 others
+    liked 7 of your posts"): the posts, the distinct actors, the latest three names."""
+
+    posts: int
+    actor_count: int
+    actor_names: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class DigestContent:
-    """The ranked, capped groups of one digest and what was left out."""
+    """The ranked, capped groups of one digest, the single likes folded into one line, and
+    what was left out."""
 
     groups: tuple[Group, ...]
-    total_groups: int
+    total_groups: int  # every group, the folded ones included
     total_events: int
+    folded_likes: FoldedLikes | None = None
 
     @property
     def more_groups(self) -> int:
-        """How many groups the cap left out ("and N more")."""
-        return self.total_groups - len(self.groups)
+        """How many groups neither shown nor folded ("and N more")."""
+        folded = self.folded_likes.posts if self.folded_likes else 0
+        return self.total_groups - len(self.groups) - folded
 
     @property
     def is_empty(self) -> bool:

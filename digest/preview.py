@@ -12,11 +12,10 @@ from sqlalchemy import Engine
 
 from digest import content, recipients
 from digest.buckets import bucket_of
-from digest.compose import Composer, signing_key
+from digest.compose import Composer, make_renderer, signing_key
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.models import Cadence, ClaimedRun, RenderedDigest, RunCadence
-from digest.render import Renderer
 
 
 def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
@@ -33,7 +32,5 @@ def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
     run = ClaimedRun(
         0, bucket_of(user_id), user_id, cadence, now, 0, now, recipient=recipient, digest=digest
     )
-    composer = Composer(
-        settings, Renderer(settings.templates_dir), signing_key(settings, "file"), "file"
-    )
+    composer = Composer(settings, make_renderer(settings), signing_key(settings, "file"), "file")
     return composer.render(run)

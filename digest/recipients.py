@@ -10,10 +10,10 @@ the same way. Every statement names the user's bucket (`digest.buckets`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, time
+from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Row, RowMapping, text
 
@@ -40,6 +40,24 @@ def recipient_of(bucket: str, user_id: str, shard: str = "true") -> str:
          LIMIT 1)"""
 
 
+def muted_of(bucket: str, user_id: str, shard: str = "true") -> str:
+    """A scalar subquery: the categories the recipient `bucket` and `user_id` (SQL
+    expressions of this module, `digest.claim` or `digest.content`, never user input) name
+    has muted, or NULL when none. `shard` is the claim's shard filter on `p.bucket`."""
+    return f"""(
+        SELECT nullif(p.muted_categories, '{{}}')
+          FROM recipients p
+         WHERE {shard} AND p.bucket = {bucket} AND p.user_id = {user_id}
+         LIMIT 1)"""
+
+
+# Quiet hours as people write them, `22:00-07:00`, or NULL for none.
+QUIET_HOURS_TEXT = (
+    "CASE WHEN quiet_start IS NOT NULL"
+    " THEN to_char(quiet_start, 'HH24:MI') || '-' || to_char(quiet_end, 'HH24:MI') END"
+)
+
+
 RECIPIENT_LOAD_MANY = text(
     f"""
     SELECT u.user_id, p.*
@@ -49,7 +67,8 @@ RECIPIENT_LOAD_MANY = text(
     } p
     """
 )
-_COLUMNS = """user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+_COLUMNS = f"""user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+           muted_categories, {QUIET_HOURS_TEXT} AS quiet_hours,
            unsubscribed_at, created_at, updated_at"""
 RECIPIENT_GET = text(
     f"""
@@ -69,7 +88,8 @@ RECIPIENT_GET_FOR_UPDATE = text(
 # Unsubscribe tokens name the recipient by bucket and id; tokens of format 1 by id alone
 # (RECIPIENT_FIND_BUCKET finds its bucket, shard by shard), legacy ones by user id. A
 # change locks the row first: the version it checks is the one the update sees.
-_PREFERENCES = "id, user_id, email, name, cadence, unsubscribed_at, subscription_version"
+_PREFERENCES = """id, user_id, email, name, cadence, unsubscribed_at, subscription_version,
+           timezone, muted_categories, quiet_start, quiet_end"""
 RECIPIENT_GET_PREFERENCES = text(
     f"SELECT {_PREFERENCES} FROM recipients WHERE bucket = :bucket AND id = :id"
 )
@@ -124,11 +144,55 @@ RECIPIENT_SET_CADENCE = text(
     RETURNING id
     """
 )
-RECIPIENT_GET_FOR_WHY = text(
+# The page's own choices: which categories to leave out, and quiet hours. Neither moves a
+# run, so neither cancels pending runs (`cancel_pending_runs`); a choice that changes
+# nothing writes nothing.
+RECIPIENT_SET_MUTED = text(
     """
+    UPDATE recipients
+       SET muted_categories = CAST(:muted AS text[]), updated_at = now()
+     WHERE bucket = :bucket AND id = :id AND muted_categories <> CAST(:muted AS text[])
+    RETURNING id
+    """
+)
+RECIPIENT_SET_QUIET_HOURS = text(
+    """
+    UPDATE recipients
+       SET quiet_start = CAST(:start AS time), quiet_end = CAST(:end AS time),
+           updated_at = now()
+     WHERE bucket = :bucket AND id = :id
+       AND (quiet_start IS DISTINCT FROM CAST(:start AS time)
+            OR quiet_end IS DISTINCT FROM CAST(:end AS time))
+    RETURNING id
+    """
+)
+# The categories of a user's events of the last CATEGORY_DAYS days, on runs (through the
+# runs' user index and the events' run index: no scan of the events table) or waiting.
+CATEGORY_LIST_RECENT = text(
+    """
+    SELECT category FROM (
+        SELECT e.category
+          FROM digest_runs r
+          JOIN digest_events e ON e.bucket = r.bucket AND e.digest_run_id = r.id
+         WHERE r.bucket = :bucket AND r.user_id = :user_id
+           AND r.created_at >= now() - make_interval(days => :days)
+           AND e.created_at >= now() - make_interval(days => :days)
+        UNION
+        SELECT e.category
+          FROM digest_events e
+         WHERE e.bucket = :bucket AND e.user_id = :user_id AND e.digest_run_id IS NULL
+           AND e.created_at >= now() - make_interval(days => :days)
+    ) seen
+     ORDER BY category
+     LIMIT :limit
+    """
+)
+RECIPIENT_GET_FOR_WHY = text(
+    f"""
     SELECT r.user_id, r.email, r.cadence, r.timezone, r.send_hour, r.weekly_day,
            r.unsubscribed_at,
-           r.timezone IN (SELECT name FROM pg_timezone_names) AS timezone_known
+           r.timezone IN (SELECT name FROM pg_timezone_names) AS timezone_known,
+           r.muted_categories, {QUIET_HOURS_TEXT} AS quiet_hours
       FROM recipients r
      WHERE r.bucket = :bucket AND r.user_id = :user_id
     """
@@ -191,6 +255,21 @@ RUN_CANCEL_PENDING_MANY = text(
     SELECT count(*) FROM cancelled
     """
 )
+# Users all in one shard (`emails_of`).
+RECIPIENT_LIST_EMAILS = text(
+    """
+    SELECT user_id, email FROM recipients
+     WHERE bucket = ANY(CAST(:buckets AS smallint[])) AND user_id = ANY(CAST(:user_ids AS text[]))
+    """
+)
+
+
+# The categories every recipient is offered on the page, in this order, before the rest.
+KNOWN_CATEGORIES: Final = ("comment", "like", "mention", "follow")
+# How far back the page looks for the categories a recipient has received.
+CATEGORY_DAYS: Final = 90
+# At most this many categories on the page (its form's size is bounded); muted ones first.
+MAX_CATEGORIES_SHOWN: Final = 60
 
 
 @dataclass(frozen=True)
@@ -205,6 +284,10 @@ class Preferences:
     cadence: str
     unsubscribed: bool
     subscription_version: int
+    timezone: str = "UTC"
+    muted_categories: tuple[str, ...] = ()
+    quiet_start: time | None = None  # both or neither, local time
+    quiet_end: time | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +302,8 @@ class RecipientFacts:
     weekly_day: int
     unsubscribed_at: datetime | None
     timezone_known: bool
+    muted_categories: Sequence[str] = ()
+    quiet_hours: str | None = None  # `22:00-07:00`, local time
 
 
 def load_many(conn: Connection, user_ids: Sequence[str]) -> dict[str, Recipient]:
@@ -292,6 +377,10 @@ def _preferences(row: Row[Any] | None) -> Preferences | None:
         row.cadence,
         row.unsubscribed_at is not None,
         row.subscription_version,
+        row.timezone,
+        tuple(row.muted_categories),
+        row.quiet_start,
+        row.quiet_end,
     )
 
 
@@ -341,6 +430,45 @@ def set_cadence(conn: Connection, who: Preferences, cadence: str) -> bool:
     return True
 
 
+def set_muted(conn: Connection, who: Preferences, muted: Iterable[str]) -> bool:
+    """Leave exactly the categories `muted` out of the recipient's digests (no run is
+    cancelled: the next claim leaves them out); False when that was already so."""
+    params = {"bucket": who.bucket, "id": who.id, "muted": sorted(set(muted))}
+    return conn.execute(RECIPIENT_SET_MUTED, params).first() is not None
+
+
+def set_quiet_hours(conn: Connection, who: Preferences, hours: tuple[time, time] | None) -> bool:
+    """Set the recipient's quiet hours (start, end; None: none; no run is cancelled);
+    False when unchanged."""
+    start, end = hours if hours is not None else (None, None)
+    params = {"bucket": who.bucket, "id": who.id, "start": start, "end": end}
+    return conn.execute(RECIPIENT_SET_QUIET_HOURS, params).first() is not None
+
+
+def categories_for(
+    conn: Connection,
+    user_id: str,
+    muted: Iterable[str],
+    offered: Sequence[str] = KNOWN_CATEGORIES,
+) -> list[str]:
+    """The categories the page offers: `offered` first (the known ones, or the allow-list),
+    then the muted ones and those of the user's events of the last CATEGORY_DAYS days, by
+    name; at most MAX_CATEGORIES_SHOWN."""
+    params = {
+        "bucket": bucket_of(user_id),
+        "user_id": user_id,
+        "days": CATEGORY_DAYS,
+        "limit": MAX_CATEGORIES_SHOWN,
+    }
+    seen = conn.execute(CATEGORY_LIST_RECENT, params).scalars().all()
+    first = list(dict.fromkeys(offered))[:MAX_CATEGORIES_SHOWN]
+    muted = sorted(set(muted) - set(first))
+    rest = sorted(set(seen) - set(first) - set(muted))
+    # The muted ones before the others, so a long list never hides one that is switched off.
+    kept = sorted([*muted, *rest][: MAX_CATEGORIES_SHOWN - len(first)])
+    return [*first, *kept]
+
+
 def facts(conn: Connection, user_id: str) -> RecipientFacts | None:
     """What `digest why` says about the recipient of `user_id`, or None."""
     params = {"bucket": bucket_of(user_id), "user_id": user_id}
@@ -354,3 +482,14 @@ def count_unschedulable(conn: Connection) -> int:
         int(conn.execute(RECIPIENT_COUNT_UNSCHEDULABLE.bind(buckets)).scalar_one())
         for buckets in shards.for_connection(conn).shards
     )
+
+
+def emails_of(conn: Connection, user_ids: Collection[str]) -> dict[str, str]:
+    """The stored email of each of `user_ids` that has a recipient, one query per shard."""
+    found: dict[str, str] = {}
+    for _, users in shards.for_connection(conn).group(set(user_ids), bucket_of):
+        params = {"buckets": sorted({bucket_of(u) for u in users}), "user_ids": users}
+        found.update(
+            {row.user_id: row.email for row in conn.execute(RECIPIENT_LIST_EMAILS, params)}
+        )
+    return found

@@ -17,9 +17,10 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    Time,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 
 from digest.models import FEEDBACK_EVENT_TYPES, Cadence, DeliveryStatus, RunCadence, RunStatus
 
@@ -63,12 +64,26 @@ recipients = Table(
     Column("updated_at", TZ, nullable=False, server_default=NOW),
     # What unsubscribe tokens name instead of the user id (`digest.unsubscribe`).
     Column("id", BigInteger, Identity(always=False), nullable=False),
-    # Grows by one each time the recipient gets digests again after none (a trigger, see
-    # migration 0005); a token issued for an older version changes nothing.
+    # Grows by one each time the recipient gets digests again after none (every write path
+    # in `digest.recipients`; until 0007 a trigger); a token issued for an older
+    # version changes nothing.
     Column("subscription_version", Integer, nullable=False, server_default="0"),
+    # Categories left out of the recipient's digests (migration 0006); empty: none.
+    Column("muted_categories", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    # Quiet hours in the recipient's local time, both or neither: alerts wait for their end.
+    Column("quiet_start", Time),
+    Column("quiet_end", Time),
     CheckConstraint(_in("cadence", CADENCES), name="recipients_cadence_check"),
     CheckConstraint("send_hour BETWEEN 0 AND 23", name="recipients_send_hour_check"),
     CheckConstraint("weekly_day BETWEEN 1 AND 7", name="recipients_weekly_day_check"),
+    CheckConstraint(
+        "(quiet_start IS NULL AND quiet_end IS NULL) "
+        "OR (quiet_start IS NOT NULL AND quiet_end IS NOT NULL AND quiet_start <> quiet_end)",
+        name="recipients_quiet_hours_check",
+    ),
+    CheckConstraint(
+        "cardinality(muted_categories) <= 100", name="recipients_muted_categories_check"
+    ),
     # Tokens name the recipient by (bucket, id); legacy tokens (format 1) by id alone, hence
     # id first: one probe whatever the bucket.
     Index("recipients_id_key", "id", "bucket", unique=True),
@@ -133,6 +148,9 @@ digest_runs = Table(
     Column("last_error", Text),
     Column("created_at", TZ, nullable=False, server_default=NOW),
     Column("sending_attempt", Integer),
+    # The recipient's muted categories when the run first froze its events (NULL: none), so
+    # a retry leaves out what the first attempt did.
+    Column("muted_categories", ARRAY(Text)),
     CheckConstraint(_in("cadence", RUN_CADENCES), name="digest_runs_cadence_check"),
     CheckConstraint(_in("status", RUN_STATUSES), name="digest_runs_status_check"),
     # One live run per user, cadence and period; a cancelled run frees its slot so that a

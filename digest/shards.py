@@ -166,24 +166,41 @@ _maps: dict[str, ShardMap] = {}
 _maps_lock = threading.Lock()
 
 
+def _cached(engine: Engine) -> tuple[str, ShardMap | None]:
+    key = engine.url.render_as_string(hide_password=False)
+    with _maps_lock:
+        return key, _maps.get(key)
+
+
+def _remember(key: str, found: ShardMap) -> ShardMap:
+    with _maps_lock:
+        _maps[key] = found
+    return found
+
+
 def for_engine(engine: Engine) -> ShardMap:
     """The shard map of `engine`'s database, read once per process (restart the workers
     after moving shards: a stale map only makes statements span shards, which Citus
     refuses for the claim and runs on several nodes otherwise)."""
-    key = engine.url.render_as_string(hide_password=False)
-    with _maps_lock:
-        found = _maps.get(key)
+    key, found = _cached(engine)
     if found is None:
         with engine.connect() as conn:
-            found = load(conn)
-        with _maps_lock:
-            _maps[key] = found
+            found = _remember(key, load(conn))
     return found
 
 
 def for_connection(conn: Connection) -> ShardMap:
-    """The shard map of `conn`'s database (`for_engine`)."""
-    return for_engine(conn.engine)
+    """The shard map of `conn`'s database (`for_engine`), read on `conn` itself the first
+    time: the caller may hold its engine's only connection (`digest work`'s live status has
+    a pool of one). A transaction the read had to begin is rolled back, leaving `conn` as
+    it was."""
+    key, found = _cached(conn.engine)
+    if found is None:
+        began = not conn.in_transaction()
+        found = _remember(key, load(conn))
+        if began:
+            conn.rollback()
+    return found
 
 
 @dataclass

@@ -21,8 +21,11 @@ from digest.errors import DigestError, ValidationError
 from digest.models import Cadence, DeliveryStatus, RunStatus
 from digest.recipients import RecipientFacts
 from digest.shards import Sharded
+from digest.terminal import plural
 
 RECENT_RUNS = 3
+# A delivery this recent means workers were sending moments ago (`digest why`).
+RECENT_DELIVERY = timedelta(minutes=5)
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # Every filter is optional: a NULL parameter switches it off. LIMIT NULL is no limit.
@@ -54,22 +57,34 @@ SUPPRESSION_GET_FOR_ADDRESS = text(
     "SELECT email, reason, source, created_at FROM suppressions WHERE email = lower(:email)"
 )
 
+# The events a run attached but left out of its digest: those of the categories muted when
+# it first froze them (the claim's rule, `digest.claim`). The run's bucket is the user's
+# (:bucket, in both statements below): named as the parameter so that the planner, and
+# Citus, see one shard.
+RUN_MUTED_EVENTS = (
+    "CASE WHEN r.muted_categories IS NULL THEN 0 ELSE (SELECT count(*) FROM digest_events e"
+    " WHERE e.bucket = :bucket AND e.digest_run_id = r.id"
+    " AND e.category = ANY(r.muted_categories)) END"
+)
+
 # The earliest pending run is the next digest; the others are history, newest first.
 RUN_GET_NEXT_PENDING = text(
-    """
+    f"""
     SELECT id, cadence, status, scheduled_for, attempt, locked_by, lease_expires_at,
-           completed_at, last_error, event_count
-      FROM digest_runs
+           completed_at, last_error, event_count, muted_categories,
+           {RUN_MUTED_EVENTS} AS muted_events
+      FROM digest_runs r
      WHERE bucket = :bucket AND user_id = :user_id AND status = 'pending'
      ORDER BY scheduled_for, id
      LIMIT 1
     """
 )
 RUN_LIST_RECENT_FINISHED = text(
-    """
+    f"""
     SELECT id, cadence, status, scheduled_for, attempt, locked_by, lease_expires_at,
-           completed_at, last_error, event_count
-      FROM digest_runs
+           completed_at, last_error, event_count, muted_categories,
+           {RUN_MUTED_EVENTS} AS muted_events
+      FROM digest_runs r
      WHERE bucket = :bucket AND user_id = :user_id AND status <> 'pending'
      ORDER BY id DESC
      LIMIT :limit
@@ -84,6 +99,27 @@ DELIVERY_GET_LAST_FOR_USER = text(
      WHERE bucket = :bucket AND user_id = :user_id
      ORDER BY created_at DESC, id DESC
      LIMIT 1
+    """
+)
+
+# Is anyone working the queue? The runs being processed are exactly those with a lease (a
+# small partial index), and the newest delivery is the last by id: both cheap on a big table.
+# Asked of each shard in turn (`queue_facts` adds them up).
+QUEUE_GET_ACTIVITY = Sharded(
+    """
+    SELECT now() AS now,
+           (SELECT count(*) FROM digest_runs
+             WHERE {shard:bucket} AND lease_expires_at IS NOT NULL) AS processing,
+           (SELECT max(started_at) FROM digest_runs
+             WHERE {shard:bucket} AND lease_expires_at IS NOT NULL) AS latest_claim_at,
+           (SELECT created_at FROM deliveries WHERE {shard:bucket} ORDER BY id DESC LIMIT 1)
+               AS last_delivery_at
+    """
+)
+RUN_COUNT_DUE_BEFORE = Sharded(
+    """
+    SELECT count(*) FROM digest_runs
+     WHERE {shard:bucket} AND status = 'pending' AND scheduled_for < :scheduled_for
     """
 )
 
@@ -135,6 +171,19 @@ class RunFacts:
     completed_at: datetime | None
     last_error: str | None
     event_count: int | None
+    muted_categories: list[str] | None = None  # what its first attempt left out
+    muted_events: int = 0
+
+
+@dataclass(frozen=True)
+class QueueFacts:
+    """Whether workers are taking runs, as of the database's `now`."""
+
+    now: datetime
+    processing: int  # runs any worker holds now
+    latest_claim_at: datetime | None  # of those
+    last_delivery_at: datetime | None  # of any user
+    due_before: int  # pending runs due before the user's next one
 
 
 @dataclass(frozen=True)
@@ -149,6 +198,7 @@ class UserFacts:
     last_delivery: DeliveryRow | None
     events_waiting: int
     oldest_event_at: datetime | None
+    queue: QueueFacts | None = None  # None: not read (`explain` then gives no due times)
 
     @property
     def is_unknown(self) -> bool:
@@ -217,15 +267,12 @@ def load_facts(conn: Connection, user_id: str) -> UserFacts:
     """The facts about `user_id`'s digest, read in a handful of small queries."""
     params: dict[str, Any] = {"bucket": bucket_of(user_id), "user_id": user_id}
     recipient = recipients.facts(conn, user_id)
-    suppression = None
-    if recipient is not None:
-        found = conn.execute(SUPPRESSION_GET_FOR_ADDRESS, {"email": recipient.email.strip()})
-        row = found.one_or_none()
-        suppression = SuppressionFacts(**row._asdict()) if row else None
+    suppression = _suppression(conn, recipient)
     pending = conn.execute(RUN_GET_NEXT_PENDING, params).one_or_none()
     recent = conn.execute(RUN_LIST_RECENT_FINISHED, {**params, "limit": RECENT_RUNS})
     last = conn.execute(DELIVERY_GET_LAST_FOR_USER, params).one_or_none()
     waiting = conn.execute(EVENT_COUNT_WAITING_FOR_USER, params).one()
+    queue = _queue_facts(conn, pending.scheduled_for if pending is not None else None)
     return UserFacts(
         user_id=user_id,
         recipient=recipient,
@@ -235,7 +282,67 @@ def load_facts(conn: Connection, user_id: str) -> UserFacts:
         last_delivery=DeliveryRow(**last._asdict()) if last else None,
         events_waiting=int(waiting.events),
         oldest_event_at=waiting.oldest,
+        queue=queue,
     )
+
+
+def _queue_facts(conn: Connection, due_at: datetime | None) -> QueueFacts:
+    """Whether workers are taking runs, every shard asked in turn; `due_at`: the user's
+    next run's due time, to count the overdue runs before it."""
+    now: datetime | None = None
+    processing = 0
+    latest_claim_at: datetime | None = None
+    last_delivery_at: datetime | None = None
+    shard_map = shards.for_connection(conn)
+    for buckets in shard_map.shards:
+        row = conn.execute(QUEUE_GET_ACTIVITY.bind(buckets)).one()
+        now = row.now if now is None else max(now, row.now)
+        processing += int(row.processing)
+        latest_claim_at = _latest(latest_claim_at, row.latest_claim_at)
+        last_delivery_at = _latest(last_delivery_at, row.last_delivery_at)
+    assert now is not None  # a shard map has at least one shard
+    due_before = 0
+    if due_at is not None and due_at <= now:
+        for buckets in shard_map.shards:
+            found = conn.execute(RUN_COUNT_DUE_BEFORE.bind(buckets), {"scheduled_for": due_at})
+            due_before += int(found.scalar_one())
+    return QueueFacts(now, processing, latest_claim_at, last_delivery_at, due_before)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _suppression(conn: Connection, recipient: RecipientFacts | None) -> SuppressionFacts | None:
+    if recipient is None:
+        return None
+    found = conn.execute(SUPPRESSION_GET_FOR_ADDRESS, {"email": recipient.email.strip()})
+    row = found.one_or_none()
+    return SuppressionFacts(**row._asdict()) if row else None
+
+
+def preview_warnings(conn: Connection, user_id: str) -> list[str]:
+    """Why a preview of `user_id`'s digest shows mail that would not be sent, if it does."""
+    recipient = recipients.facts(conn, user_id)
+    if recipient is None:
+        return []
+    suppression = _suppression(conn, recipient)
+    warnings = []
+    if recipient.cadence == Cadence.OFF:
+        warnings.append(
+            f"user {user_id} has cadence off, so no digest is sent to them; "
+            "this is what a daily digest would hold"
+        )
+    if recipient.unsubscribed_at is not None:
+        warnings.append(
+            f"user {user_id} unsubscribed at {_when(recipient.unsubscribed_at, _zone(recipient))}, "
+            "so no digest is sent to them"
+        )
+    if suppression is not None:
+        warnings.append(
+            f"{suppression.email} is suppressed ({suppression.reason}), so it is never mailed"
+        )
+    return warnings
 
 
 def why(conn: Connection, user_id: str) -> tuple[UserFacts, list[str]]:
@@ -266,7 +373,9 @@ def explain(facts: UserFacts) -> list[str]:
             f"remove with `digest suppress remove {s.email}`."
         )
     sentences.append(_next_run_sentence(facts, zone))
-    sentences.extend(_run_sentence(run, zone) for run in facts.recent_runs)
+    if (workers := _workers_sentence(facts, zone)) is not None:
+        sentences.append(workers)
+    sentences.extend(_run_sentence(run, zone) + _muted_sentence(run) for run in facts.recent_runs)
     sentences.append(_delivery_sentence(facts.last_delivery, zone))
     sentences.append(_events_sentence(facts, zone))
     return sentences
@@ -316,24 +425,102 @@ def _recipient_sentences(recipient: RecipientFacts, zone: ZoneInfo) -> list[str]
             f"They unsubscribed at {_when(recipient.unsubscribed_at, zone)}, "
             "so no digests are scheduled or sent."
         )
+    if recipient.muted_categories:
+        muted = ", ".join(sorted(recipient.muted_categories))
+        sentences.append(f"Their digests leave out the muted categories {muted}.")
+    if recipient.quiet_hours:
+        sentences.append(
+            f"Quiet hours {recipient.quiet_hours} {recipient.timezone} local time: "
+            "alerts wait until they end; digests keep their send hour."
+        )
     return sentences
 
 
+def span(seconds: float) -> str:
+    """A duration as people say it, to the minute: `13 minutes`, `2 hours 5 minutes`, `3 days`."""
+    seconds = abs(seconds)
+    if seconds < 60:
+        return plural(int(seconds), "second")
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return plural(minutes, "minute")
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return plural(hours, "hour") + (f" {plural(minutes, 'minute')}" if minutes else "")
+    days, hours = divmod(hours, 24)
+    return plural(days, "day") + (f" {plural(hours, 'hour')}" if hours else "")
+
+
+def _overdue(run: RunFacts, queue: QueueFacts | None) -> bool:
+    return queue is not None and run.scheduled_for <= queue.now
+
+
+def _muted_sentence(run: RunFacts) -> str:
+    """` N events of muted categories (…) were left out.`, or nothing."""
+    if not run.muted_events:
+        return ""
+    count = run.muted_events
+    events = plural(count, "event")
+    muted = ", ".join(sorted(run.muted_categories or ()))
+    return f" {events} of muted categories ({muted}) {'was' if count == 1 else 'were'} left out."
+
+
 def _next_run_sentence(facts: UserFacts, zone: ZoneInfo) -> str:
-    run = facts.next_run
+    run, queue = facts.next_run, facts.queue
     if run is not None:
-        return (
+        head = (
             f"The next digest is run {run.id} ({run.cadence}), pending and due at "
-            f"{_when(run.scheduled_for, zone)}."
+            f"{_when(run.scheduled_for, zone)}"
         )
+        if queue is None:
+            return f"{head}."
+        if not _overdue(run, queue):
+            return f"{head} (in {span((run.scheduled_for - queue.now).total_seconds())})."
+        late = span((queue.now - run.scheduled_for).total_seconds())
+        before = (
+            f", with {plural(queue.due_before, 'run')} due before it" if queue.due_before else ""
+        )
+        return f"{head}, overdue by {late}{before}."
     recipient = facts.recipient
-    if recipient is not None and (recipient.cadence == Cadence.OFF or recipient.unsubscribed_at):
+    if recipient is None:
+        return (
+            "`digest schedule` creates no run without a recipient "
+            f"(`digest recipients set {facts.user_id} --email ...` creates one)."
+        )
+    if recipient.cadence == Cadence.OFF or recipient.unsubscribed_at:
         return "No digest run is pending, and none will be while that stays so."
     if not facts.recent_runs:
         return "Never scheduled yet — `digest schedule` runs from cron and creates the first run."
     return (
         "No digest run is pending; the next `digest schedule` (from cron) creates one "
         "at the next send time."
+    )
+
+
+def _workers_sentence(facts: UserFacts, zone: ZoneInfo) -> str | None:
+    """For an overdue run: whether any worker is taking runs, so support knows whom to ask."""
+    run, queue = facts.next_run, facts.queue
+    if run is None or queue is None or not _overdue(run, queue):
+        return None
+    if queue.processing and queue.latest_claim_at is not None:
+        ago = span((queue.now - queue.latest_claim_at).total_seconds())
+        return (
+            f"Workers are busy: {plural(queue.processing, 'run is', 'runs are')} being "
+            f"processed, the latest claimed at {_when(queue.latest_claim_at, zone)} ({ago} ago)."
+        )
+    if queue.last_delivery_at is None:
+        last = "no delivery has ever been recorded"
+    else:
+        ago = span((queue.now - queue.last_delivery_at).total_seconds())
+        last = (
+            "the last delivery of any user was recorded at "
+            f"{_when(queue.last_delivery_at, zone)} ({ago} ago)"
+        )
+        if queue.now - queue.last_delivery_at < RECENT_DELIVERY:
+            return f"No worker holds a run right now; {last}."
+    return (
+        f"No worker has claimed a run lately: none is being processed, and {last}; "
+        "is `digest work` running?"
     )
 
 
@@ -346,7 +533,7 @@ def _run_sentence(run: RunFacts, zone: ZoneInfo) -> str:
     attempt = f"attempt {run.attempt}"
     reason = run.last_error or "no reason recorded"
     if run.status == RunStatus.SENT:
-        events = f" with {run.event_count} events" if run.event_count is not None else ""
+        events = f" with {plural(run.event_count, 'event')}" if run.event_count is not None else ""
         return f"{head} was sent{at}{events} ({attempt})."
     if run.status == RunStatus.SKIPPED:
         why = "there was nothing new to send" if run.last_error == "no events" else reason
@@ -397,8 +584,13 @@ def _delivery_sentence(delivery: DeliveryRow | None, zone: ZoneInfo) -> str:
 def _events_sentence(facts: UserFacts, zone: ZoneInfo) -> str:
     if facts.events_waiting == 0 or facts.oldest_event_at is None:
         return "No events are waiting for the next digest."
-    noun = "event is" if facts.events_waiting == 1 else "events are"
+    waiting = plural(facts.events_waiting, "event is", "events are")
+    if facts.recipient is None:
+        return (
+            f"{waiting} waiting, but no digest is sent to a user id without a recipient; "
+            f"the oldest is from {_when(facts.oldest_event_at, zone)}."
+        )
     return (
-        f"{facts.events_waiting} {noun} waiting for the next digest, the oldest from "
+        f"{waiting} waiting for the next digest, the oldest from "
         f"{_when(facts.oldest_event_at, zone)}."
     )

@@ -1,8 +1,9 @@
-"""Text from outside (bounce reasons, SMTP replies, addresses) made safe to print on a terminal.
+"""Text for people: text from outside made safe to print, and counts in English.
 
 A remote server's reply can carry escape sequences that retitle the window, clear the
 screen, recolour or hide what follows, or a bidi override that shows text reversed. The CLI
 prints such text only through `printable`: every control character becomes a visible escape.
+Every count a summary or a sentence shows goes through `plural` ("1 event", "2 events").
 """
 
 from __future__ import annotations
@@ -29,3 +30,20 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """`text` with control characters as visible escapes (`\\x1b`) and line breaks as spaces."""
     return _CONTROL.sub(_escape, text)
+
+
+_SIBILANT = ("s", "x", "z", "ch", "sh")
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """`1 event`, `2 events`, `1,200 deliveries`: the count and the noun it takes in English."""
+    if count == 1:
+        return f"{count:,} {noun}"
+    if plural_form is None:
+        if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "o", "u", ""):
+            plural_form = noun[:-1] + "ies"
+        elif noun.endswith(_SIBILANT):
+            plural_form = noun + "es"
+        else:
+            plural_form = noun + "s"
+    return f"{count:,} {plural_form}"

@@ -38,7 +38,7 @@ from digest.buckets import BUCKETS
 
 DEFAULT_PURPOSE = "digest"
 FORMAT = 2
-FORMAT_1 = 1  # no bucket: mail sent before migration 0006
+FORMAT_1 = 1  # no bucket: mail sent before migration 0007
 TOKEN_LENGTH = 44  # base64url of 33 bytes
 # A link works for this many days after its email's date (CAN-SPAM asks for 30).
 MAX_AGE_DAYS = 90

@@ -14,7 +14,7 @@ import logging
 
 from sqlalchemy import Connection
 
-from digest import shards
+from digest import logs, shards
 from digest.shards import Sharded
 
 log = logging.getLogger(__name__)
@@ -90,5 +90,5 @@ def reset_expired_once(
     pending = sum(1 for _, status in rows if status == "pending")
     failed = len(rows) - pending
     for run_id, status in rows:
-        log.warning("run_lease_expired run_id=%s status=%s", run_id, status)
+        logs.event(log, "run_lease_expired", logging.WARNING, run_id=run_id, status=status)
     return pending, failed

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from digest import claim, retry, shards, watchdog
+from digest import claim, logs, retry, shards, watchdog
 from digest.channels.base import SendError, Transport
 from digest.channels.ratelimit import TokenBucket
 from digest.claim import Held
-from digest.compose import Composer, signing_key
+from digest.compose import Composer, make_renderer, signing_key
 from digest.config import Settings
 from digest.errors import first_line
 from digest.heartbeat import Heartbeat
@@ -45,6 +45,7 @@ from digest.models import (
 from digest.render import Renderer
 
 log = logging.getLogger(__name__)
+INFO, WARNING, ERROR, CRITICAL = logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL
 
 # A database outage (see `Worker.run`). A worker that holds nothing unrecorded gives up on
 # a database it has not reached for this long and exits non-zero, for a supervisor to see.
@@ -123,6 +124,9 @@ class _Batch:
     sending: list[tuple[ClaimedRun, Future[Outcome | None]]] = field(default_factory=list)
     unsent: list[Held] = field(default_factory=list)
     landed: set[int] | None = None  # set once its outcomes are recorded
+    # run id -> ms from the start of its compose to its outcome (the sending threads write
+    # their own runs' entries)
+    took_ms: dict[int, float] = field(default_factory=dict)
 
     def sent(self) -> int:
         """Outcomes known and not recorded yet of mail that may be out: sent, or unknown."""
@@ -169,7 +173,7 @@ class Worker:
         self.transport = transport
         self.composer = Composer(
             settings,
-            renderer or Renderer(settings.templates_dir),
+            renderer or make_renderer(settings),
             signing_key(settings, transport.name),
             transport.name,
         )
@@ -269,22 +273,23 @@ class Worker:
                     held = len(in_flight) + len(recording) + len(self.unreleased)
                     if not held and outage.seconds() > MAX_OUTAGE_SECONDS:
                         self.fatal = f"database unavailable: {outage.cause}"
-                        log.critical("worker_stopping reason=%r", self.fatal)
+                        logs.event(log, "worker_stopping", CRITICAL, reason=self.fatal)
                         break
                     delay = self._retry_delay(outage.tries)
-                    log.error(
-                        "database_unavailable for=%.1fs retry_in=%.1fs held_batches=%d "
-                        "held_sent=%d error=%r",
-                        outage.seconds(),
-                        delay,
-                        len(in_flight) + len(recording),
-                        sum(b.sent() for b in in_flight),
-                        outage.cause,
+                    logs.event(
+                        log,
+                        "database_unavailable",
+                        ERROR,
+                        down_s=round(outage.seconds(), 1),
+                        retry_in_s=round(delay, 1),
+                        held_batches=len(in_flight) + len(recording),
+                        held_sent=sum(b.sent() for b in in_flight),
+                        error=outage.cause,
                     )
                     self.stop.wait(delay)
                     continue
                 if outage is not None:
-                    log.warning("database_back after=%.1fs", outage.seconds())
+                    logs.event(log, "database_back", WARNING, down_s=round(outage.seconds(), 1))
                     outage = None
                 if claimed is None:
                     if drain:
@@ -329,7 +334,8 @@ class Worker:
             self.stats.released += leftovers
             self.swept = True
             if leftovers:
-                log.warning("released_leftovers runs=%d: claimed by a lost reply", leftovers)
+                # runs a claim took whose reply the outage lost
+                logs.event(log, "released_leftovers", WARNING, runs=leftovers)
 
     def _record_before_exit(
         self,
@@ -354,35 +360,34 @@ class Worker:
                     self._give_up(in_flight, first_line(exc))
                     return
                 delay = min(self._retry_delay(tries), left)
-                log.error(
-                    "database_unavailable stopping retry_in=%.1fs held_batches=%d held_sent=%d "
-                    "error=%r",
-                    delay,
-                    len(in_flight),
-                    sum(b.sent() for b in in_flight),
-                    first_line(exc),
+                logs.event(
+                    log,
+                    "database_unavailable",
+                    ERROR,
+                    stopping=True,
+                    retry_in_s=round(delay, 1),
+                    held_batches=len(in_flight),
+                    held_sent=sum(b.sent() for b in in_flight),
+                    error=first_line(exc),
                 )
                 time.sleep(delay)
 
     def _give_up(self, in_flight: deque[_Batch], error: str) -> None:
-        """Log, in one line, what this worker could not record before exiting."""
+        """Log, in one record, what this worker could not record before exiting: these runs
+        wait for their leases to run out (unless a record landed unanswered), then the
+        `sent` ones are sent again, or failed as unknown_outcome at most once (`then`)."""
         for batch in in_flight:
             self._settle(batch)
-        sent = sum(b.sent() for b in in_flight)
-        runs = sum(len(b.runs) for b in in_flight if b.landed is None)
-        unsent = len(self.unreleased) + sum(len(b.unsent) for b in in_flight)
-        again = "failed as unknown_outcome" if self.at_most_once else "sent again"
-        log.critical(
-            "gave_up_recording batches=%d runs=%d sent=%d unsent=%d error=%r: these runs "
-            "wait for their leases to run out (unless a record landed unanswered), then "
-            "the %d sent are %s",
-            len(in_flight),
-            runs,
-            sent,
-            unsent,
-            error,
-            sent,
-            again,
+        logs.event(
+            log,
+            "gave_up_recording",
+            CRITICAL,
+            batches=len(in_flight),
+            runs=sum(len(b.runs) for b in in_flight if b.landed is None),
+            sent=sum(b.sent() for b in in_flight),
+            unsent=len(self.unreleased) + sum(len(b.unsent) for b in in_flight),
+            error=error,
+            then="failed as unknown_outcome" if self.at_most_once else "sent again",
         )
 
     # -- one batch ------------------------------------------------------------------------
@@ -422,10 +427,13 @@ class Worker:
         try:
             self._release_unreleased(beat)
         except OperationalError as exc:
-            log.warning(
-                "release_failed runs=%d error=%r: kept, given back when the database answers",
-                len(self.unreleased),
-                first_line(exc),
+            # kept, and given back when the database answers
+            logs.event(
+                log,
+                "release_failed",
+                WARNING,
+                runs=len(self.unreleased),
+                error=first_line(exc),
             )
 
     def _release_unreleased(self, beat: Heartbeat) -> None:
@@ -458,31 +466,34 @@ class Worker:
 
     def _prepare_batch(self, claimed: _Claimed, pool: ThreadPoolExecutor) -> _Batch:
         batch = _Batch(claimed.runs, claimed.started)
-        outgoing: list[tuple[ClaimedRun, OutgoingMessage, int]] = []
+        outgoing: list[tuple[ClaimedRun, OutgoingMessage, int, float]] = []
         for run in claimed.runs:
+            started = time.monotonic()
             try:
                 prepared = self.composer.compose(run)
             except Exception as exc:  # a bug fails the run, never the loop
-                log.exception("run_error run_id=%s", run.id)
+                _run_error(run)
                 prepared = Outcome(
                     run, RunStatus.FAILED, run.digest.total_events, error=f"internal error: {exc!r}"
                 )
             if isinstance(prepared, Outcome):
                 batch.decided.append(prepared)
+                batch.took_ms[run.id] = _ms_since(started)
             else:
-                outgoing.append((run, prepared, run.digest.total_events))
+                outgoing.append((run, prepared, run.digest.total_events, started))
         if outgoing and self.at_most_once:
             with self.engine.connect() as conn:
-                claim.mark_sending(conn, self.me, [run for run, _, _ in outgoing])
-        for run, message_, count in outgoing:
+                claim.mark_sending(conn, self.me, [run for run, _, _, _ in outgoing])
+        for run, message_, count, started in outgoing:
             if self.inline_sends:
-                outcome = self._send_one(run, message_, count)
+                outcome = self._send_one(batch, run, message_, count, started)
                 if outcome is None:
                     batch.unsent.append((run.bucket, run.id, run.attempt))
                 else:
                     batch.decided.append(outcome)
             else:
-                batch.sending.append((run, pool.submit(self._send_one, run, message_, count)))
+                sent = pool.submit(self._send_one, batch, run, message_, count, started)
+                batch.sending.append((run, sent))
         return batch
 
     def _settle(self, batch: _Batch) -> None:
@@ -509,24 +520,33 @@ class Worker:
                 batch.unsent = []
         beat.drop(claim.holding(batch.runs))
         self.stats.batches += 1
-        duration_ms = (time.monotonic() - batch.started) * 1000 / max(len(batch.runs), 1)
         for outcome in batch.decided:
             ok = outcome.run.id in batch.landed
             self.stats.add(outcome, ok)
-            self._log(outcome, ok, duration_ms)
+            took = batch.took_ms.get(outcome.run.id)
+            self._log(outcome, ok, _ms_since(batch.started) if took is None else took)
 
-    def _send_one(self, run: ClaimedRun, outgoing: OutgoingMessage, count: int) -> Outcome | None:
-        """In a sending thread: the outcome, or None when the worker stopped (or cannot
-        record outcomes) before sending."""
+    def _send_one(
+        self,
+        batch: _Batch,
+        run: ClaimedRun,
+        outgoing: OutgoingMessage,
+        count: int,
+        started: float,
+    ) -> Outcome | None:
+        """In a sending thread: the outcome (its time since `started` noted in the batch),
+        or None when the worker stopped (or cannot record outcomes) before sending."""
         if self.stop.is_set() or self.fatal is not None or self.db_away.is_set():
             return None
         if self.limiter is not None and not self.limiter.acquire(self.stop):
             return None
         try:
-            return self.send(run, outgoing, count)
+            outcome = self.send(run, outgoing, count)
         except Exception as exc:  # a transport bug fails the run, never the loop
-            log.exception("run_error run_id=%s", run.id)
-            return Outcome(run, RunStatus.FAILED, count, error=f"internal error: {exc!r}")
+            _run_error(run)
+            outcome = Outcome(run, RunStatus.FAILED, count, error=f"internal error: {exc!r}")
+        batch.took_ms[run.id] = _ms_since(started)
+        return outcome
 
     def send(self, run: ClaimedRun, outgoing: OutgoingMessage, event_count: int) -> Outcome | None:
         """Hand the message to the transport and classify what happened.
@@ -539,7 +559,13 @@ class Worker:
         except SendError as exc:
             if exc.kind == "fatal":
                 self.fatal = exc.reason
-                log.critical("transport_fatal transport=%s reason=%s", self.transport.name, exc)
+                logs.event(
+                    log,
+                    "transport_fatal",
+                    CRITICAL,
+                    transport=self.transport.name,
+                    reason=exc.reason,
+                )
                 return None
             return retry.after_failure(
                 run,
@@ -556,16 +582,20 @@ class Worker:
         return retry.after_success(run, outgoing, result, event_count)
 
     def _log(self, outcome: Outcome, landed: bool, duration_ms: float) -> None:
-        status = outcome.status if landed else "lease_lost"
-        log.info(
-            "run_outcome run_id=%s user_id=%s status=%s attempt=%s events=%s duration_ms=%.1f%s",
-            outcome.run.id,
-            outcome.run.user_id,
-            status,
-            outcome.run.attempt,
-            outcome.event_count,
-            duration_ms,
-            f" reason={outcome.error!r}" if outcome.error else "",
+        """One run_outcome record: lease_lost for an outcome the fence refused."""
+        if not log.isEnabledFor(INFO):  # the bench turns these off: build nothing
+            return
+        reason = {"reason": outcome.error} if outcome.error else {}
+        logs.event(
+            log,
+            "run_outcome",
+            run_id=outcome.run.id,
+            user_id=outcome.run.user_id,
+            status=str(outcome.status) if landed else "lease_lost",
+            attempt=outcome.run.attempt,
+            events=outcome.event_count,
+            duration_ms=round(duration_ms, 1),
+            **reason,
         )
 
 
@@ -588,6 +618,15 @@ def _recorded(
     in_flight.extendleft(reversed(failed))
     if error is not None:
         raise error
+
+
+def _ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1000
+
+
+def _run_error(run: ClaimedRun) -> None:
+    """A bug met while composing or sending `run`: its traceback, in its run's record."""
+    logs.exception(log, "run_error", run_id=run.id, user_id=run.user_id, attempt=run.attempt)
 
 
 def _unknown(outcome: Outcome) -> bool:

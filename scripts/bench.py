@@ -49,11 +49,10 @@ import bench_scale  # noqa: E402
 
 from digest import content, migrate, recipients  # noqa: E402
 from digest.channels.email.null import NullTransport  # noqa: E402
-from digest.compose import Composer  # noqa: E402
+from digest.compose import Composer, make_renderer  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import embedded_url, make_engine  # noqa: E402
 from digest.models import ClaimedRun, OutgoingMessage, SendResult  # noqa: E402
-from digest.render import Renderer  # noqa: E402
 from digest.scheduler import schedule_once  # noqa: E402
 from digest.worker import Worker  # noqa: E402
 
@@ -286,7 +285,7 @@ def naive(url: str, engine: Engine, settings: Settings, limit: int) -> Row:
     from naive import drain
 
     reset_runs(url, engine)
-    renderer = Renderer(settings.templates_dir)
+    renderer = make_renderer(settings)
     started = time.perf_counter()
     sent = drain(engine, settings, renderer, NullTransport(), limit)
     return Row("naive way, 1 process", sent, time.perf_counter() - started, 1)
@@ -296,7 +295,7 @@ def _render_slice(args: tuple[list[ClaimedRun], Settings]) -> tuple[int, float, 
     """Compose each run as the worker does (render and MIME bytes), no database; (count,
     seconds, CPU seconds of this process)."""
     runs, settings = args
-    composer = Composer(settings, Renderer(settings.templates_dir), "k", "null")
+    composer = Composer(settings, make_renderer(settings), "k", "null")
     gc.freeze()  # as `digest work` does once its templates are loaded
     started, cpu = time.perf_counter(), time.process_time()
     for run in runs:
@@ -369,7 +368,7 @@ def queue_rows(
             job_engine,
             settings.with_(secret_key="bench"),
             NullTransport(),
-            renderer=Renderer(settings.templates_dir),
+            renderer=make_renderer(settings),
         )
         ctx = bench_queues.JobContext(job_engine, worker)
         try:

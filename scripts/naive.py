@@ -90,7 +90,7 @@ def drain(
         )
         message_id = message.make_message_id(run.id, "localhost")
         mime = message.build_email_message(
-            from_name=settings.from_name,
+            from_name=settings.sender_name,
             from_address=settings.from_address,
             to_name=recipient.name,
             to_address=recipient.email,

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from digest import logs
 from digest.channels.base import SendError, Transport
 from digest.models import OutgoingMessage, SendResult
 
@@ -56,7 +57,13 @@ class FallbackTransport:
                     raise
                 with self._lock:
                     self._down_until[index] = self.clock() + self.cooldown
-                log.warning("transport_down transport=%s reason=%r", transport.name, exc.reason)
+                logs.event(
+                    log,
+                    "transport_down",
+                    logging.WARNING,
+                    transport=transport.name,
+                    reason=exc.reason,
+                )
                 failures.append(f"{transport.name}: {exc.reason}")
         raise SendError(
             "transient", "every transport is down (" + "; ".join(failures) + ")", down=True

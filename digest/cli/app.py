@@ -9,7 +9,6 @@ use them (docs/performance.md, "CLI start-up").
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from digest import logs
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.terminal import printable
@@ -24,7 +24,6 @@ from digest.terminal import printable
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
 NO_SCHEMA = "the database has no digest schema yet: run `digest migrate`"
 
 
@@ -105,7 +104,7 @@ def _describe(exc: Exception) -> str:
 
 def _missing_schema(app: App | None, exc: Exception) -> str | None:
     """For a table or column that does not exist (a schema from before it, such as the
-    bucket of migration 0006): what alembic says the schema is, and the fix."""
+    bucket of migration 0007): what alembic says the schema is, and the fix."""
     if app is None or "psycopg" not in sys.modules:  # no database was asked anything
         return None
     import psycopg.errors
@@ -174,12 +173,7 @@ def cli(
         raise UserError(str(exc)) from exc
     if database_url:
         settings = settings.with_(database_url=database_url)
-    level = os.environ.get("DIGEST_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=logging.DEBUG if debug else getattr(logging, level, logging.INFO),
-        format=LOG_FORMAT,
-        stream=sys.stderr,
-    )
+    logs.setup(logging.DEBUG if debug else settings.log_level, settings.log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     app = App(settings=settings, debug=debug)
     ctx.obj = app

@@ -20,6 +20,7 @@ from digest.cli.app import App
 from digest.errors import DigestError
 from digest.ingest.fields import MAX_PAYLOAD_BYTES
 from digest.models import Cadence
+from digest.terminal import plural
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -129,15 +130,19 @@ def recipients() -> None:
 def recipients_import(app: App, file: str, fmt: Format | None, skip_bad: bool) -> None:
     """Create or update recipients from FILE (JSON Lines or CSV with a header; `-` is stdin).
 
-    Fields: user_id and email (required); name; cadence daily|weekly|off; timezone (IANA
-    name, e.g. Europe/Berlin); send_hour 0-23 (local time); weekly_day 1-7 (Monday=1) or
-    mon..sun; locale (e.g. en, pt-BR). Unknown fields or columns are refused.
+    Fields: user_id (required); email (required for a new recipient); name; cadence
+    daily|weekly|off; timezone (IANA name, e.g. Europe/Berlin); send_hour 0-23 (local
+    time); weekly_day 1-7 (Monday=1) or mon..sun; locale (e.g. en, pt-BR);
+    muted_categories (a JSON list, or text like "like,follow"; [] for none): left out of
+    the digests; quiet_hours (local, e.g. 22:00-07:00, or off): alerts wait for their end.
+    Unknown fields or columns are refused.
 
-    A field that is missing (or an empty CSV cell) keeps an existing recipient's value; a
-    new recipient gets the default: cadence daily, timezone UTC, send_hour 8, weekly_day 1,
-    locale en. A row that changes nothing writes nothing, so importing the same file again
-    changes nothing. A changed cadence, timezone, send_hour or weekly_day cancels that
-    user's pending digest runs; the next `digest schedule` creates the right one.
+    A field that is missing (or an empty CSV cell) keeps an existing recipient's value, the
+    email too, so a file of user_id and send_hour changes only the hours; a new recipient
+    gets the default: cadence daily, timezone UTC, send_hour 8, weekly_day 1, locale en.
+    A row that changes nothing writes nothing, so importing the same file again changes
+    nothing. A changed cadence, timezone, send_hour or weekly_day cancels that user's
+    pending digest runs; the next `digest schedule` creates the right one.
 
     A user_id listed more than once: the rows apply in order, as if imported one after
     another, so each field ends with the value of the last row that gives it.
@@ -165,12 +170,12 @@ def recipients_import(app: App, file: str, fmt: Format | None, skip_bad: bool) -
         )
     seconds = time.perf_counter() - started
     summary = (
-        f"{_source(file)}: {result.rows:,} recipients in {seconds:.1f}s "
+        f"{_source(file)}: {plural(result.rows, 'recipient')} in {seconds:.1f}s "
         f"({_rate(result.rows, seconds)}/s): {result.created:,} created, "
         f"{result.updated:,} updated, {result.unchanged:,} unchanged"
     )
     if result.skipped:
-        summary += f"; {result.skipped:,} bad lines skipped"
+        summary += f"; {plural(result.skipped, 'bad line')} skipped"
     click.echo(summary)
 
 
@@ -194,6 +199,14 @@ def _format_of(path: str) -> Format:
 @click.option("--send-hour", help="Local hour to send, 0-23.")
 @click.option("--weekly-day", help="Day for weekly digests: 1-7 (Monday=1) or mon..sun.")
 @click.option("--locale", help="Language of the digest, e.g. en, pt-BR.")
+@click.option(
+    "--muted-categories",
+    help="Categories left out of the digests, comma-separated, e.g. like,follow ('' for none).",
+)
+@click.option(
+    "--quiet-hours",
+    help="Local quiet hours, e.g. 22:00-07:00, or off (alerts wait for their end).",
+)
 @click.pass_obj
 def recipients_set(
     app: App,
@@ -205,11 +218,14 @@ def recipients_set(
     send_hour: str | None,
     weekly_day: str | None,
     locale: str | None,
+    muted_categories: str | None,
+    quiet_hours: str | None,
 ) -> None:
     """Create or update one recipient; only the options given change.
 
     A changed cadence, timezone, send hour or weekly day cancels the user's pending digest
-    runs; the next `digest schedule` creates the right one.
+    runs; the next `digest schedule` creates the right one. Muted categories apply from the
+    next digest on; quiet hours are kept for alerts (digests keep their send hour).
     """
     options = {
         "email": email,
@@ -219,6 +235,8 @@ def recipients_set(
         "send_hour": send_hour,
         "weekly_day": weekly_day,
         "locale": locale,
+        "muted_categories": muted_categories,
+        "quiet_hours": quiet_hours,
     }
     changes = {key: value for key, value in options.items() if value is not None}
     if not changes:
@@ -229,13 +247,15 @@ def recipients_set(
     if result.action == "created":
         message = f"created recipient {user_id}"
     elif result.action == "updated":
-        changed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in result.changes.items())
+        changed = ", ".join(
+            f"{k} {_shown(k, old)} -> {_shown(k, new)}" for k, (old, new) in result.changes.items()
+        )
         message = f"updated recipient {user_id}: {changed}"
     else:
         message = f"recipient {user_id} unchanged"
     if result.cancelled_runs:
         message += (
-            f"; cancelled {result.cancelled_runs} pending run(s), "
+            f"; cancelled {plural(result.cancelled_runs, 'pending run')}, "
             "the next `digest schedule` creates the new one"
         )
     click.echo(message)
@@ -257,8 +277,17 @@ def recipients_show(app: App, user_id: str, as_json: bool) -> None:
         return
     width = max(map(len, row))
     for name, value in row.items():
-        shown = "" if value is None else str(value)
+        shown = ",".join(value) if isinstance(value, list) else "" if value is None else str(value)
         click.echo(f"{name:<{width}}  {shown}".rstrip())
+
+
+def _shown(field: str, value: object) -> str:
+    """A recipient field's value as `recipients set` reports a change of it."""
+    if field == "muted_categories":
+        return ",".join(value) or "none" if isinstance(value, tuple | list) else str(value)
+    if field == "quiet_hours":
+        return str(value) if value else "off"
+    return str(value)
 
 
 # -------------------------------------------------------------------------------- events
@@ -280,7 +309,11 @@ def events() -> None:
     help="A JSON object shown by the templates (at most 64 KB, nested 64 deep, numbers of "
     "100 characters; no NaN, NUL or lone surrogates).",
 )
-@click.option("--created-at", help="ISO 8601 time (no offset = UTC); default now.")
+@click.option(
+    "--created-at",
+    help="ISO 8601 time (no offset = UTC); default now; at most DIGEST_MAX_CLOCK_SKEW "
+    "(5 minutes) ahead of the database's clock.",
+)
 @click.option("--key", "event_key", help="Idempotency key: a second event with it is ignored.")
 @click.pass_obj
 def events_add(
@@ -319,6 +352,7 @@ def events_add(
         created_at=created_at,
         event_key=event_key,
         categories=app.settings.categories,
+        max_clock_skew=app.settings.max_clock_skew_seconds,
     )
     if new_id is None:
         click.echo(f"already recorded: user {user_id} has an event with key {event_key!r}")
@@ -329,8 +363,14 @@ def events_add(
 @events.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--skip-bad", is_flag=True, help="Load the good lines; report bad ones, exit 0.")
+@click.option(
+    "--key-from-line",
+    is_flag=True,
+    help="Give each line without an event_key one derived from its content, so importing "
+    "the file again adds nothing.",
+)
 @click.pass_obj
-def events_import(app: App, file: str, skip_bad: bool) -> None:
+def events_import(app: App, file: str, skip_bad: bool, key_from_line: bool) -> None:
     """Load events from a JSON Lines FILE (one object per line; `-` reads stdin).
 
     Each line: {"user_id", "category", "entity_type", "entity_id", "actor_id"?,
@@ -344,7 +384,10 @@ def events_import(app: App, file: str, skip_bad: bool) -> None:
     exit status is 0.
 
     A line whose event_key the user already has (in the database or earlier in the file)
-    is ignored, so re-importing a file of keyed events adds nothing.
+    is ignored, so re-importing a file of keyed events adds nothing. Lines without one are
+    always new: --key-from-line gives each such line the key `line-sha256:` + the SHA-256
+    of its JSON object re-serialised canonically (keys sorted, no spaces), so a re-import,
+    even re-spaced or with its keys reordered, adds nothing (identical lines are one event).
     """
     from rich.console import Console
 
@@ -360,14 +403,21 @@ def events_import(app: App, file: str, skip_bad: bool) -> None:
             skip_bad=skip_bad,
             categories=app.settings.categories,
             on_bad=_report_bad(console),
+            key_from_line=key_from_line,
+            max_clock_skew=app.settings.max_clock_skew_seconds,
         )
     seconds = time.perf_counter() - started
+    read = result.loaded + result.duplicates
     summary = (
-        f"{_source(file)}: loaded {result.loaded:,} events in {seconds:.1f}s "
-        f"({_rate(result.loaded, seconds)} events/s)"
+        f"{_source(file)}: {plural(read, 'event')} in {seconds:.1f}s "
+        f"({_rate(read, seconds)}/s): {result.loaded:,} new, "
+        f"{result.duplicates:,} already there"
     )
-    if result.duplicates:
-        summary += f"; {result.duplicates:,} already recorded (same event_key) ignored"
     if result.skipped:
-        summary += f"; {result.skipped:,} bad lines skipped"
+        summary += f"; {plural(result.skipped, 'bad line')} skipped"
+    if result.keyless:
+        summary += (
+            f"; {result.keyless:,} {'has' if result.keyless == 1 else 'have'} no event_key: "
+            "importing them again adds them again (--key-from-line prevents that)"
+        )
     click.echo(summary)

@@ -19,6 +19,7 @@ from digest.cli.app import App
 from digest.errors import DigestError, ValidationError
 from digest.feedback.ses import MAX_BODY_BYTES, FeedbackError, parse_event, unwrap
 from digest.ingest.lines import BAD_LINES_SHOWN, UTF8_BOM
+from digest.terminal import plural
 
 # One document is at most what one SNS message can carry.
 MAX_DOCUMENT_BYTES = MAX_BODY_BYTES
@@ -72,8 +73,9 @@ def feedback_ingest(app: App, source: IO[bytes], transient_limit: int | None) ->
             counts["orphans"] += result.orphan
             counts["suppressed"] += len(result.suppressed)
     click.echo(
-        f"{len(documents)} events: {counts['new']} new, {counts['replays']} already seen, "
-        f"{counts['orphans']} unmatched, {counts['suppressed']} addresses suppressed"
+        f"{plural(len(documents), 'event')}: {counts['new']:,} new, "
+        f"{counts['replays']:,} already seen, {counts['orphans']:,} unmatched, "
+        f"{plural(counts['suppressed'], 'address', 'addresses')} suppressed"
     )
 
 

@@ -11,6 +11,7 @@ import click
 
 from digest.cli.app import App, fail, pass_app
 from digest.models import RunStatus
+from digest.terminal import plural
 
 
 @click.command("migrate")
@@ -97,7 +98,7 @@ def schedule_cmd(app: App, now_text: str | None, spread: int | None, jobs: int |
         created = schedule(engine, now, spread, jobs)
     finally:
         engine.dispose()
-    click.echo(f"scheduled {created} new runs as of {now.isoformat()}")
+    click.echo(f"scheduled {plural(created, 'new run')} as of {now.isoformat()}")
 
 
 @click.command("watchdog")
@@ -160,8 +161,8 @@ def purge_cmd(app: App, older_than: str, batch_size: int) -> None:
         fail(f"--older-than: {older_than.strip()} reaches too far back")
     result = purge(app.engine(), cutoff, batch_size)
     click.echo(
-        f"purged {result.events} events, {result.deliveries} deliveries, "
-        f"{result.feedback} feedback events, {result.runs} runs "
+        f"purged {plural(result.events, 'event')}, {plural(result.deliveries, 'delivery')}, "
+        f"{plural(result.feedback, 'feedback event')}, {plural(result.runs, 'run')} "
         f"finished before {cutoff.isoformat(timespec='seconds')}"
     )
 
@@ -185,8 +186,8 @@ def _print_report(report: dict[str, Any]) -> None:
         + (f" (oldest due {report['oldest_due_pending']}, {lag:.0f}s late)" if lag else "")
     )
     console.print(
-        f"events waiting: {report['events_waiting']} "
-        f"for {report['users_with_events_waiting']} users"
+        f"events waiting: {report['events_waiting']:,} "
+        f"for {plural(report['users_with_events_waiting'], 'user')}"
     )
     if report["deliveries_by_day"]:
         rates = Table(title="deliveries, last 7 days (UTC)")
@@ -203,7 +204,10 @@ def _print_report(report: dict[str, Any]) -> None:
     for warning in report["warnings"]:
         console.print(f"[bold red]warning:[/] {warning}")
     if report["recipients_with_unknown_timezone"]:
+        unknown = report["recipients_with_unknown_timezone"]
         console.print(
-            f"[yellow]warning:[/] {report['recipients_with_unknown_timezone']} recipients have a "
-            "time zone PostgreSQL does not know; they are not scheduled"
+            f"[yellow]warning:[/] {plural(unknown, 'recipient has', 'recipients have')} a "
+            "time zone PostgreSQL does not know; "
+            + ("it is" if unknown == 1 else "they are")
+            + " not scheduled"
         )

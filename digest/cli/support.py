@@ -8,13 +8,16 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from digest.cli.app import App, fail, pass_app
 from digest.models import DeliveryStatus
 from digest.terminal import printable
+
+if TYPE_CHECKING:
+    from digest.support import DeliveryRow
 
 DELIVERY_STATUSES = tuple(s.value for s in DeliveryStatus)
 
@@ -42,7 +45,11 @@ def deliveries(
     limit: int,
     as_json: bool,
 ) -> None:
-    """Messages handed to a transport and what became of them, newest first."""
+    """Messages handed to a transport and what became of them, newest first.
+
+    On a terminal: a table. Piped: tab-separated lines under a header line (`cut`, `awk`,
+    a spreadsheet), one per delivery, never wrapped. --json: exact text, for programs.
+    """
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -57,6 +64,10 @@ def deliveries(
     if as_json:
         # json.dumps escapes every control character (ensure_ascii): the text stays exact
         click.echo(json.dumps([_record(asdict(row)) for row in rows], indent=2))
+        return
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        _print_tsv(rows)
         return
     if not rows:
         click.echo("no deliveries match")
@@ -86,7 +97,30 @@ def deliveries(
             Text(printable(row.provider_message_id or "")),
             Text(printable(row.reason or "")),
         )
-    Console(highlight=False).print(table)
+    console.print(table)
+
+
+TSV_COLUMNS = (
+    "created_at",
+    "run_id",
+    "user_id",
+    "recipient",
+    "transport",
+    "status",
+    "provider_message_id",
+    "reason",
+)
+
+
+def _print_tsv(rows: list[DeliveryRow]) -> None:
+    """A header, then a line per delivery; `printable` turns tabs and line breaks in remote
+    text into spaces, so a field never splits a line or a column."""
+    click.echo("\t".join(TSV_COLUMNS))
+    for row in rows:
+        fields = asdict(row)
+        fields["created_at"] = row.created_at.astimezone(UTC).isoformat(timespec="seconds")
+        shown = ("" if fields[name] is None else str(fields[name]) for name in TSV_COLUMNS)
+        click.echo("\t".join(map(printable, shown)))
 
 
 _STATUS_STYLES: Mapping[str, str] = {
@@ -143,10 +177,19 @@ def _record(value: Any) -> Any:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
 @pass_app
 def preview_cmd(app: App, user_id: str, fmt: str, out: Path | None) -> None:
-    """Render USER's next digest as it would be sent now, changing nothing."""
+    """Render USER's next digest as it would be sent now, changing nothing.
+
+    When the digest would not be sent (cadence off, unsubscribed, a suppressed address),
+    it is still rendered, and stderr says why it would not go out.
+    """
+    from digest import support
     from digest.preview import preview
 
     rendered = preview(app.engine(), app.settings, user_id)
+    with app.engine().connect() as conn:
+        warnings = support.preview_warnings(conn, user_id)
+    for warning in warnings:
+        click.echo(f"digest: warning: {printable(warning)}", err=True)
     body = rendered.html if fmt == "html" else f"Subject: {rendered.subject}\n\n{rendered.text}"
     if out:
         try:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, text
 
-from digest import recipients, shards, suppressions
+from digest import logs, recipients, shards, suppressions
 from digest.db import atomic
 from digest.errors import ValidationError
 from digest.feedback.ses import SesEvent, parse_event, short, unwrap
@@ -180,16 +180,17 @@ def ingest(
             },
         ).scalar()
         if event_id is None:
-            log.info("feedback_replay sns_message_id=%s", message_id)
+            logs.event(log, "feedback_replay", sns_message_id=message_id)
             return IngestResult(event.event_type, None)
         result = _apply(conn, event, match, transient_limit)
-    log.info(
-        "feedback event_type=%s delivery_id=%s orphan=%s status=%s suppressed=%d",
-        event.event_type,
-        match.id if match else None,
-        match is None,
-        result.status,
-        len(result.suppressed),
+    logs.event(
+        log,
+        "feedback_applied",
+        event_type=event.event_type,
+        delivery_id=match.id if match else None,
+        orphan=match is None,
+        status=result.status,
+        suppressed=len(result.suppressed),
     )
     return IngestResult(
         event.event_type,
@@ -283,7 +284,7 @@ def _keys(addresses: Collection[str]) -> Iterator[str]:
         try:
             key = suppressions.normalise(address)
         except ValidationError:
-            log.info("feedback_unusable_address")  # may be redacted; never logged itself
+            logs.event(log, "feedback_unusable_address")  # may be redacted; never logged itself
             continue
         if key not in seen:
             seen.add(key)

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from digest import untrusted
+from digest import logs, untrusted
 from digest.config import Settings
 from digest.feedback import sns
 from digest.feedback.apply import ingest
@@ -42,7 +42,8 @@ def ses_webhook_route(
     """
     allowed = frozenset(topics) if topics is not None else settings.sns_topics
     if not allowed:
-        log.warning("ses_webhook no SNS topics allowed (%s): every message is refused", TOPICS_ENV)
+        # every message is refused
+        logs.event(log, "ses_webhook_no_topics", logging.WARNING, setting=TOPICS_ENV)
     limit = settings.transient_bounce_limit if transient_limit is None else transient_limit
     visit = confirm or sns.fetch_https
     cache: sns.KeyCache = {}
@@ -54,28 +55,33 @@ def ses_webhook_route(
         except untrusted.NotJsonError:  # not an SNS message, like anything unsigned
             return PlainTextResponse("forbidden\n", status_code=403)
         except untrusted.JsonError as exc:  # JSON that would crash us or the database
-            log.warning("ses_webhook unusable body: %s", exc)
+            logs.event(log, "ses_webhook_unusable_body", logging.WARNING, reason=str(exc))
             return PlainTextResponse(f"{exc}\n", status_code=400)
         try:
             await run_in_threadpool(sns.verify, envelope, topics=allowed, fetch=fetch, cache=cache)
         except sns.SnsError as exc:
-            log.warning("ses_webhook refused: %s", exc.reason)
+            logs.event(log, "ses_webhook_refused", logging.WARNING, reason=exc.reason)
             return PlainTextResponse("forbidden\n", status_code=403)
         kind = envelope["Type"]
         if kind == "SubscriptionConfirmation":
             url = envelope["SubscribeURL"]
             if not sns.is_sns_url(url):
-                log.warning("ses_webhook refused: SubscribeURL is not an SNS URL")
+                logs.event(
+                    log,
+                    "ses_webhook_refused",
+                    logging.WARNING,
+                    reason="SubscribeURL is not an SNS URL",
+                )
                 return PlainTextResponse("forbidden\n", status_code=403)
             try:
                 await run_in_threadpool(visit, url)
             except Exception as exc:  # SNS sends the confirmation again; say why it failed
-                log.warning("ses_webhook subscription not confirmed: %s", exc)
+                logs.event(log, "ses_webhook_not_confirmed", logging.WARNING, reason=str(exc))
                 return PlainTextResponse("could not confirm\n", status_code=502)
-            log.info("ses_webhook subscription confirmed topic=%s", envelope["TopicArn"])
+            logs.event(log, "ses_webhook_confirmed", topic=envelope["TopicArn"])
             return PlainTextResponse("confirmed\n")
         if kind != "Notification":
-            log.info("ses_webhook %s topic=%s", kind, envelope["TopicArn"])
+            logs.event(log, "ses_webhook_ignored", type=kind, topic=envelope["TopicArn"])
             return PlainTextResponse("ok\n")
         try:
             result = await run_in_threadpool(
@@ -86,7 +92,7 @@ def ses_webhook_route(
                 transient_limit=limit,
             )
         except FeedbackError as exc:
-            log.warning("ses_webhook unusable notification: %s", exc)
+            logs.event(log, "ses_webhook_unusable_notification", logging.WARNING, reason=str(exc))
             return PlainTextResponse(f"{exc}\n", status_code=400)
         return PlainTextResponse("replay\n" if result.replay else "ok\n")
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeAlias
 
 import orjson
@@ -32,7 +33,8 @@ from digest.ingest.fields import (
     unknown_fields,
 )
 from digest.ingest.lines import BadLine, BadLines, read_jsonl
-from digest.ingest.store import EVENT_FIELDS, EventRow, insert_one, store_rows
+from digest.ingest.store import EVENT_FIELDS, TRANSACTION_NOW, EventRow, insert_one, store_rows
+from digest.terminal import plural
 
 CATEGORY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _EVENT_FIELD_SET: Final = frozenset(EVENT_FIELDS)
@@ -56,6 +58,27 @@ FROM_ENV: Final = _FromEnv.FROM_ENV
 """Default for `categories`: the allow-list of DIGEST_CATEGORIES, if set."""
 
 Categories: TypeAlias = Collection[str] | Literal[_FromEnv.FROM_ENV] | None
+# Seconds an event's created_at may be ahead of the database's clock; None: no limit.
+ClockSkew: TypeAlias = float | Literal[_FromEnv.FROM_ENV] | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotAfter:
+    """The latest created_at accepted: the database's `now` plus the allowed `skew`."""
+
+    latest: datetime
+    skew: timedelta
+
+    def refuse(self, moment: datetime) -> ValidationError:
+        """The error for a `moment` past `latest`, naming the skew allowed."""
+        seconds = int(self.skew.total_seconds())
+        allowed = (
+            plural(seconds // 60, "minute") if seconds % 60 == 0 else plural(seconds, "second")
+        )
+        return ValidationError(
+            f"created_at {moment.isoformat()} is ahead of the database's clock by more than "
+            f"{allowed} (DIGEST_MAX_CLOCK_SKEW); it would wait unseen until then"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +97,35 @@ class EventIn:
 
 @dataclass(frozen=True, slots=True)
 class EventImport:
-    """What an import did: events stored, keyed duplicates ignored, bad lines skipped."""
+    """What an import did: events stored, keyed duplicates ignored, bad lines skipped, and
+    how many stored have no key (a second import of the file would store them again)."""
 
     loaded: int
     duplicates: int
     skipped: int
+    keyless: int = 0
+
+
+# A key derived from a line says how: `line-sha256:` and the hash of the line's canonical JSON.
+LINE_KEY_PREFIX: Final = "line-sha256:"
+
+
+def line_key(value: Mapping[str, Any]) -> str:
+    """The event_key `--key-from-line` gives a line's object: a SHA-256 of the object
+    re-serialised canonically (sorted keys, no spaces, ASCII escapes), so the same event
+    written with other spacing or key order gets the same key."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return LINE_KEY_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _keyed_by_line(value: object) -> object:
+    """A line's object with its derived key, unless it has an event_key of its own."""
+    if type(value) is dict and value.get("event_key") is None:
+        try:
+            return {**value, "event_key": line_key(value)}
+        except (TypeError, ValueError, RecursionError):  # validation says what is wrong
+            return value
+    return value
 
 
 def env_categories() -> frozenset[str] | None:
@@ -91,6 +138,30 @@ def _categories_from(raw: str) -> frozenset[str] | None:
     # Only this variable: a producer must not fail over an unrelated worker setting. Cached
     # by its text, so a changed variable still applies at the next event.
     return Settings.from_env({"DIGEST_CATEGORIES": raw}).categories
+
+
+def env_clock_skew() -> float:
+    """DIGEST_MAX_CLOCK_SKEW in seconds (its default when unset)."""
+    return _skew_from(os.environ.get("DIGEST_MAX_CLOCK_SKEW"))
+
+
+@functools.lru_cache(maxsize=8)
+def _skew_from(raw: str | None) -> float:
+    env = {} if raw is None else {"DIGEST_MAX_CLOCK_SKEW": raw}
+    return Settings.from_env(env).max_clock_skew_seconds
+
+
+def _not_after(conn: Connection, skew: ClockSkew) -> NotAfter | None:
+    """The bound on created_at, from the database's clock (one query), or None for no limit."""
+    seconds = env_clock_skew() if skew is FROM_ENV else skew
+    if seconds is None:
+        return None
+    now = conn.execute(TRANSACTION_NOW).scalar_one()
+    try:
+        allowed = timedelta(seconds=seconds)
+        return NotAfter(now + allowed, allowed)
+    except OverflowError:  # a skew of millennia reaches past year 9999: no limit
+        return None
 
 
 def _allow_list(categories: Categories) -> frozenset[str] | None:
@@ -173,7 +244,7 @@ def _payload(value: object) -> str:
     return encoded
 
 
-def _created_at(value: object) -> datetime | None:
+def _created_at(value: object, not_after: NotAfter | None = None) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -196,6 +267,8 @@ def _created_at(value: object) -> datetime | None:
             f"created_at must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC), "
             f"got {show(value if isinstance(value, str) else moment.isoformat())}"
         )
+    if not_after is not None and moment > not_after.latest:
+        raise not_after.refuse(moment)
     return moment
 
 
@@ -210,6 +283,7 @@ def event_row(
     event_key: object = None,
     *,
     allowed: frozenset[str] | None = None,
+    not_after: NotAfter | None = None,
 ) -> EventRow:
     """Validate one event's fields and return the row to store, or raise ValidationError."""
     return (
@@ -219,12 +293,14 @@ def event_row(
         text_field("entity_id", entity_id),
         optional_text("actor_id", actor_id),
         _payload(payload),
-        _created_at(created_at),
+        _created_at(created_at, not_after),
         optional_text("event_key", event_key),
     )
 
 
-def validate_event(event: object, *, allowed: frozenset[str] | None = None) -> EventRow:
+def validate_event(
+    event: object, *, allowed: frozenset[str] | None = None, not_after: NotAfter | None = None
+) -> EventRow:
     """Validate a mapping (unknown keys refused) or an EventIn into the row to store."""
     if type(event) is not dict:  # a plain dict, the usual case, skips the slower ABC checks
         if isinstance(event, EventIn):
@@ -238,6 +314,7 @@ def validate_event(event: object, *, allowed: frozenset[str] | None = None) -> E
                 event.created_at,
                 event.event_key,
                 allowed=allowed,
+                not_after=not_after,
             )
         if not isinstance(event, Mapping):
             raise ValidationError(f"an event must be a JSON object, got {json_type(event)}")
@@ -255,6 +332,7 @@ def validate_event(event: object, *, allowed: frozenset[str] | None = None) -> E
         get("created_at"),
         get("event_key"),
         allowed=allowed,
+        not_after=not_after,
     )
 
 
@@ -270,27 +348,36 @@ def record_event(
     created_at: datetime | str | None = None,
     event_key: str | int | None = None,
     categories: Categories = FROM_ENV,
+    max_clock_skew: ClockSkew = FROM_ENV,
 ) -> int | None:
     """Store one event and return its id; None when `event_key` was already stored for the user.
 
     With an Engine the event is committed at once; with a Connection it joins the caller's
-    transaction (the caller commits).
+    transaction (the caller commits). A `created_at` more than `max_clock_skew` seconds
+    ahead of the database's clock (DIGEST_MAX_CLOCK_SKEW, 300) is refused; None: no limit.
     """
-    row = event_row(
-        user_id,
-        category,
-        entity_type,
-        entity_id,
-        actor_id,
-        payload,
-        created_at,
-        event_key,
-        allowed=_allow_list(categories),
-    )
+
+    def insert(conn: Connection) -> int | None:
+        # The database's clock is asked only when the producer gives a time.
+        not_after = _not_after(conn, max_clock_skew) if created_at is not None else None
+        row = event_row(
+            user_id,
+            category,
+            entity_type,
+            entity_id,
+            actor_id,
+            payload,
+            created_at,
+            event_key,
+            allowed=_allow_list(categories),
+            not_after=not_after,
+        )
+        return insert_one(conn, row)
+
     if isinstance(target, Engine):
         with target.begin() as conn:
-            return insert_one(conn, row)
-    return insert_one(target, row)
+            return insert(conn)
+    return insert(target)
 
 
 def record_events(
@@ -298,23 +385,25 @@ def record_events(
     rows: Iterable[Mapping[str, Any] | EventIn],
     *,
     categories: Categories = FROM_ENV,
+    max_clock_skew: ClockSkew = FROM_ENV,
 ) -> int:
     """Store many events by COPY, all or none, and return how many were inserted.
 
     Rows whose (user_id, event_key) is already stored, or repeated in `rows`, are ignored
-    and not counted. A bad row raises ValidationError naming its index; nothing is stored.
+    and not counted. A bad row (a created_at beyond `max_clock_skew`, as for `record_event`,
+    among them) raises ValidationError naming its index; nothing is stored.
     """
     allowed = _allow_list(categories)
 
-    def validated() -> Iterator[EventRow]:
+    def validated(not_after: NotAfter | None) -> Iterator[EventRow]:
         for index, row in enumerate(rows):
             try:
-                yield validate_event(row, allowed=allowed)
+                yield validate_event(row, allowed=allowed, not_after=not_after)
             except ValidationError as exc:
                 raise ValidationError(f"rows[{index}]: {exc}") from None
 
     with atomic(target) as conn:
-        inserted, _ = store_rows(conn, validated())
+        inserted, _ = store_rows(conn, validated(_not_after(conn, max_clock_skew)))
     return inserted
 
 
@@ -326,23 +415,34 @@ def import_events(
     skip_bad: bool = False,
     categories: Categories = FROM_ENV,
     on_bad: Callable[[BadLine], None] | None = None,
+    key_from_line: bool = False,
+    max_clock_skew: ClockSkew = FROM_ENV,
 ) -> EventImport:
     """Load JSON Lines events in one transaction, streaming; all or nothing unless `skip_bad`.
 
     All or nothing: any bad line raises BadInputError (listing the first bad lines by
     number) and nothing is stored. With `skip_bad` the good lines are stored and each bad
-    one is passed to `on_bad`.
+    one is passed to `on_bad`. With `key_from_line` a line without an event_key gets
+    `line_key` of its object, so importing the file again stores nothing twice. A line
+    dated beyond `max_clock_skew` is bad, as in `record_event`.
     """
     allowed = _allow_list(categories)
     bad = BadLines(source, on_bad if skip_bad else None)
+    keyless = 0
+    not_after: NotAfter | None = None
+
+    def validate(value: object) -> EventRow:
+        nonlocal keyless
+        value = _keyed_by_line(value) if key_from_line else value
+        row = validate_event(value, allowed=allowed, not_after=not_after)
+        keyless += row[7] is None
+        return row
 
     with atomic(target) as conn:
-        rows = bad.valid(
-            read_jsonl(lines),
-            lambda value: validate_event(value, allowed=allowed),
-            skip_bad=skip_bad,
-        )
+        not_after = _not_after(conn, max_clock_skew)
+        rows = bad.valid(read_jsonl(lines), validate, skip_bad=skip_bad)
         inserted, ignored = store_rows(conn, rows)
         if bad.count and not skip_bad:
             raise bad.error()
-    return EventImport(loaded=inserted, duplicates=ignored, skipped=bad.count)
+    # a keyless row never conflicts: every one counted was stored
+    return EventImport(inserted, ignored, bad.count, keyless)

@@ -15,7 +15,7 @@ import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from functools import cache
 from typing import Any, Final, Literal
 
@@ -27,7 +27,8 @@ from digest.channels.email.mime import HeaderError, validate_email
 from digest.db import atomic, raw
 from digest.errors import ValidationError
 from digest.ingest import lines as input_lines
-from digest.ingest.fields import CONTROL, MAX_TEXT, show, text_field, unknown_fields
+from digest.ingest.events import CATEGORY_PATTERN
+from digest.ingest.fields import CONTROL, MAX_TEXT, json_type, show, text_field, unknown_fields
 from digest.ingest.lines import BadLine, BadLines, read_jsonl
 from digest.models import Cadence
 
@@ -40,6 +41,8 @@ RECIPIENT_FIELDS: Final = (
     "send_hour",
     "weekly_day",
     "locale",
+    "muted_categories",
+    "quiet_hours",
 )
 _FIELD_SET: Final = frozenset(RECIPIENT_FIELDS)
 WEEKDAYS: Final = {
@@ -54,6 +57,9 @@ WEEKDAYS: Final = {
 _HOST_ONLY_ZONES: Final = frozenset({"localtime", "posixrules"})
 LOCALE_PATTERN: Final = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
 CADENCES: Final = tuple(c.value for c in Cadence)
+MAX_MUTED: Final = 100  # as the recipients_muted_categories_check constraint
+QUIET_HOURS_PATTERN: Final = re.compile(r"(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)")
+CLOCK_PATTERN: Final = re.compile(r"(\d{1,2}):(\d\d)")
 _ENCODED_WORD = re.compile(r"=\?.*\?=", re.S)
 # Rows per upsert statement: big enough to amortise the round trips, small enough to keep
 # memory and each statement's lock set modest.
@@ -67,7 +73,8 @@ RECIPIENT_STAGE_CREATE = text(
     """
     CREATE TEMP TABLE IF NOT EXISTS recipients_stage (
         bucket smallint, user_id text, email text, name text, cadence text, timezone text,
-        send_hour smallint, weekly_day smallint, locale text, shape smallint
+        send_hour smallint, weekly_day smallint, locale text, muted_categories text[],
+        quiet_start time, quiet_end time, shape smallint
     ) ON COMMIT DROP
     """
 )
@@ -75,7 +82,7 @@ RECIPIENT_STAGE_CREATE = text(
 RECIPIENT_STAGE_TRUNCATE = text("TRUNCATE recipients_stage")
 RECIPIENT_STAGE_COPY: Final = (
     "COPY recipients_stage (bucket, user_id, email, name, cadence, timezone, send_hour, "
-    "weekly_day, locale, shape) FROM STDIN"
+    "weekly_day, locale, muted_categories, quiet_start, quiet_end, shape) FROM STDIN"
 )
 # The upsert, in two statements over the same staged rows: the first writes the rows that
 # are new or whose schedule (cadence, zone, hour, day) changes, and returns the latter, whose
@@ -91,8 +98,10 @@ RECIPIENT_STAGE_COPY: Final = (
 _UPSERT = """
     WITH upserted AS (
         INSERT INTO recipients AS r
-               (bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale)
-        SELECT bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale
+               (bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+                muted_categories, quiet_start, quiet_end)
+        SELECT bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+               muted_categories, quiet_start, quiet_end
           FROM recipients_stage
          WHERE shape = :shape
          ORDER BY bucket, user_id
@@ -105,6 +114,11 @@ _UPSERT = """
             weekly_day = CASE WHEN :set_weekly_day THEN excluded.weekly_day
                               ELSE r.weekly_day END,
             locale = CASE WHEN :set_locale THEN excluded.locale ELSE r.locale END,
+            muted_categories = CASE WHEN :set_muted_categories THEN excluded.muted_categories
+                                    ELSE r.muted_categories END,
+            quiet_start = CASE WHEN :set_quiet_hours THEN excluded.quiet_start
+                               ELSE r.quiet_start END,
+            quiet_end = CASE WHEN :set_quiet_hours THEN excluded.quiet_end ELSE r.quiet_end END,
             subscription_version = r.subscription_version
                 + CASE WHEN :set_cadence AND r.cadence = 'off' AND excluded.cadence <> 'off'
                             AND r.unsubscribed_at IS NULL THEN 1 ELSE 0 END,
@@ -120,9 +134,14 @@ _SCHEDULE_CHANGED = """(:set_cadence AND r.cadence IS DISTINCT FROM excluded.cad
            OR (:set_timezone AND r.timezone IS DISTINCT FROM excluded.timezone)
            OR (:set_send_hour AND r.send_hour IS DISTINCT FROM excluded.send_hour)
            OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM excluded.weekly_day)"""
+# Muted categories and quiet hours move no run: a change of them alone cancels nothing.
 _REST_CHANGED = """(:set_email AND r.email IS DISTINCT FROM excluded.email)
            OR (:set_name AND r.name IS DISTINCT FROM excluded.name)
-           OR (:set_locale AND r.locale IS DISTINCT FROM excluded.locale)"""
+           OR (:set_locale AND r.locale IS DISTINCT FROM excluded.locale)
+           OR (:set_muted_categories
+               AND r.muted_categories IS DISTINCT FROM excluded.muted_categories)
+           OR (:set_quiet_hours AND (r.quiet_start IS DISTINCT FROM excluded.quiet_start
+                                     OR r.quiet_end IS DISTINCT FROM excluded.quiet_end))"""
 RECIPIENT_UPSERT_RESCHEDULING = text(_UPSERT.format(changed=_SCHEDULE_CHANGED))
 RECIPIENT_UPSERT_REST = text(_UPSERT.format(changed=_REST_CHANGED))
 
@@ -135,13 +154,15 @@ class RecipientIn:
     """
 
     user_id: str
-    email: str | None  # None only for `set` on an existing recipient: the email is kept
+    email: str | None  # None when not given: an existing recipient's email is kept
     name: str | None = None
     cadence: str = Cadence.DAILY
     timezone: str = "UTC"
     send_hour: int = 8
     weekly_day: int = 1
     locale: str = "en"
+    muted_categories: tuple[str, ...] = ()  # sorted, no repeats
+    quiet_hours: str | None = None  # `22:00-07:00`, local time; None: none
     given: frozenset[str] = frozenset({"email"})
 
 
@@ -253,6 +274,62 @@ def _locale(value: object) -> str:
     return value.strip()
 
 
+def clock(value: str) -> time | None:
+    """`H:MM` or `HH:MM` (24-hour) as a time, or None when it is not one."""
+    match = CLOCK_PATTERN.fullmatch(value.strip())
+    if match is None or int(match[1]) > 23 or int(match[2]) > 59:
+        return None
+    return time(int(match[1]), int(match[2]))
+
+
+def quiet_window(start: time, end: time) -> str:
+    """Quiet hours as they are written and stored in imports: `22:00-07:00`."""
+    if start == end:
+        raise ValidationError("quiet_hours must not start and end at the same time")
+    return f"{start:%H:%M}-{end:%H:%M}"
+
+
+def parse_quiet_hours(text: str) -> tuple[time, time] | None:
+    """The (start, end) of a normalised `quiet_hours` value, or None for none."""
+    start, _, end = text.partition("-")
+    first, last = clock(start), clock(end)
+    return None if first is None or last is None else (first, last)
+
+
+def _quiet_hours(value: object) -> str | None:
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return None
+    match = QUIET_HOURS_PATTERN.fullmatch(value.strip()) if isinstance(value, str) else None
+    start = clock(f"{match[1]}:{match[2]}") if match else None
+    end = clock(f"{match[3]}:{match[4]}") if match else None
+    if start is None or end is None:
+        raise ValidationError(f"quiet_hours must be like '22:00-07:00' or 'off', got {show(value)}")
+    return quiet_window(start, end)
+
+
+def muted_categories(value: object) -> tuple[str, ...]:
+    """Category names as a sorted tuple without repeats, from a list or from text like
+    `like, follow` (`''` or `[]`: none); ValidationError names the first bad one."""
+    if isinstance(value, str):
+        text = value.strip()
+        items: list[object] = [] if text in ("", "[]") else [i.strip() for i in text.split(",")]
+        items = [i for i in items if i != ""]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValidationError(
+            "muted_categories must be a list of categories or text like 'like,follow', "
+            f"got {json_type(value)}"
+        )
+    for item in items:
+        if not isinstance(item, str) or not CATEGORY_PATTERN.fullmatch(item):
+            raise ValidationError(f"muted_categories: {show(item)} is not a category name")
+    names = tuple(sorted({str(item) for item in items}))
+    if len(names) > MAX_MUTED:
+        raise ValidationError(f"at most {MAX_MUTED} muted categories, got {len(names)}")
+    return names
+
+
 _CHECKS: Final[tuple[tuple[str, Callable[[object], object]], ...]] = (
     ("name", _name),
     ("cadence", _cadence),
@@ -260,6 +337,8 @@ _CHECKS: Final[tuple[tuple[str, Callable[[object], object]], ...]] = (
     ("send_hour", lambda v: _whole("send_hour", v, 0, 23)),
     ("weekly_day", _weekly_day),
     ("locale", _locale),
+    ("muted_categories", muted_categories),
+    ("quiet_hours", _quiet_hours),
 )
 
 
@@ -297,7 +376,10 @@ def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[i
         for r in batch.values():
             shape = shapes.setdefault(r.given, len(shapes))
             row = (r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day, r.locale)
-            copy.write_row((bucket_of(r.user_id), r.user_id, *row, shape))
+            quiet = r.quiet_hours.split("-") if r.quiet_hours else (None, None)
+            copy.write_row(
+                (bucket_of(r.user_id), r.user_id, *row, list(r.muted_categories), *quiet, shape)
+            )
     created = updated = cancelled = 0
     now = datetime.now(UTC)
     for given, shape in shapes.items():
@@ -311,23 +393,59 @@ def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[i
     return created, updated, cancelled
 
 
-def _store(conn: Connection, rows: Iterable[RecipientIn]) -> tuple[int, int, int]:
+NEEDS_EMAIL: Final = "email is required for a new recipient"
+# Refuses the row numbered (line, or index) with the reason.
+Refuse = Callable[[int, str], None]
+# A validated row, or the reason its line is bad, numbered by line (or index).
+Numbered = tuple[int, "RecipientIn | str"]
+
+
+def _store(conn: Connection, rows: Iterable[Numbered], refuse: Refuse) -> tuple[int, int, int]:
+    """Upsert numbered rows in batches, all or none; a row without an email for a user who
+    has no recipient yet (stored, or from an earlier row) is refused and left out, like a
+    bad line. Bad lines go to `refuse` in line order, found in a batch or before it."""
     count = created = updated = 0
+    pending: list[Numbered] = []
+    for numbered in rows:
+        pending.append(numbered)
+        if len(pending) >= BATCH_ROWS:
+            n, c, u = _store_batch(conn, pending, refuse)
+            count, created, updated, pending = count + n, created + c, updated + u, []
+    if pending:
+        n, c, u = _store_batch(conn, pending, refuse)
+        count, created, updated = count + n, created + c, updated + u
+    return count, created, updated
+
+
+def _store_batch(conn: Connection, rows: list[Numbered], refuse: Refuse) -> tuple[int, int, int]:
+    # Rows without an email change an existing recipient: the batch asks for the stored
+    # emails once (earlier batches' rows are stored by now, in this transaction).
+    emailless = {r.user_id for _, r in rows if not isinstance(r, str) and r.email is None}
+    stored = recipients.emails_of(conn, emailless) if emailless else {}
+    count = 0
     batch: dict[str, RecipientIn] = {}
-    for row in rows:
-        count += 1
+    for number, row in rows:
+        if isinstance(row, str):
+            refuse(number, row)
+            continue
         # A user_id repeated in one batch becomes one row (a statement cannot update the
         # same row twice): the later row's given fields over the earlier's, exactly what
         # two statements do when the repeat falls in the next batch. Either way the rows
         # apply in file order, and each field ends with the last value given for it.
         earlier = batch.get(row.user_id)
+        if row.email is None:
+            known = stored.get(row.user_id) if earlier is None else earlier.email
+            if known is None:
+                refuse(number, NEEDS_EMAIL)
+                continue
+            # Not given, so not written; it only fills the insert half of the upsert,
+            # which PostgreSQL checks for NOT NULL before it finds the conflict.
+            row.email = known
+        count += 1
         batch[row.user_id] = row if earlier is None else _merged(earlier, row)
-        if len(batch) >= BATCH_ROWS:
-            c, u, _ = _upsert_batch(conn, batch)
-            created, updated, batch = created + c, updated + u, {}
-    if batch:
-        c, u, _ = _upsert_batch(conn, batch)
-        created, updated = created + c, updated + u
+    if not batch:
+        return count, 0, 0
+    created, updated, _ = _upsert_batch(conn, batch)
     return count, created, updated
 
 
@@ -343,29 +461,43 @@ def _merged(earlier: RecipientIn, later: RecipientIn) -> RecipientIn:
 def upsert_recipients(
     target: Connection | Engine, rows: Iterable[Mapping[str, Any] | RecipientIn]
 ) -> RecipientImport:
-    """Validate and upsert recipients in batches, all or none; a bad row raises ValidationError."""
+    """Validate and upsert recipients in batches, all or none; a bad row (or one without an
+    email for a user with no recipient yet) raises ValidationError."""
 
-    def validated() -> Iterator[RecipientIn]:
+    def validated() -> Iterator[Numbered]:
         for index, row in enumerate(rows):
             if isinstance(row, RecipientIn):
-                yield row
+                yield index, row
                 continue
             try:
-                yield validate_recipient(row)
+                yield index, validate_recipient(row, require_email=False)
             except ValidationError as exc:
                 raise ValidationError(f"rows[{index}]: {exc}") from None
 
+    def refuse(index: int, reason: str) -> None:
+        raise ValidationError(f"rows[{index}]: {reason}")
+
     with atomic(target) as conn:
-        count, created, updated = _store(conn, validated())
+        count, created, updated = _store(conn, validated(), refuse)
     return RecipientImport(rows=count, created=created, updated=updated, skipped=0)
 
 
 def read_csv(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, object, str | None]]:
     """Recipient rows from CSV with a header row (`digest.ingest.lines.read_csv`): the
-    columns are recipient fields, user_id and email among them."""
-    return input_lines.read_csv(
-        lines, source, fields=RECIPIENT_FIELDS, required=("user_id", "email")
-    )
+    columns are recipient fields, user_id among them."""
+    return input_lines.read_csv(lines, source, fields=RECIPIENT_FIELDS, required=("user_id",))
+
+
+def _checked(records: Iterable[tuple[int, object, str | None]]) -> Iterator[Numbered]:
+    """Each record validated (email optional), or the reason its line is bad."""
+    for number, value, reason in records:
+        if reason is not None:
+            yield number, reason
+            continue
+        try:
+            yield number, validate_recipient(value, require_email=False)
+        except ValidationError as exc:
+            yield number, str(exc)
 
 
 def import_recipients(
@@ -386,8 +518,9 @@ def import_recipients(
     records = read_jsonl(lines) if fmt == "jsonl" else read_csv(lines, source)
 
     with atomic(target) as conn:
-        valid = bad.valid(records, validate_recipient, skip_bad=skip_bad)
-        count, created, updated = _store(conn, valid)
+        # Unlike the events import, a failing file is still written (then rolled back):
+        # whether a row without an email is bad depends on the rows stored before it.
+        count, created, updated = _store(conn, _checked(records), bad.add)
         if bad.count and not skip_bad:
             raise bad.error()
     return RecipientImport(rows=count, created=created, updated=updated, skipped=bad.count)
@@ -417,8 +550,13 @@ def set_recipient(
     if current is None:
         return RecipientSet("created", {}, cancelled)
     diff: dict[str, tuple[object, object]] = {
-        name: (current[name], getattr(wanted, name))
+        name: (_comparable(current[name]), getattr(wanted, name))
         for name in RECIPIENT_FIELDS
-        if name in wanted.given and current[name] != getattr(wanted, name)
+        if name in wanted.given and _comparable(current[name]) != getattr(wanted, name)
     }
     return RecipientSet("updated" if diff else "unchanged", diff, cancelled)
+
+
+def _comparable(value: object) -> object:
+    """A stored value as `RecipientIn` holds it (arrays come back as lists)."""
+    return tuple(value) if isinstance(value, list) else value

@@ -18,6 +18,7 @@ from typing import Any
 from digest.channels.email.mime import quoted_printable
 from digest.models import DigestContent, DigestRequest, RenderedDigest
 from digest.render.templates import CompiledTemplate
+from digest.render.view import with_more
 
 # The two bodies as sent (UTF-8 quoted-printable, CRLF line ends) get 94 KiB; the headers
 # (at most ~4 KB: subject, names and addresses are length-limited) get the rest of 102 KB.
@@ -51,8 +52,7 @@ def fitted(
     if html_parts and text_parts:
         # Items end with a line break, so their sizes as sent add up. Count as many as
         # fit beside the head and the largest tail ("…and N more" with N at its top).
-        more = max(content.total_groups, count)
-        worst = {**ctx, "has_more": True, "more": more, "more_label": f"{more} more updates"}
+        worst = with_more(ctx, max(content.total_groups, count))
         html_fixed = html_parts[0] + html.tail_of(worst)
         used = sent_size(html_fixed) + sent_size(text_parts[0] + text.tail_of(worst))
         count = 0
@@ -115,4 +115,6 @@ def _joined(parts: tuple[str, list[str], str]) -> str:
 
 def _first(content: DigestContent, count: int) -> DigestContent:
     """`content` showing only its first `count` groups (the others count as more)."""
-    return DigestContent(content.groups[:count], content.total_groups, content.total_events)
+    return DigestContent(
+        content.groups[:count], content.total_groups, content.total_events, content.folded_likes
+    )

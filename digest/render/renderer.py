@@ -1,5 +1,6 @@
-"""`Renderer`: one templates directory loaded, inlined and compiled once, rendering digests
-(subject, HTML with its CSS inlined, plain text) that fit under Gmail's clip."""
+"""`Renderer`: one templates directory loaded, inlined and compiled once with the product's
+brand, rendering digests (subject, HTML with its CSS inlined, plain text) in each
+recipient's language that fit under Gmail's clip."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 import chevron
 
 from digest.models import DigestContent, DigestRequest, RenderedDigest
+from digest.render.brand import Brand
 from digest.render.fit import fitted
+from digest.render.locale import Locales
 from digest.render.mustache import Template
 from digest.render.templates import (
     HTML_TEMPLATE,
@@ -22,23 +25,26 @@ from digest.render.templates import (
     tokenize,
 )
 from digest.render.text import clean_text
-from digest.render.view import DEFAULT_PRODUCT_NAME, digest_context
+from digest.render.view import digest_context
 
 
 class Renderer:
     """Renders digests from one templates directory, loaded, inlined and tokenized once."""
 
-    def __init__(self, templates_dir: Path, *, product_name: str = DEFAULT_PRODUCT_NAME):
+    def __init__(self, templates_dir: Path, *, brand: Brand | None = None):
         self.templates_dir = Path(templates_dir)
-        self.product_name = product_name
-        self._sources = load_sources(self.templates_dir)
+        self.brand = brand or Brand()
+        self._brand = self.brand.context()
+        self._sources = load_sources(self.templates_dir, self.brand.palette())
+        self.locales = Locales(self.templates_dir)
         self._html = compile_html(self._sources.html)
         self._text = CompiledTemplate.compile(tokenize(self._sources.text, TEXT_TEMPLATE))
         self._subject = Template(tokenize(self._sources.subject, SUBJECT_TEMPLATE))
 
     def context(self, request: DigestRequest) -> dict[str, Any]:
         """The view model, with the rendered subject added (the HTML `<title>` shows it)."""
-        ctx = digest_context(request, self.product_name)
+        catalog = self.locales.catalog(request.recipient.locale)
+        ctx = digest_context(request, catalog, self._brand)
         subject = clean_text(self._subject.render(ctx), 998)
         ctx["subject"] = subject or f"{ctx['heading']} · {ctx['period_label']}"
         return ctx

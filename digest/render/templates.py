@@ -4,7 +4,9 @@ template once, tokenized by chevron once and compiled by `digest.render.mustache
 Layout (under `templates_dir`):
 
 - `digest.html.mustache`, `digest.txt.mustache`, `subject.mustache`;
-- `digest.css`, pasted over the `/* digest.css */` marker in the HTML template's `<style>`;
+- `digest.css`, pasted over the `/* digest.css */` marker in the HTML template's `<style>`,
+  with the brand's colours written over its `var(--accent…)` names (`digest.render.brand`);
+- `locales/LANG.toml`, the words of each language (`digest.render.locale`);
 - `partials/NAME.html.mustache` and `partials/NAME.txt.mustache` for `{{> NAME}}`, looked
   up by the extension of the template that includes them (one per category: comment,
   like, mention, follow, and generic for any other category).
@@ -31,6 +33,7 @@ as a section scope would let `{{title}}` resolve to `str.title` in chevron.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,12 +120,15 @@ def _read(path: Path) -> str:
         raise DigestError(f"cannot read template {path}: {exc}") from None
 
 
-def load_sources(root: Path) -> Sources:
-    """Read every template, check each alone, and include partials and CSS."""
+def load_sources(root: Path, palette: Mapping[str, str] | None = None) -> Sources:
+    """Read every template, check each alone, and include partials and CSS (with the
+    `palette`'s colours written over their CSS variable names)."""
     html = _include_partials(root, HTML_TEMPLATE, "html")
     css = _read(root / CSS_FILE)
     if "{{" in css or "</" in css:
         raise DigestError(f"{root / CSS_FILE}: CSS must not contain '{{{{' or '</'")
+    for name, color in (palette or {}).items():
+        css = css.replace(name, color)
     if html.count(CSS_MARKER) != 1:
         raise DigestError(f"{root / HTML_TEMPLATE}: needs exactly one {CSS_MARKER} marker")
     html = html.replace(CSS_MARKER, css.strip())
@@ -191,7 +197,18 @@ def inline(html: str, name: str) -> str:
         out = premailer.Premailer(**_PREMAILER_OPTIONS).transform(html, pretty_print=False)
     except Exception as exc:  # premailer/lxml/cssutils raise many types; report one line
         raise DigestError(f"cannot inline CSS of {name}: {exc}") from None
-    return str(out)
+    # What stays in <style> (@media rules) comes out indented over many lines: one line per
+    # rule is the same CSS in a third fewer bytes, in every email.
+    return _STYLE_BLOCK.sub(lambda m: _compact_css(m.group(0)), str(out))
+
+
+_STYLE_BLOCK = re.compile(r"(?<=<style type=\"text/css\">)[^<]*(?=</style>)")
+
+
+def _compact_css(css: str) -> str:
+    """`css` with its line breaks and indentation collapsed (no Mustache can be in it)."""
+    css = " ".join(css.split())
+    return re.sub(r"\s*([{};])\s*", r"\1", css).replace("}", "}\n")
 
 
 def compile_html(source: str) -> CompiledTemplate:

@@ -26,13 +26,14 @@ _URL_SAFE = "!#$%&()*+,-./:;=?@[]_~"
 _NETLOC = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 
 
-def clean_text(value: object, limit: int) -> str:
+def clean_text(value: object, limit: int, *, whole_words: bool = False) -> str:
     """`value` as one safe line: scalars coerced, controls dropped, truncated to `limit`.
 
     Control characters (CR/LF included), line and paragraph separators, bidi overrides and
     lone surrogates become spaces; runs of whitespace become one space. Longer values are
-    cut by `truncate` and end with "…". A value that would show no visible character (only
-    spaces and format characters such as U+200B before the cut) becomes "".
+    cut by `truncate` (`whole_words`: at any word boundary, for names) and end with "…". A
+    value that would show no visible character (only spaces and format characters such as
+    U+200B before the cut) becomes "".
     """
     text = _scalar(value)
     if text is None:
@@ -47,7 +48,7 @@ def clean_text(value: object, limit: int) -> str:
     line = _one_line(text[:bound])
     if len(text) > bound and len(line) <= limit:
         line = _one_line(text)
-    shown = truncate(line, limit)
+    shown = truncate(line, limit, whole_words=whole_words)
     kept = shown if len(line) <= limit else shown[:-1]  # without the …
     if not any(unicodedata.category(c) not in _INVISIBLE for c in kept):
         return ""
@@ -58,21 +59,23 @@ def _one_line(text: str) -> str:
     return " ".join(_UNSAFE_CHARS.sub(" ", text).split())
 
 
-def truncate(text: str, limit: int) -> str:
+def truncate(text: str, limit: int, *, whole_words: bool = False) -> str:
     """`text` cut to at most `limit` characters, on a word boundary when one is near, with ….
 
-    The cut is at the last space when that keeps at least 60% of `limit`; otherwise
-    mid-word, but never inside a user-perceived character: a base letter keeps its
-    combining marks, variation selectors and skin-tone modifiers, an emoji ZWJ sequence and
-    a flag (a pair of regional indicators) stay whole or go whole. (One "character" longer
-    than the whole limit, like a letter under hundreds of combining marks, is cut anyway,
-    losing marks only.) Trailing punctuation, spaces and ZWJs before the … are dropped.
+    The cut is at the last space when that keeps at least 60% of `limit` (with
+    `whole_words`, any space after the first word: a name is never cut mid-word while it has
+    a word boundary to cut at); otherwise mid-word, but never inside a user-perceived
+    character: a base letter keeps its combining marks, variation selectors and skin-tone
+    modifiers, an emoji ZWJ sequence and a flag (a pair of regional indicators) stay whole
+    or go whole. (One "character" longer than the whole limit, like a letter under hundreds
+    of combining marks, is cut anyway, losing marks only.) Trailing punctuation, spaces and
+    ZWJs before the … are dropped.
     """
     if len(text) <= limit:
         return text
     end = limit - 1  # leaves room for the …
     space = text.rfind(" ", 0, end + 1)
-    if space >= limit * 0.6:  # a word boundary not too far back; else cut mid-word
+    if space >= limit * 0.6 or (whole_words and space > 0):  # a word boundary; else mid-word
         end = space
     else:
         end = _cluster_start(text, end) or _cluster_start(text, end, marks=False) or end

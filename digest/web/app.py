@@ -13,12 +13,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from digest import logs
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.feedback import sns
 from digest.feedback.webhook import ses_webhook_route
 from digest.web import preferences
-from digest.web.pages import Pages
+from digest.web.pages import Brand, Pages
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def create_app(
     `fetch` gets SNS signing certificates for the webhook (injectable for tests).
     """
     secret = require_secret(settings)
-    pages = Pages(settings.templates_dir / "web")
+    pages = Pages(settings.templates_dir / "web", Brand.from_settings(settings))
 
     async def healthz(request: Request) -> Response:
         ok = await run_in_threadpool(_ping, engine)
@@ -54,7 +55,9 @@ def create_app(
     # feedback/webhook.py).
     app = Starlette(
         routes=[
-            *preferences.routes(engine, secret, pages),
+            *preferences.routes(
+                engine, secret, pages, preferences.offered_categories(settings.categories)
+            ),
             Route("/healthz", healthz, methods=["GET"]),
             ses_webhook_route(engine, settings, fetch=fetch),
         ],
@@ -72,6 +75,6 @@ def _ping(engine: Engine) -> bool:
         with engine.connect() as conn:
             conn.execute(DATABASE_PING)
     except SQLAlchemyError as exc:
-        log.warning("healthz database unavailable: %s", type(exc).__name__)
+        logs.event(log, "healthz_database_unavailable", logging.WARNING, error=type(exc).__name__)
         return False
     return True

@@ -13,12 +13,19 @@
                locked_by = :me,
                lease_expires_at = now() + make_interval(secs => :lease),
                started_at = now(),
-               frozen_at = coalesce(r.frozen_at, CAST(:now AS timestamptz))
+               frozen_at = coalesce(r.frozen_at, CAST(:now AS timestamptz)),
+               muted_categories = CASE WHEN due.frozen_at IS NULL THEN (
+        SELECT nullif(p.muted_categories, '{}')
+          FROM recipients p
+         WHERE p.bucket BETWEEN 0 AND 4095 AND p.bucket = r.bucket AND p.user_id = r.user_id
+         LIMIT 1)
+                                       ELSE r.muted_categories END
           FROM due
          WHERE r.bucket BETWEEN 0 AND 4095 AND r.id = ANY(ARRAY(SELECT id FROM due))
            AND r.bucket = due.bucket AND r.id = due.id
         RETURNING r.bucket, r.id, r.user_id, r.cadence, r.period_start, r.attempt, r.frozen_at,
-                  r.sending_attempt, due.frozen_at IS NULL AS fresh
+                  r.sending_attempt, due.frozen_at IS NULL AS fresh,
+                  r.muted_categories AS muted
     ), frozen AS (
         UPDATE digest_events e
            SET digest_run_id = c.id
@@ -36,22 +43,26 @@
         SELECT e.digest_run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id, e.created_at, e.payload
           FROM claimed c JOIN digest_events e ON e.bucket = c.bucket AND e.digest_run_id = c.id
          WHERE NOT c.fresh AND e.bucket BETWEEN 0 AND 4095
+    ), shown AS (
+        SELECT a.* FROM attached a
+         WHERE NOT EXISTS (SELECT FROM claimed c
+                            WHERE c.id = a.run_id AND a.category = ANY(c.muted))
     ),
     ev AS (
         SELECT e.run_id, e.id, e.category, e.entity_type, e.entity_id, e.actor_id,
                e.created_at, e.payload,
                -- grouping.actor_name: a string with more than Python's whitespace
-               -- (str.strip) in it, else the actor id
+               -- (str.strip) in it, else '' (unnamed; never the actor id)
                CASE WHEN jsonb_typeof(e.payload -> 'actor_name') = 'string'
                      AND e.payload ->> 'actor_name' ~ '[^\t\n\v\f\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]'
-                    THEN e.payload ->> 'actor_name' ELSE e.actor_id END AS actor_name,
+                    THEN e.payload ->> 'actor_name' ELSE '' END AS actor_name,
                row_number() OVER (
                    PARTITION BY e.run_id, e.category, e.entity_type, e.entity_id
                    ORDER BY e.created_at DESC, e.id DESC) AS group_pos,
                row_number() OVER (
                    PARTITION BY e.run_id, e.category, e.entity_type, e.entity_id, e.actor_id
                    ORDER BY e.created_at DESC, e.id DESC) AS actor_pos
-          FROM attached e
+          FROM shown e
     ), groups AS (
         SELECT run_id, category, entity_type, entity_id,
                count(*) AS event_count,
@@ -60,31 +71,53 @@
                max(id) FILTER (WHERE group_pos = 1) AS last_event_id,
                (array_agg(payload) FILTER (WHERE group_pos = 1))[1] AS payload,
                (array_agg(actor_name ORDER BY created_at DESC, id DESC)
-                    FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_names
+                    FILTER (WHERE actor_pos = 1 AND actor_id IS NOT NULL))[1:3] AS actor_names,
+               min(actor_id) AS only_actor  -- the actor of a one-event group
           FROM ev
          GROUP BY run_id, category, entity_type, entity_id
-    ), ranked AS (
+    ), folding AS (
+        -- grouping.is_single_like, folded when a run has two or more
         SELECT g.*,
-               row_number() OVER (PARTITION BY run_id
-                                  ORDER BY event_count DESC, latest_at DESC,
+               category = 'like' AND event_count = 1
+               AND count(*) FILTER (WHERE category = 'like' AND event_count = 1)
+                       OVER (PARTITION BY run_id) >= 2 AS folded
+          FROM groups g
+    ), ranked AS (
+        SELECT f.*,
+               -- grouping.PRIORITY (written searched: Citus breaks a simple one)
+               row_number() OVER (PARTITION BY run_id, folded
+                                  ORDER BY CASE WHEN category = 'mention' THEN 0
+                                                WHEN category = 'comment' THEN 1
+                                                WHEN category = 'like' THEN 3 ELSE 2 END,
+                                           event_count DESC, latest_at DESC,
                                            last_event_id DESC) AS rank,
+               row_number() OVER (PARTITION BY run_id, folded, only_actor
+                                  ORDER BY latest_at DESC, last_event_id DESC) AS actor_rank,
                count(*) OVER (PARTITION BY run_id) AS total_groups,
                CAST(sum(event_count) OVER (PARTITION BY run_id) AS bigint) AS total_events
-          FROM groups g
+          FROM folding f
     ), digests AS MATERIALIZED (
         SELECT run_id, max(total_groups) AS total_groups, max(total_events) AS total_events,
-               json_agg(json_build_array(category, entity_type, entity_id, event_count,
-                                         actor_count, latest_at AT TIME ZONE 'UTC',
-                                         last_event_id, payload,
-                                         coalesce(actor_names, '{}'))
-                        ORDER BY rank) AS groups
+               coalesce(json_agg(json_build_array(category, entity_type, entity_id,
+                                                  event_count, actor_count,
+                                                  latest_at AT TIME ZONE 'UTC',
+                                                  last_event_id, payload,
+                                                  coalesce(actor_names, '{}'))
+                                 ORDER BY rank) FILTER (WHERE NOT folded AND rank <= :cap),
+                        CAST('[]' AS json)) AS groups,
+               CASE WHEN bool_or(folded) THEN json_build_array(
+                   count(*) FILTER (WHERE folded),
+                   count(DISTINCT only_actor) FILTER (WHERE folded),
+                   coalesce((array_agg(actor_names[1] ORDER BY latest_at DESC, last_event_id DESC)
+                                 FILTER (WHERE folded AND actor_rank = 1
+                                         AND only_actor IS NOT NULL))[1:3], '{}'))
+               END AS folded_likes
           FROM ranked
-         WHERE rank <= :cap
          GROUP BY run_id
     )
 
     SELECT c.bucket, c.id, c.user_id, c.cadence, c.period_start, c.attempt, c.frozen_at,
-           c.sending_attempt, d.total_groups, d.total_events, d.groups, p.*
+           c.sending_attempt, d.total_groups, d.total_events, d.groups, d.folded_likes, p.*
       FROM claimed c
       LEFT JOIN digests d ON d.run_id = c.id
       LEFT JOIN LATERAL (

@@ -1,23 +1,24 @@
 """What the harness reads in the output of the `digest` processes it started.
 
-Worker logs are text lines today (`run_outcome run_id=… status=lease_lost attempt=…`); each
-thing read is one small function here, so a switch to structured records changes only these.
+Every `digest` process runs with DIGEST_LOG_FORMAT=json (settings.worker_env): its log is one
+JSON record per line, and the harness reads their fields, never a message's wording.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from chaos_lib.records import Attempt
-
-LEASE_LOST = re.compile(r"run_outcome run_id=(\d+) .*status=lease_lost attempt=(\d+)")
-REQUEUED = re.compile(r"requeued (\d+)")
+from digest.logs import read
 
 
 def lease_lost(log: str) -> set[Attempt]:
     """Attempts whose worker logged that its outcome did not land (its lease was taken)."""
-    return {(int(m.group(1)), int(m.group(2))) for m in LEASE_LOST.finditer(log)}
+    return {
+        (int(r["run_id"]), int(r["attempt"]))
+        for r in read(log)
+        if r.get("event") == "run_outcome" and r.get("status") == "lease_lost"
+    }
 
 
 def lease_lost_in(folder: Path) -> set[Attempt]:
@@ -28,7 +29,10 @@ def lease_lost_in(folder: Path) -> set[Attempt]:
     return found
 
 
-def requeued(output: str) -> int | None:
-    """How many runs a `digest watchdog` said it requeued; None if it said nothing of it."""
-    found = REQUEUED.search(output)
-    return int(found.group(1)) if found else None
+def requeued(output: str) -> int:
+    """How many runs a `digest watchdog` put back to pending: its run_lease_expired records."""
+    return sum(
+        1
+        for r in read(output)
+        if r.get("event") == "run_lease_expired" and r.get("status") == "pending"
+    )

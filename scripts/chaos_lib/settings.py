@@ -125,6 +125,7 @@ def worker_env(options: Options, smtp_port: int, ses_url: str) -> dict[str, str]
             "DIGEST_POLL_INTERVAL": "0.5",
             "DIGEST_DELIVERY": options.delivery,
             "DIGEST_LOG_LEVEL": "INFO",
+            "DIGEST_LOG_FORMAT": "json",  # the harness reads fields (chaos_lib.logs)
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_EC2_METADATA_DISABLED": "true",

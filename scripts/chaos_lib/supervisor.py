@@ -82,11 +82,10 @@ class Supervisor:
         """Count the watchdog runs that finished, and what they requeued."""
         for proc, output in self.procs.reap_commands():
             self.tally.watchdog_runs += 1
-            requeued = logs.requeued(output)
-            if proc.popen.returncode != 0 or requeued is None:
+            if proc.popen.returncode != 0:
                 self.tally.watchdog_failures += 1
             else:
-                self.tally.watchdog_requeued += requeued
+                self.tally.watchdog_requeued += logs.requeued(output)
 
     def wait_watchdogs(self) -> None:
         """Let the watchdog runs in progress finish, and count them."""

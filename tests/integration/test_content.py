@@ -29,7 +29,7 @@ BASE = datetime(2026, 11, 1, tzinfo=UTC)
 
 event_specs = st.lists(
     st.tuples(
-        st.sampled_from(["comment", "like", "mention"]),
+        st.sampled_from(["comment", "like", "like", "mention", "follow", "share"]),
         st.sampled_from(["e1", "e2", "e3", "e4", "e5", "e6"]),
         st.one_of(st.none(), st.sampled_from(["a1", "a2", "a3", "a4", "a5"])),
         st.one_of(
@@ -127,19 +127,35 @@ def test_heavy_user_is_capped_with_exact_more_count(engine: Engine) -> None:
     assert digest.groups[0].actor_count == 34  # 34 events, actors cycle through 97 ids
 
 
-def test_names_of_whitespace_alone_fall_back_to_the_actor_id(engine: Engine) -> None:
+def test_names_of_whitespace_alone_are_no_names(engine: Engine) -> None:
     """The SQL's test for a usable name agrees with `str.strip` on every character Python
-    counts as whitespace, and on look-alikes that are not."""
+    counts as whitespace, and on look-alikes that are not; no name is "", never the id."""
     spaces = [chr(c) for c in range(0x3001) if chr(c).isspace()]
     lookalikes = ["\u200b", "\u180e", "\ufeff", "\x1b", "\u2060"]
-    specs = [("like", f"e{i}", f"a{i}", name * 2, 1) for i, name in enumerate(spaces + lookalikes)]
+    specs = [("share", f"e{i}", f"a{i}", name * 2, 1) for i, name in enumerate(spaces + lookalikes)]
     events = insert(engine, 1004, specs)
     with engine.connect() as conn:
         got = load_contents(conn, [(bucket_of("u"), 1004)], 50)[1004]
     assert got == build_digest(events, 50)
     names = {g.entity_id: g.actor_names for g in got.groups}
-    assert names["e0"] == ("a0",)  # a tab is no name
+    assert names["e0"] == ("",)  # a tab is no name, and the actor id is not one either
     assert names[f"e{len(spaces)}"] == ("\u200b" * 2,)  # a zero-width space is one
+
+
+def test_single_likes_fold_and_rank_in_sql_as_in_the_reference(engine: Engine) -> None:
+    """Likes alone on their post fold into one summary beyond the cap; mentions and
+    comments lead; the same digest as the pure reference."""
+    specs: list[Any] = [("like", f"p{i}", f"a{i % 4}", f"Name {i % 4}", i) for i in range(12)]
+    specs += [("like", "big", f"a{i}", "X", 1) for i in range(5)]
+    specs += [("comment", "c1", "a1", "Ana", 30), ("mention", "m1", None, None, 40)]
+    events = insert(engine, 1005, specs)
+    with engine.connect() as conn:
+        got = load_contents(conn, [(bucket_of("u"), 1005)], 2)[1005]
+    assert got == build_digest(events, 2)
+    assert [g.entity_id for g in got.groups] == ["m1", "c1"]
+    assert got.folded_likes is not None
+    assert (got.folded_likes.posts, got.folded_likes.actor_count) == (12, 4)
+    assert got.more_groups == 1  # the five-like post, beyond the cap
 
 
 def test_unsent_preview_sees_only_waiting_events(engine: Engine) -> None:

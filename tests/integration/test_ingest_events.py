@@ -66,8 +66,8 @@ def test_import_stores_every_field(engine: Engine, run: Any, tmp_path: Path) -> 
     )
     result = run("import", str(path))
     assert result.exit_code == 0, result.output
-    assert "loaded 3 events" in result.stdout
-    assert "events/s" in result.stdout
+    assert "3 events in " in result.stdout
+    assert "/s): 3 new, 0 already there" in result.stdout
     with engine.connect() as conn:
         rows = conn.execute(
             text(
@@ -88,12 +88,11 @@ def test_import_ignores_known_event_keys(engine: Engine, run: Any, tmp_path: Pat
     path = write_jsonl(tmp_path / "keyed.jsonl", rows)
     first = run("import", str(path))
     assert first.exit_code == 0, first.output
-    assert "loaded 10 events" in first.stdout
-    assert "1 already recorded" in first.stdout
+    assert "11 events in " in first.stdout
+    assert "10 new, 1 already there" in first.stdout
     again = run("import", str(path))
     assert again.exit_code == 0, again.output
-    assert "loaded 0 events" in again.stdout
-    assert "11 already recorded" in again.stdout
+    assert "0 new, 11 already there" in again.stdout
     assert count(engine) == 10
 
 
@@ -113,7 +112,7 @@ def test_import_reads_stdin(engine: Engine, run: Any) -> None:
     """`-` reads the events from standard input."""
     result = run("import", "-", stdin=(json.dumps(event(1)) + "\n").encode())
     assert result.exit_code == 0, result.output
-    assert "<stdin>: loaded 1 events" in result.stdout
+    assert "<stdin>: 1 event in " in result.stdout
     assert count(engine) == 1
 
 
@@ -188,8 +187,7 @@ def test_skip_bad_loads_the_good_lines(engine: Engine, run: Any, tmp_path: Path)
     )
     result = run("import", "--skip-bad", str(path))
     assert result.exit_code == 0, result.output
-    assert "loaded 3 events" in result.stdout
-    assert "2 bad lines skipped" in result.stdout
+    assert ": 3 new, 0 already there; 2 bad lines skipped" in result.stdout
     assert f"digest: skipped {path}:2: invalid JSON" in result.stderr
     assert f"digest: skipped {path}:4: an event must be a JSON object" in result.stderr
     assert count(engine) == 3

@@ -290,7 +290,7 @@ def test_set_cadence_cancels_pending_runs(engine: Engine, run: Any) -> None:
     result = run("set", "u1", "--cadence", "weekly")
     assert result.exit_code == 0, result.output
     assert "cadence daily -> weekly" in result.stdout
-    assert "cancelled 1 pending run(s)" in result.stdout
+    assert "cancelled 1 pending run, the next" in result.stdout
     assert run_statuses(engine, "u1") == ["cancelled", "processing"]
 
 
@@ -309,10 +309,113 @@ def test_show_prints_the_row(run: Any) -> None:
     run("set", "7", "--email", "seven@example.com", "--timezone", "America/New_York")
     shown = run("show", "7")
     assert shown.exit_code == 0, shown.output
-    assert "email            seven@example.com" in shown.stdout
-    assert "timezone         America/New_York" in shown.stdout
+    assert "email             seven@example.com" in shown.stdout
+    assert "timezone          America/New_York" in shown.stdout
     as_json = json.loads(run("show", "7", "--json").stdout)
     assert as_json["send_hour"] == 8
     missing = run("show", "8")
     assert missing.exit_code == 1
     assert "digest: error: no recipient '8'" in missing.stderr
+
+
+# -- muted categories and quiet hours ------------------------------------------------------
+
+
+def test_import_muted_categories_and_quiet_hours(engine: Engine, run: Any, tmp_path: Path) -> None:
+    """JSONL lists or comma-separated text of categories, and `HH:MM-HH:MM` quiet hours,
+    are stored; `[]` and `off` clear them; a row without them keeps what is stored."""
+    path = write_jsonl(
+        tmp_path / "people.jsonl",
+        [
+            {
+                "user_id": "a",
+                "email": "a@example.com",
+                "muted_categories": ["like", "follow", "like"],
+                "quiet_hours": "22:00-07:00",
+            },
+            {"user_id": "b", "email": "b@example.com", "muted_categories": "post.shared, like"},
+        ],
+    )
+    assert run("import", str(path)).exit_code == 0
+    rows = stored(engine)
+    assert rows["a"]["muted_categories"] == ["follow", "like"]
+    assert (str(rows["a"]["quiet_start"]), str(rows["a"]["quiet_end"])) == ("22:00:00", "07:00:00")
+    assert rows["b"]["muted_categories"] == ["like", "post.shared"]
+    assert rows["b"]["quiet_start"] is None
+
+    again = run("import", str(path))
+    assert "0 created, 0 updated, 2 unchanged" in again.stdout
+
+    csv_path = tmp_path / "people.csv"
+    csv_path.write_text(
+        "user_id,email,muted_categories,quiet_hours\n"
+        "a,a@example.com,[],off\n"
+        'b,b@example.com,,"8:30-9:15"\n'
+    )
+    result = run("import", str(csv_path))
+    assert result.exit_code == 0, result.output
+    rows = stored(engine)
+    assert (rows["a"]["muted_categories"], rows["a"]["quiet_start"]) == ([], None)
+    assert rows["b"]["muted_categories"] == ["like", "post.shared"]  # empty cell: kept
+    assert (str(rows["b"]["quiet_start"]), str(rows["b"]["quiet_end"])) == ("08:30:00", "09:15:00")
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"quiet_hours": "22:00"}, "quiet_hours must be like '22:00-07:00' or 'off', got '22:00'"),
+        ({"quiet_hours": "24:00-07:00"}, "quiet_hours must be like '22:00-07:00'"),
+        ({"quiet_hours": "07:00-07:00"}, "quiet_hours must not start and end at the same time"),
+        ({"quiet_hours": 22}, "quiet_hours must be like '22:00-07:00' or 'off', got 22"),
+        ({"muted_categories": ["Likes!"]}, "muted_categories: 'Likes!' is not a category name"),
+        ({"muted_categories": {"like": True}}, "muted_categories must be a list of categories"),
+        ({"muted_categories": [f"c{n}" for n in range(101)]}, "at most 100 muted categories"),
+    ],
+)
+def test_bad_muted_categories_or_quiet_hours_fail_the_import(
+    engine: Engine, run: Any, tmp_path: Path, fields: dict[str, Any], reason: str
+) -> None:
+    """A bad quiet_hours or muted_categories value fails the import with one reason per line."""
+    path = write_jsonl(tmp_path / "people.jsonl", [{"user_id": "1", "email": "a@x.org", **fields}])
+    result = run("import", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:1: {reason}" in result.stderr
+    assert stored(engine) == {}
+
+
+def test_set_and_show_quiet_hours_and_muted_categories(engine: Engine, run: Any) -> None:
+    """`recipients set --quiet-hours/--muted-categories` change them ('off' and '' clear
+    them) without cancelling runs; `recipients show` prints them as they were given."""
+    run("set", "9", "--email", "nine@example.com")
+    add_pending_run(engine, "9")
+    changed = run("set", "9", "--quiet-hours", "22:00-07:00", "--muted-categories", "like,follow")
+    assert changed.exit_code == 0, changed.output
+    assert changed.stdout.strip() == (
+        "updated recipient 9: muted_categories none -> follow,like, quiet_hours off -> 22:00-07:00"
+    )
+    assert run_statuses(engine, "9") == ["pending"]
+    shown = run("show", "9")
+    assert "muted_categories  follow,like" in shown.stdout
+    assert "quiet_hours       22:00-07:00" in shown.stdout
+    as_json = json.loads(run("show", "9", "--json").stdout)
+    assert (as_json["muted_categories"], as_json["quiet_hours"]) == (
+        ["follow", "like"],
+        "22:00-07:00",
+    )
+    cleared = run("set", "9", "--quiet-hours", "off", "--muted-categories", "")
+    assert cleared.stdout.strip() == (
+        "updated recipient 9: muted_categories follow,like -> none, quiet_hours 22:00-07:00 -> off"
+    )
+    row = stored(engine)["9"]
+    assert (row["muted_categories"], row["quiet_start"], row["quiet_end"]) == ([], None, None)
+
+
+def test_set_refuses_bad_quiet_hours(engine: Engine, run: Any) -> None:
+    """A bad --quiet-hours is one line, exit 1, and changes nothing."""
+    run("set", "9", "--email", "nine@example.com")
+    result = run("set", "9", "--quiet-hours", "late")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "digest: error: quiet_hours must be like '22:00-07:00' or 'off', got 'late'"
+    )
+    assert stored(engine)["9"]["quiet_start"] is None

@@ -69,14 +69,18 @@ def test_upgrade_gives_back_events_stranded_on_cancelled_runs(engine: Engine) ->
         assert list(attached.scalars()) == [None, 2, 3]
 
 
-SEED_0005 = """
-INSERT INTO recipients (user_id, email, cadence)
+SEED_0006 = """
+INSERT INTO recipients (user_id, email, cadence, muted_categories, quiet_start, quiet_end)
 SELECT (ARRAY['u', 'é', '日本', '😀'])[1 + g % 4] || g, g || '@example.com',
-       CASE WHEN g % 7 = 0 THEN 'off' ELSE 'daily' END
+       CASE WHEN g % 7 = 0 THEN 'off' ELSE 'daily' END,
+       CASE WHEN g % 5 = 0 THEN ARRAY['like', 'follow'] ELSE '{}' END,
+       CASE WHEN g % 3 = 0 THEN time '22:00' END, CASE WHEN g % 3 = 0 THEN time '07:00' END
   FROM generate_series(1, 250) g;
-INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status)
+INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status,
+                         muted_categories)
 SELECT user_id, 'daily', now(), now(),
-       CASE WHEN cadence = 'daily' THEN 'pending' ELSE 'sent' END
+       CASE WHEN cadence = 'daily' THEN 'pending' ELSE 'sent' END,
+       nullif(muted_categories, '{}')
   FROM recipients;
 INSERT INTO digest_events (user_id, category, entity_type, entity_id)
 SELECT r.user_id, 'like', 'post', 'p' || e FROM recipients r, generate_series(1, 3) e;
@@ -91,6 +95,12 @@ COUNTS = """
 SELECT (SELECT count(*) FROM recipients), (SELECT count(*) FROM digest_runs),
        (SELECT count(*) FROM digest_events), (SELECT count(*) FROM deliveries),
        (SELECT count(*) FROM feedback_events)
+"""
+# What 0006 added (muted categories, quiet hours) survives 0007 both ways.
+PREFERENCES_0006 = """
+SELECT (SELECT count(*) FROM recipients WHERE muted_categories = ARRAY['like', 'follow']),
+       (SELECT count(*) FROM recipients WHERE quiet_start = '22:00' AND quiet_end = '07:00'),
+       (SELECT count(*) FROM digest_runs WHERE muted_categories IS NOT NULL)
 """
 PER_USER = ("recipients", "digest_events", "digest_runs", "deliveries")
 
@@ -107,17 +117,20 @@ def user_triggers(engine: Engine) -> int:
         )
 
 
-def test_0006_fills_the_bucket_in_batches_on_a_database_with_data(
+def test_0007_fills_the_bucket_in_batches_on_a_database_with_data(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a database holding data, 0006 fills every row's bucket (Python's, Unicode ids
-    included) in batches, keys every table by it, drops the triggers and fills the provider
-    id lookup; the downgrade keeps every row and brings the triggers back; upgrade again."""
+    """On a database holding data (0006's preferences included), 0007 fills every row's
+    bucket (Python's, Unicode ids included) in batches, keys every table by it, drops the
+    triggers and fills the provider id lookup; the downgrade to 0006 keeps every row and
+    brings the triggers back; upgrade again."""
     monkeypatch.setenv("DIGEST_MIGRATION_BATCH_ROWS", "100")
-    migrate.downgrade(engine, "0005")
+    migrate.downgrade(engine, "0006")
     with engine.begin() as conn:
-        conn.execute(text(SEED_0005))
+        conn.execute(text(SEED_0006))
         counts = conn.execute(text(COUNTS)).one()
+        preferences = conn.execute(text(PREFERENCES_0006)).one()
+    assert all(preferences)
     fills: list[str] = []
 
     def count_fills(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -135,6 +148,7 @@ def test_0006_fills_the_bucket_in_batches_on_a_database_with_data(
     }
     with engine.connect() as conn:
         assert conn.execute(text(COUNTS)).one() == counts
+        assert conn.execute(text(PREFERENCES_0006)).one() == preferences
         for table in PER_USER:
             rows = conn.execute(text(f"SELECT user_id, bucket FROM {table}")).all()
             assert all(bucket == bucket_of(user) for user, bucket in rows), table
@@ -155,9 +169,11 @@ def test_0006_fills_the_bucket_in_batches_on_a_database_with_data(
         assert inspector.get_pk_constraint(table)["constrained_columns"] == ["id", "bucket"]
     assert user_triggers(engine) == 0
 
-    migrate.downgrade(engine, "0005")
+    migrate.downgrade(engine, "0006")
+    assert migrate.current(engine) == "0006"
     with engine.begin() as conn:
         assert conn.execute(text(COUNTS)).one() == counts
+        assert conn.execute(text(PREFERENCES_0006)).one() == preferences
         assert "bucket" not in {c["name"] for c in inspect(conn).get_columns("digest_runs")}
         assert list(
             conn.execute(text("SELECT sns_message_id FROM feedback_events ORDER BY id")).scalars()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -24,7 +23,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from digest import claim, heartbeat, migrate, watchdog
+from digest import claim, heartbeat, logs, migrate, watchdog
 from digest import worker as worker_module
 from digest.config import Settings
 from digest.db import _embedded, embedded_url, libpq_url, make_engine, stop_embedded
@@ -309,12 +308,13 @@ def test_a_stop_during_a_cut_gives_up_after_the_grace_and_says_what(
     runs = states(engine)
     unrecorded = [i for i in set(transport.sent) if runs[i][0] == "processing"]
     assert unrecorded
-    [line] = [r.getMessage() for r in caplog.records if "gave_up_recording" in r.getMessage()]
+    [gave_up] = [r for r in caplog.records if r.__dict__.get("event") == "gave_up_recording"]
+    assert gave_up.levelno == logging.CRITICAL
     # all it sent but did not see recorded: those left processing, and any whose record
     # landed as the cut took its reply
     not_seen = len(transport.sent) - results[0].sent
     assert not_seen >= len(unrecorded)
-    assert re.search(rf"\bsent={not_seen}\b", line), line
+    assert (logs.fields(gave_up)["sent"], logs.fields(gave_up)["then"]) == (not_seen, "sent again")
 
 
 def test_a_release_the_database_drops_is_made_again(

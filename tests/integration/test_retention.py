@@ -65,7 +65,7 @@ def test_purge_removes_old_finished_work_and_keeps_the_rest(
             conn.execute(text(statement))
     result = digest_cli("purge", "--older-than", "90d", "--batch-size", "2")
     assert result.exit_code == 0, result.output
-    assert "purged 3 events, 1 deliveries, 1 feedback events, 1 runs" in result.output
+    assert "purged 3 events, 1 delivery, 1 feedback event, 1 run" in result.output
     # events: run 2's, the pending run's and the unattached one; runs 2 and 3; 1 delivery
     # and its provider id
     assert counts(engine) == (3, 1, 2, 1, 1, 1)

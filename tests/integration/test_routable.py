@@ -69,7 +69,17 @@ def users(b: Buckets) -> dict[str, Any]:
 
 
 def shape(b: Buckets) -> dict[str, Any]:
-    fields = ("email", "name", "cadence", "timezone", "send_hour", "weekly_day", "locale")
+    fields = (
+        "email",
+        "name",
+        "cadence",
+        "timezone",
+        "send_hour",
+        "weekly_day",
+        "locale",
+        "muted_categories",
+        "quiet_hours",
+    )
     return {"shape": 0, "now": NOW, **{f"set_{f}": True for f in fields}}
 
 
@@ -128,6 +138,7 @@ SAMPLES: dict[str, Sample] = {
     "digest.purge.DELIVERY_PURGE_BATCH": lambda b: {"cutoff": NOW, "batch": 100},
     "digest.purge.EVENT_PURGE_BATCH": lambda b: {"cutoff": NOW, "batch": 100},
     "digest.purge.RUN_PURGE_BATCH": lambda b: {"cutoff": NOW, "batch": 100},
+    "digest.recipients.CATEGORY_LIST_RECENT": lambda b: {"days": 90, "limit": 60, **one_user(b)},
     "digest.recipients.RECIPIENT_COUNT_UNSCHEDULABLE": nothing,
     "digest.recipients.RECIPIENT_FIND_BUCKET": lambda b: {"id": 1},
     "digest.recipients.RECIPIENT_GET": one_user,
@@ -135,10 +146,17 @@ SAMPLES: dict[str, Sample] = {
     "digest.recipients.RECIPIENT_GET_FOR_WHY": one_user,
     "digest.recipients.RECIPIENT_GET_PREFERENCES": by_id,
     "digest.recipients.RECIPIENT_GET_PREFERENCES_BY_USER": one_user,
+    "digest.recipients.RECIPIENT_LIST_EMAILS": users,
     "digest.recipients.RECIPIENT_LOAD_MANY": users,
     "digest.recipients.RECIPIENT_LOCK_PREFERENCES": by_id,
     "digest.recipients.RECIPIENT_LOCK_PREFERENCES_BY_USER": one_user,
     "digest.recipients.RECIPIENT_SET_CADENCE": lambda b: {"cadence": "daily", **by_id(b)},
+    "digest.recipients.RECIPIENT_SET_MUTED": lambda b: {"muted": ["like"], **by_id(b)},
+    "digest.recipients.RECIPIENT_SET_QUIET_HOURS": lambda b: {
+        "start": "22:00",
+        "end": "07:00",
+        **by_id(b),
+    },
     "digest.recipients.RECIPIENT_UNSUBSCRIBE": by_id,
     "digest.recipients.RECIPIENT_UNSUBSCRIBE_BY_USER": one_user,
     "digest.recipients.RUN_CANCEL_PENDING": one_user,
@@ -146,12 +164,15 @@ SAMPLES: dict[str, Sample] = {
     "digest.scheduler.RUN_SCHEDULE_CURRENT": lambda b: {"now": NOW, "spread": 3600},
     "digest.stats.DELIVERY_RATES_BY_DAY": nothing,
     "digest.stats.EVENT_COUNT_WAITING": nothing,
+    "digest.stats.QUEUE_GET_NOW": lambda b: {"cap": 1_000_000},
     "digest.stats.RUN_COUNT_BY_STATUS": nothing,
     "digest.stats.RUN_OLDEST_DUE": nothing,
     "digest.support.DELIVERY_GET_LAST_FOR_USER": one_user,
     "digest.support.DELIVERY_LIST": deliveries,
     "digest.support.DELIVERY_LIST_FOR_USER": deliveries,
     "digest.support.EVENT_COUNT_WAITING_FOR_USER": one_user,
+    "digest.support.QUEUE_GET_ACTIVITY": nothing,
+    "digest.support.RUN_COUNT_DUE_BEFORE": lambda b: {"scheduled_for": NOW},
     "digest.support.RUN_GET_NEXT_PENDING": one_user,
     "digest.support.RUN_LIST_RECENT_FINISHED": lambda b: {"limit": 3, **one_user(b)},
     "digest.watchdog.RUN_RESET_EXPIRED": lambda b: {

@@ -17,6 +17,7 @@ from digest import claim, scheduler, shards, stats, watchdog
 from digest.buckets import BUCKETS, bucket_of
 from digest.channels.email.file import FileTransport
 from digest.config import Settings
+from digest.db import make_engine
 from digest.models import ClaimedRun
 from digest.shards import ShardMap
 from digest.worker import Worker
@@ -107,3 +108,18 @@ def test_schedule_watchdog_and_stats_go_shard_by_shard(four_shards: Engine) -> N
         assert watchdog.reset_expired_once(conn, 5) == (40, 0)
         figures = stats.collect(conn)
     assert figures["runs"]["pending"] == 40
+
+
+def test_the_shard_map_is_read_through_the_callers_connection(db_url: str) -> None:
+    """An engine whose one pooled connection the caller holds (the live status of `digest
+    work`) still gets its shard map: read on that connection, which is left as it was."""
+    engine = make_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=1)
+    shards._maps.pop(engine.url.render_as_string(hide_password=False), None)
+    try:
+        with engine.connect() as conn:
+            assert shards.for_connection(conn) == shards.SINGLE
+            assert not conn.in_transaction()
+            with conn.begin():
+                assert stats.queue_now(conn).due == 0
+    finally:
+        engine.dispose()

@@ -16,16 +16,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 import pytest
 import uvicorn
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
-from digest import watchdog
+from digest import logs, watchdog
 from digest.channels.email.file import FileTransport
 from digest.cli import cli
 from digest.config import Settings
@@ -98,7 +99,7 @@ class Site:
         return self.request("POST", f"/u/{token}", ONE_CLICK, URLENCODED)
 
 
-StartSite = Callable[[Engine], Site]
+StartSite = Callable[..., Site]
 
 
 @pytest.fixture
@@ -106,8 +107,8 @@ def start_site() -> Iterator[StartSite]:
     """Starts the app on a free 127.0.0.1 port in a thread; stops every one at teardown."""
     running: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
 
-    def start(engine: Engine) -> Site:
-        app = create_app(engine, Settings(secret_key=SECRET))
+    def start(engine: Engine, settings: Settings | None = None) -> Site:
+        app = create_app(engine, settings or Settings(secret_key=SECRET))
         listener = socket.create_server(("127.0.0.1", 0))  # bound first: no port race
         config = uvicorn.Config(app, log_config=None, log_level="warning", ws="none")
         server = uvicorn.Server(config)
@@ -246,7 +247,7 @@ def test_one_click_is_idempotent(engine: Engine, site: Site) -> None:
     assert "You are unsubscribed" in again.body
     assert recipient(engine, "ana").unsubscribed_at == first
     page = site.request("GET", f"/u/{token}")
-    assert "This address is unsubscribed" in page.body
+    assert "You are unsubscribed" in page.body
     assert "List-Unsubscribe" not in page.body  # no button for what is done; re-subscribe is
     assert 'name="cadence" value="daily"' in page.body
 
@@ -333,12 +334,23 @@ def test_bad_tokens_get_one_identical_404_and_change_nothing(engine: Engine, sit
         (b"List-Unsubscribe=One-Click\xff", URLENCODED),
         (b"cadence=\xff\xfe", URLENCODED),
         (multipart([("cadence", "daily")]).replace(b"daily", b"d\xffaily"), MULTIPART),
+        ("form=categories&shown=Bad!&include=Bad!", URLENCODED),
+        ("form=categories&shown=like&include=comment", URLENCODED),
+        ("form=categories&shown=like&cadence=daily", URLENCODED),
+        ("form=categories&form=quiet_hours&shown=like", URLENCODED),
+        (
+            "form=quiet_hours&quiet_start=22:00&quiet_end=07:00&List-Unsubscribe=One-Click",
+            URLENCODED,
+        ),
+        ("form=quiet_hours&quiet_start=22:00&quiet_start=23:00&quiet_end=07:00", URLENCODED),
+        ("form=colours", URLENCODED),
     ],
 )
 def test_other_bodies_are_400_and_change_nothing(
     engine: Engine, site: Site, body: bytes | str, headers: dict[str, str]
 ) -> None:
-    """Only List-Unsubscribe=One-Click or cadence=daily|weekly|off is acted on."""
+    """Only List-Unsubscribe=One-Click, cadence=daily|weekly|off, and the categories and
+    quiet-hours forms as the page sends them are acted on."""
     add_user(engine, "ana")
     schedule(engine)
     before = snapshot(engine)
@@ -404,13 +416,29 @@ def test_changes_are_logged_without_the_token(
     token = token_for(engine, "ana")
     with caplog.at_level(logging.INFO, logger="digest.web.preferences"):
         site.one_click(token)
-        site.request("POST", f"/u/{token}", "cadence=weekly", URLENCODED)
-    lines = [r.getMessage() for r in caplog.records if r.name == "digest.web.preferences"]
-    assert lines == [
-        "preferences_changed user_id=ana action=unsubscribe changed=True",
-        "preferences_changed user_id=ana action=weekly changed=True",
+        weekly = site.request("POST", f"/u/{token}", "cadence=weekly", URLENCODED)
+        fresh = form_token(weekly, token)  # subscribed again: the page's forms get a new link
+        post_form(site, fresh, categories_form(["like"], []))
+        post_form(site, fresh, categories_form(["like"], []))
+        post_form(
+            site, fresh, [("form", "quiet_hours"), ("quiet_start", "1:00"), ("quiet_end", "6:00")]
+        )
+    changes = [
+        (r.__dict__.get("event"), logs.fields(r))
+        for r in caplog.records
+        if r.name == "digest.web.preferences"
     ]
-    assert all(token not in r.getMessage() for r in caplog.records)
+    assert changes == [
+        ("preferences_changed", {"user_id": "ana", "action": "unsubscribe", "changed": True}),
+        ("preferences_changed", {"user_id": "ana", "action": "weekly", "changed": True}),
+        ("preferences_changed", {"user_id": "ana", "action": "categories", "changed": True}),
+        ("preferences_changed", {"user_id": "ana", "action": "categories", "changed": False}),
+        ("preferences_changed", {"user_id": "ana", "action": "quiet_hours", "changed": True}),
+    ]
+    for record in caplog.records:
+        for line in (logs.TextFormatter().format(record), logs.JsonFormatter().format(record)):
+            assert token not in line
+            assert fresh not in line
 
 
 def test_cadence_button_gives_a_deferred_runs_events_to_the_next_run(
@@ -467,6 +495,8 @@ def test_a_replayed_link_after_resubscribing_changes_nothing(engine: Engine, sit
     replies = [
         site.one_click(old),
         site.request("POST", f"/u/{old}", "cadence=off", URLENCODED),
+        post_form(site, old, categories_form(["like"], [])),
+        post_form(site, old, [("form", "quiet_hours"), ("quiet_start", "1:00"), ("quiet_end", "")]),
         site.request("GET", f"/u/{old}"),
     ]
     reference = stale_reference(site, engine)
@@ -706,3 +736,250 @@ def test_ses_webhook_is_served_and_refuses_unsigned_posts(engine: Engine, site: 
     reply = site.request("POST", "/webhooks/ses", body, {"Content-Type": "text/plain"})
     assert reply.status == 403
     assert snapshot(engine) == before
+
+
+# ---------------------------------------------------------------------------- preference centre
+
+
+class PageParts(HTMLParser):
+    """What a reader meets on a page: its forms' fields and buttons, its visible text, and
+    the fields no label names."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.forms: list[list[dict[str, str | None]]] = []
+        self.buttons: list[tuple[dict[str, str | None], str]] = []
+        self.unlabelled: list[dict[str, str | None]] = []
+        self.text: list[str] = []
+        self._form: list[dict[str, str | None]] | None = None
+        self._labels = 0
+        self._button: tuple[dict[str, str | None], list[str]] | None = None
+        self._hidden_text = 0
+        self.feed(body)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        field: dict[str, str | None] = {"tag": tag, **dict(attrs)}
+        if tag == "form":
+            self._form = []
+            self.forms.append(self._form)
+        elif tag == "label":
+            self._labels += 1
+        elif tag in ("style", "title"):
+            self._hidden_text += 1
+        elif tag in ("input", "button", "select", "textarea"):
+            if self._form is not None:
+                self._form.append(field)
+            if tag == "button":
+                self._button = (field, [])
+            elif field.get("type") not in ("hidden", "submit") and not self._labels:
+                self.unlabelled.append(field)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+        elif tag == "label":
+            self._labels -= 1
+        elif tag in ("style", "title"):
+            self._hidden_text -= 1
+        elif tag == "button" and self._button is not None:
+            self.buttons.append((self._button[0], " ".join("".join(self._button[1]).split())))
+            self._button = None
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button[1].append(data)
+        if not self._hidden_text:
+            self.text.append(data)
+
+    @property
+    def visible(self) -> str:
+        return " ".join(" ".join(self.text).split())
+
+    def form_with(self, name: str) -> list[dict[str, str | None]]:
+        """The one form that has a field called `name`."""
+        [form] = [f for f in self.forms if any(field.get("name") == name for field in f)]
+        return form
+
+
+def post_form(site: Site, token: str, fields: list[tuple[str, str]]) -> Reply:
+    return site.request("POST", f"/u/{token}", urlencode(fields), URLENCODED)
+
+
+def categories_form(shown: list[str], include: list[str]) -> list[tuple[str, str]]:
+    return [
+        ("form", "categories"),
+        *(("shown", name) for name in shown),
+        *(("include", name) for name in include),
+    ]
+
+
+KNOWN = ["comment", "like", "mention", "follow"]
+
+
+def test_the_page_offers_one_choice_per_concern(engine: Engine, site: Site) -> None:
+    """One form each: how often (daily/weekly/off, Save), which categories, quiet hours, and one
+    Unsubscribe-from-all button; every field has a label."""
+    add_user(engine, "ana", name="Ana")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id) "
+                "VALUES (digest_bucket('ana'), 'ana', 'post.shared', 'post', 'p9')"
+            )
+        )
+    page = PageParts(site.request("GET", f"/u/{token_for(engine, 'ana')}").body)
+    assert len(page.forms) == 4
+    unsubscribe = page.form_with("List-Unsubscribe")
+    assert [f["tag"] for f in unsubscribe] == ["input", "button"]
+    cadence = page.form_with("cadence")
+    radios = [(f["value"], "checked" in f) for f in cadence if f.get("type") == "radio"]
+    assert radios == [("daily", True), ("weekly", False), ("off", False)]
+    categories = page.form_with("include")
+    boxes = [(f["value"], "checked" in f) for f in categories if f.get("type") == "checkbox"]
+    assert boxes == [(name, True) for name in [*KNOWN, "post.shared"]]
+    quiet = page.form_with("quiet_start")
+    assert [(f["name"], f["value"]) for f in quiet if f.get("type") == "time"] == [
+        ("quiet_start", ""),
+        ("quiet_end", ""),
+    ]
+    labels = [text for _, text in page.buttons]
+    assert labels == ["Save", "Save categories", "Save quiet hours", "Unsubscribe from all"]
+    assert page.unlabelled == []
+
+
+def test_unsubscribing_confirms_once(engine: Engine, site: Site) -> None:
+    """After the one-click POST the page says it once, and offers only the way back."""
+    add_user(engine, "ana")
+    token = token_for(engine, "ana")
+    for reply in (site.one_click(token), site.request("GET", f"/u/{token}")):
+        page = PageParts(reply.body)
+        assert page.visible.lower().count("unsubscribed") == 1, page.visible
+        assert len(page.forms) == 1
+        form = page.form_with("cadence")
+        radios = [f["value"] for f in form if f.get("type") == "radio"]
+        assert radios == ["daily", "weekly"]
+        assert [text for _, text in page.buttons] == ["Subscribe again"]
+
+
+def test_a_saved_choice_is_confirmed_once(engine: Engine, site: Site) -> None:
+    """A cadence saved on the page: one notice, and the radio shows the new choice."""
+    add_user(engine, "ana")
+    reply = post_form(site, token_for(engine, "ana"), [("cadence", "weekly")])
+    assert reply.body.count('role="status"') == 1
+    page = PageParts(reply.body)
+    checked = [f["value"] for f in page.form_with("cadence") if "checked" in f]
+    assert checked == ["weekly"]
+
+
+def test_the_categories_form_mutes_and_unmutes(engine: Engine, site: Site) -> None:
+    """Unticked categories are muted, ticked ones unmuted; a category the form did not show
+    keeps its setting; no run is cancelled."""
+    add_user(engine, "ana")
+    schedule(engine)
+    token = token_for(engine, "ana")
+    reply = post_form(site, token, categories_form(KNOWN, ["comment", "mention", "follow"]))
+    assert reply.status == 200
+    assert "Saved: your digests leave out likes." in PageParts(reply.body).visible
+    assert recipient(engine, "ana").muted_categories == ["like"]
+    boxes = [
+        (f["value"], "checked" in f)
+        for f in PageParts(reply.body).form_with("include")
+        if f.get("type") == "checkbox"
+    ]
+    assert ("like", False) in boxes
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE recipients SET muted_categories = '{digest.old,like}'"))
+    reply = post_form(site, token, categories_form(KNOWN, KNOWN))
+    assert "Saved: your digests leave out digest old." in PageParts(reply.body).visible
+    assert recipient(engine, "ana").muted_categories == ["digest.old"]
+    assert run_statuses(engine, "ana") == ["pending"]
+
+
+def test_the_quiet_hours_form_sets_and_clears_them(engine: Engine, site: Site) -> None:
+    """Start and end are saved in the recipient's zone; both empty clears them; one of
+    them alone, or a time that is not one, shows the page with an error and changes nothing."""
+    add_user(engine, "ana")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE recipients SET timezone = 'Europe/Berlin'"))
+    token = token_for(engine, "ana")
+    reply = post_form(
+        site, token, [("form", "quiet_hours"), ("quiet_start", "22:00"), ("quiet_end", "7:00")]
+    )
+    assert reply.status == 200
+    page = PageParts(reply.body)
+    assert "Saved: quiet hours from 22:00 to 07:00 (Europe/Berlin time)." in page.visible
+    times = [f["value"] for f in page.form_with("quiet_start") if f.get("type") == "time"]
+    assert times == ["22:00", "07:00"]
+    row = recipient(engine, "ana")
+    assert (str(row.quiet_start), str(row.quiet_end)) == ("22:00:00", "07:00:00")
+    before = snapshot(engine)
+    for start, end in (("22:00", ""), ("25:00", "07:00"), ("07:00", "07:00"), ("soon", "later")):
+        fields = [("form", "quiet_hours"), ("quiet_start", start), ("quiet_end", end)]
+        bad = post_form(site, token, fields)
+        assert bad.status == 400, (start, end)
+        assert bad.body.count('role="alert"') == 1
+        assert 'name="quiet_start"' in bad.body  # the page itself, to correct the entry
+        assert snapshot(engine) == before
+    cleared = post_form(
+        site, token, [("form", "quiet_hours"), ("quiet_start", ""), ("quiet_end", "")]
+    )
+    assert "Saved: no quiet hours." in PageParts(cleared.body).visible
+    assert recipient(engine, "ana").quiet_start is None
+
+
+BRANDED = {
+    "product_name": "Acme Social",
+    "logo_url": "https://cdn.acme.test/logo.png",
+    "accent_color": "#aa3300",
+    "postal_address": "1 Main St, Springfield",
+}
+
+
+def test_pages_carry_the_products_branding(engine: Engine, start_site: StartSite) -> None:
+    """Name, logo, accent colour and postal address from the settings; the CSP lets in the
+    logo's origin and nothing else."""
+    add_user(engine, "ana")
+    site = start_site(engine, Settings(secret_key=SECRET).with_(**BRANDED))
+    reply = site.request("GET", f"/u/{token_for(engine, 'ana')}")
+    page = PageParts(reply.body)
+    assert "Acme Social" in page.visible
+    assert "1 Main St, Springfield" in page.visible
+    assert not re.search(r"\bDigest\b", page.visible)
+    assert '<img src="https://cdn.acme.test/logo.png" alt="Acme Social"' in reply.body
+    assert "#aa3300" in reply.body
+    csp = reply.header("content-security-policy") or ""
+    assert "img-src https://cdn.acme.test;" in csp
+    assert "script-src" not in csp
+    missing = site.request("GET", "/u/garbage")
+    assert "Acme Social" in missing.body
+    plain = start_site(engine).request("GET", f"/u/{token_for(engine, 'ana')}")
+    assert "img-src" not in (plain.header("content-security-policy") or "")
+    assert "Digest" in PageParts(plain.body).visible
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("accent_color", "red;}body{display:none"),
+        ("accent_color", "#12345"),
+        ("logo_url", "http://cdn.acme.test/logo.png"),
+        ("logo_url", "https://cdn.acme.test/logo.png'; script-src *"),
+    ],
+)
+def test_unsafe_branding_is_refused_at_start(engine: Engine, setting: str, value: str) -> None:
+    """A colour or logo URL that could break out of CSS or the CSP stops the app at start."""
+    with pytest.raises(DigestError, match=f"DIGEST_{setting.upper()}"):
+        create_app(engine, Settings(secret_key=SECRET).with_(**{setting: value}))
+
+
+def test_with_an_allow_list_the_page_offers_only_allowed_categories(
+    engine: Engine, start_site: StartSite
+) -> None:
+    """With DIGEST_CATEGORIES set, the boxes are the allowed categories (known ones first),
+    not the four every product is assumed to have."""
+    add_user(engine, "ana")
+    allowed = Settings(secret_key=SECRET).with_(categories=frozenset({"badge", "like", "comment"}))
+    reply = start_site(engine, allowed).request("GET", f"/u/{token_for(engine, 'ana')}")
+    form = PageParts(reply.body).form_with("include")
+    assert [f["value"] for f in form if f.get("type") == "checkbox"] == ["comment", "like", "badge"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from digest import shards, watchdog
+from digest import logs, shards, watchdog
 from digest.channels.base import SendError
 from digest.channels.email.file import FileTransport
 from digest.cli.work import worker_cpus
@@ -124,6 +124,42 @@ class ScriptedTransport:
         pass
 
 
+class SlowFor:
+    """Sends everyone, taking `seconds` for the users in `slow`."""
+
+    name = "slow"
+
+    def __init__(self, slow: set[str], seconds: float):
+        self.slow = slow
+        self.seconds = seconds
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        if message.user_id in self.slow:
+            time.sleep(self.seconds)
+        return SendResult(self.name, f"provider-{message.run_id}")
+
+    def close(self) -> None:
+        pass
+
+
+def test_each_run_outcome_has_its_own_duration(
+    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """duration_ms is the run's own time to its outcome, not the batch's time shared out."""
+    for user in ("slow", "fast", "empty"):
+        add_user(engine, user)
+    add_events(engine, "slow", 3)
+    add_events(engine, "fast", 3)
+    schedule(engine)
+    worker = make_worker(engine, tmp_path, SlowFor({"slow"}, 0.6), send_concurrency=2)
+    with caplog.at_level(logging.INFO, logger="digest.worker"):
+        assert worker.run(drain=True).batches == 1
+    took = {r["user_id"]: r["duration_ms"] for r in logs.events(caplog.records, "run_outcome")}
+    assert took["slow"] >= 600
+    assert took["fast"] < 300
+    assert took["empty"] < 300
+
+
 def test_digests_are_sent_and_empty_runs_skipped(
     engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -147,9 +183,13 @@ def test_digests_are_sent_and_empty_runs_skipped(
         assert message["To"].addresses[0].addr_spec == f"{user}@example.com"
         assert message["Message-ID"] == run.message_id
         assert (tmp_path / "outbox" / f"run-{run.id}.html").exists()
-    outcome_lines = [r.getMessage() for r in caplog.records if "run_outcome" in r.getMessage()]
-    assert len(outcome_lines) == 4
-    assert all("run_id=" in line and "duration_ms=" in line for line in outcome_lines)
+    outcomes = {r["user_id"]: r for r in logs.events(caplog.records, "run_outcome")}
+    assert {
+        u: (r["run_id"], r["status"], r["attempt"], r["events"]) for u, r in outcomes.items()
+    } == {
+        user: (run.id, run.status, 1, 12 if user != "quiet" else 0) for user, run in by_user.items()
+    }
+    assert all(r["duration_ms"] >= 0 for r in outcomes.values())
     with engine.connect() as conn:
         assert (
             conn.execute(text("SELECT count(*) FROM deliveries WHERE status = 'sent'")).scalar_one()
@@ -256,11 +296,12 @@ def test_fatal_transport_error_stops_the_worker_and_keeps_runs(
 
 
 def test_heavy_user_gets_top_groups_and_exact_more(engine: Engine, tmp_path: Path) -> None:
-    """10,000 events over 300 posts: 50 groups rendered and "250 more" in both parts."""
+    """10,000 events over 300 posts, the cap at 50: 50 groups rendered and "250 more",
+    a link, in both parts."""
     add_user(engine, "heavy")
     add_events(engine, "heavy", 10_000, entities=300)
     schedule(engine)
-    make_worker(engine, tmp_path).run(drain=True)
+    make_worker(engine, tmp_path, group_cap=50).run(drain=True)
     run = runs(engine)["heavy"]
     assert (run.status, run.event_count) == ("sent", 10_000)
     html = (tmp_path / "outbox" / f"run-{run.id}.html").read_text()
@@ -650,7 +691,10 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
         beater.join()
     records = [r for r in caplog.records if r.name == "digest.heartbeat"]
     assert records
-    assert all(r.getMessage().startswith("heartbeat_missed runs=2") for r in records)
+    assert all(
+        (r.__dict__.get("event"), r.__dict__.get("runs")) == ("heartbeat_missed", 2)
+        for r in records
+    )
     assert all(r.exc_info is None for r in records)
 
 
@@ -669,16 +713,45 @@ def test_pin_cpus_gives_each_worker_process_its_cpu(
         **os.environ,
         "DIGEST_DATABASE_URL": db_url,
         "DIGEST_LOG_LEVEL": "INFO",
+        "DIGEST_LOG_FORMAT": "json",
         "DIGEST_OUTBOX": str(tmp_path / "out"),
     }
     done = run_digest("work", "--drain", "--processes", "2", "--pin-cpus", env=env)
     assert done.returncode == 0, done.stderr
     assert "sent 3," in done.stderr
-    pinned = re.findall(
-        r" (\d+) INFO digest\.cli\.work worker process pinned to CPU (\d+)", done.stderr
-    )
-    assert len({pid for pid, _ in pinned}) == 2, done.stderr
-    assert sorted(int(cpu) for _, cpu in pinned) == sorted(worker_cpus(2))
+    pinned = [r for r in logs.read(done.stderr) if r.get("event") == "worker_pinned"]
+    assert len({r["pid"] for r in pinned}) == 2, done.stderr
+    assert sorted(r["cpu"] for r in pinned) == sorted(worker_cpus(2))
+
+
+def test_json_logs_give_each_run_outcome_as_one_object(
+    engine: Engine, db_url: str, tmp_path: Path, run_digest: RunDigest
+) -> None:
+    """DIGEST_LOG_FORMAT=json: every log line of `digest work`, in every worker process, is
+    one JSON object; each run's outcome is one record with its fields."""
+    for user in ("j1", "j2", "j3"):
+        add_user(engine, user)
+        add_events(engine, user, 2)
+    add_user(engine, "j4")
+    schedule(engine)
+    env = {
+        **os.environ,
+        "DIGEST_DATABASE_URL": db_url,
+        "DIGEST_LOG_LEVEL": "INFO",
+        "DIGEST_LOG_FORMAT": "json",
+        "DIGEST_OUTBOX": str(tmp_path / "out"),
+    }
+    done = run_digest("work", "--drain", "--processes", "2", env=env)
+    assert done.returncode == 0, done.stderr
+    *lines, summary = done.stderr.splitlines()
+    assert summary.startswith("sent 3, skipped 1,")  # the command's own summary, not a log
+    records = [json.loads(line) for line in lines]  # every log line is an object
+    outcomes = {r["user_id"]: r for r in records if r.get("event") == "run_outcome"}
+    assert {
+        u: (r["run_id"], r["status"], r["attempt"], r["events"]) for u, r in outcomes.items()
+    } == {user: (run.id, run.status, 1, run.event_count) for user, run in runs(engine).items()}
+    assert all(r["level"] == "INFO" and r["logger"] == "digest.worker" for r in outcomes.values())
+    assert all(isinstance(r["duration_ms"], float) for r in outcomes.values())
 
 
 def test_worker_cpus_go_round_robin_over_the_allowed_cpus(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import pytest
@@ -334,12 +335,44 @@ def test_mail_held_through_the_outage_is_shown() -> None:
     assert a.check(OUTAGE).ok
 
 
-def test_lost_leases_are_read_from_worker_log_lines() -> None:
-    """Only `run_outcome ... status=lease_lost` lines name an attempt whose lease was lost."""
-    log = (
-        "INFO digest.worker run_outcome run_id=12 user_id=u1 status=lease_lost attempt=3 "
-        "events=2 duration_ms=5.0\n"
-        "INFO digest.worker run_outcome run_id=13 user_id=u2 status=sent attempt=1 "
-        "events=1 duration_ms=4.0\n"
+def test_lost_leases_are_read_from_the_workers_json_records() -> None:
+    """Only run_outcome records with status lease_lost name an attempt whose lease was lost;
+    lines that are not JSON records (a traceback, the command's summary) are passed over."""
+    log = "\n".join(
+        [
+            json.dumps(outcome(12, "u1", "lease_lost", 3)),
+            json.dumps(outcome(13, "u2", "sent", 1)),
+            json.dumps({"event": "run_lease_expired", "run_id": 14, "status": "pending"}),
+            "run_outcome run_id=15 user_id=u3 status=lease_lost attempt=2",
+            "sent 1, skipped 0, failed 0",
+        ]
     )
     assert logs.lease_lost(log) == {(12, 3)}
+
+
+def test_a_watchdogs_requeued_runs_are_counted_from_its_records() -> None:
+    """`digest watchdog` requeued the runs its run_lease_expired records put back to pending."""
+    output = "\n".join(
+        json.dumps({"event": "run_lease_expired", "run_id": i, "status": status})
+        for i, status in enumerate(["pending", "failed", "pending"])
+    )
+    assert logs.requeued(output) == 2
+    assert logs.requeued(output + "\nrequeued 2, failed 1\n") == 2  # the summary adds none
+    assert logs.requeued("requeued 0, failed 0\n") == 0
+
+
+def outcome(run_id: int, user_id: str, status: str, attempt: int) -> dict[str, object]:
+    """A worker's run_outcome record as DIGEST_LOG_FORMAT=json writes it."""
+    return {
+        "ts": "2025-01-01T00:00:00.000Z",
+        "level": "INFO",
+        "logger": "digest.worker",
+        "pid": 4242,
+        "event": "run_outcome",
+        "run_id": run_id,
+        "user_id": user_id,
+        "status": status,
+        "attempt": attempt,
+        "events": 2,
+        "duration_ms": 5.0,
+    }

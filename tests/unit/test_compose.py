@@ -7,7 +7,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 from digest.buckets import bucket_of
-from digest.compose import Composer
+from digest.compose import Composer, make_renderer
 from digest.config import Settings
 from digest.models import (
     ClaimedRun,
@@ -63,3 +63,30 @@ def test_a_blocked_recipient_is_skipped_but_still_previewed() -> None:
         "smtp",
     )
     assert "Trip photos" in COMPOSER.render(run_for(gone)).html
+
+
+def test_branding_and_reply_to_come_from_the_settings() -> None:
+    """Product name, logo, accent colour, postal address and Reply-To are settings: the
+    email shows them and no hard-coded "Digest" is left."""
+    settings = SETTINGS.with_(
+        product_name="Acme",
+        logo_url="https://cdn.acme.example/logo.png",
+        accent_color="#0f766e",
+        postal_address="Acme Inc., 1 Main St, Springfield",
+        reply_to="support@acme.example",
+    )
+    composer = Composer(settings, make_renderer(settings), "secret", "smtp")
+    outgoing = composer.compose(run_for(ANA))
+    assert isinstance(outgoing, OutgoingMessage)
+    sent = message_from_bytes(outgoing.data, policy=policy.default)
+    assert str(sent["Reply-To"]) == "support@acme.example"
+    assert sent["From"].addresses[0].display_name == "Acme"
+    html, text = outgoing.html, composer.render(run_for(ANA)).text
+    assert '<img class="logo" src="https://cdn.acme.example/logo.png" alt="Acme"' in html
+    assert "Acme Inc., 1 Main St, Springfield" in html
+    assert "Acme Inc., 1 Main St, Springfield" in text
+    assert "© Acme" in html
+    assert "background-color:#0f766e" in html  # the button, inlined when the templates loaded
+    assert "#2563eb" not in html
+    assert "Digest" not in html
+    assert "Digest" not in text.replace("Your daily digest", "")

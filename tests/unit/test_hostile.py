@@ -49,8 +49,16 @@ from digest.channels.email.mime import (
     make_message_id,
 )
 from digest.config import Settings
-from digest.grouping import build_digest
-from digest.models import DigestContent, DigestRequest, Event, Group, Recipient, RenderedDigest
+from digest.grouping import OTHER, PRIORITY, build_digest
+from digest.models import (
+    DigestContent,
+    DigestRequest,
+    Event,
+    FoldedLikes,
+    Group,
+    Recipient,
+    RenderedDigest,
+)
 from digest.render import Renderer
 from digest.render.fit import BODY_BUDGET, _size_bound, sent_size
 from digest.render.text import URL_LIMIT, clean_text, safe_url
@@ -382,7 +390,10 @@ def _benign_attributes() -> set[tuple[str, str, str | None]]:
             )
         )
     found: set[tuple[str, str, str | None]] = set()
-    for content in (DigestContent(tuple(groups), 100, 500), DigestContent((), 0, 0)):
+    # In digests small enough to show every group (the budget cuts a long one short).
+    contents = [DigestContent(tuple(groups[i : i + 8]), 100, 500) for i in range(0, 80, 8)]
+    folded = DigestContent((), 2, 2, FoldedLikes(2, 2, ("Ana", "Ben")))
+    for content in (*contents, folded, DigestContent((), 0, 0)):
         html = RENDERER.render(DigestRequest(RECIPIENT, content, **KW)).html
         found |= {a for a in Structure(html).attributes() if a[1] != "href"}
     return found
@@ -399,8 +410,8 @@ SAFE_HREF = re.compile(
 
 def shown_fields(group: dict[str, Any]) -> list[str]:
     """The user-text fields the partial of `group` displays."""
-    keys = [] if group["is_generic"] and not group["has_actors"] else ["actor_phrase"]
-    if not group["is_follow"]:
+    keys = ["actor_phrase"] if group["show_actor"] else []
+    if group["show_title"]:
         keys.append("title")
     if group["has_excerpt"] and not (group["is_like"] or group["is_follow"]):
         keys.append("excerpt")
@@ -435,7 +446,8 @@ def assert_safe_digest(
     assert not UNSAFE.search(result.subject)
     assert f"<title>{escape(result.subject)}</title>" in result.html
     # The groups shown, plus "…and N more", account for every group.
-    assert len(shown.groups) + shown.more_groups == content.total_groups
+    folded = shown.folded_likes.posts if shown.folded_likes else 0
+    assert len(shown.groups) + folded + shown.more_groups == content.total_groups
     if content.groups:
         assert shown.groups
         assert all(a is b for a, b in zip(shown.groups, content.groups, strict=False))
@@ -480,22 +492,35 @@ def body_parts(parsed: EmailMessage) -> tuple[EmailMessage, EmailMessage]:
 @settings(max_examples=100, deadline=None)
 @given(events=events, cap=st.integers(1, 8))
 def test_grouping_ranking_and_capping_hold_for_any_events(events: list[Event], cap: int) -> None:
-    """Any events group into one group per (category, type, id), ranked and capped."""
+    """Any events group into one group per (category, type, id), single likes folded when
+    two or more, the rest ranked by category priority, then size and recency, and capped."""
     content = build_digest(events, cap)
     keys = {(e.category, e.entity_type, e.entity_id) for e in events}
+    single = [k for k in keys if k[0] == "like" and sum(key(e) == k for e in events) == 1]
+    folded = len(single) if len(single) >= 2 else 0
     assert content.total_events == len(events)
     assert content.total_groups == len(keys)
-    assert len(content.groups) == min(cap, len(keys))
-    assert content.more_groups == len(keys) - len(content.groups)
-    ranks = [(g.event_count, g.latest_at, g.last_event_id) for g in content.groups]
+    assert len(content.groups) == min(cap, len(keys) - folded)
+    assert (content.folded_likes.posts if content.folded_likes else 0) == folded
+    assert content.more_groups == len(keys) - folded - len(content.groups)
+    ranks = [
+        (-PRIORITY.get(g.category, OTHER), g.event_count, g.latest_at, g.last_event_id)
+        for g in content.groups
+    ]
     assert ranks == sorted(ranks, reverse=True)
     for group in content.groups:
-        key = (group.category, group.entity_type, group.entity_id)
-        members = [e for e in events if (e.category, e.entity_type, e.entity_id) == key]
+        members = [
+            e for e in events if key(e) == (group.category, group.entity_type, group.entity_id)
+        ]
         assert group.event_count == len(members)
         assert group.actor_count == len({e.actor_id for e in members if e.actor_id is not None})
         assert len(group.actor_names) == min(group.actor_count, 3)
         assert group.payload is max(members, key=lambda e: (e.created_at, e.id)).payload
+
+
+def key(event: Event) -> tuple[str, str, str]:
+    """The group an event belongs to."""
+    return (event.category, event.entity_type, event.entity_id)
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -547,7 +572,7 @@ def test_payloads_of_any_json_type_render() -> None:
     scalars show as text, everything else counts as missing."""
     values: list[object] = [10**5000, 2**80, 1e308, float("nan"), None, True, [1], {"a": 1}]
     events = [
-        Event(i, "like", "post", str(i), "a", {"title": v, "excerpt": v, "actor_name": v}, NOW)
+        Event(i, "comment", "post", str(i), "a", {"title": v, "excerpt": v, "actor_name": v}, NOW)
         for i, v in enumerate(values)
     ]
     content = build_digest(events, CAP)
@@ -569,7 +594,7 @@ def test_only_absolute_http_urls_become_links(url: str) -> None:
     result = RENDERER.render(DigestRequest(RECIPIENT, content, **KW))
     assert_safe_digest(RECIPIENT, content, result)
     hrefs = [v for _, name, v in Structure(result.html).attributes() if name == "href"]
-    own = [f"{KW['base_url']}/activity", KW["unsubscribe_url"]]
+    own = [f"{KW['base_url']}/activity"] * 2 + [KW["unsubscribe_url"]]
     kept = safe_url(url)
     assert sorted(h or "" for h in hrefs) == sorted([*own, *([kept] if kept else [])])
     for scheme in ("javascript:", "data:", "vbscript:", "file:", "mailto:"):
@@ -840,7 +865,8 @@ def test_worst_case_digest_stays_under_gmail_clipping(char: str, url: str) -> No
     assert sent_size(rendered.html) + sent_size(rendered.text) <= BODY_BUDGET
     shown = RENDERER.shown_content(DigestRequest(recipient, content, **KW))
     assert 1 <= len(shown.groups) < CAP
-    assert f"…and {content.total_groups - len(shown.groups)} more updates." in rendered.text
+    more = content.total_groups - len(shown.groups)
+    assert f"…and {more:,} more updates: {KW['base_url']}/activity" in rendered.text
 
 
 def test_an_ordinary_full_digest_shows_every_group() -> None:
@@ -887,7 +913,8 @@ def test_any_long_payloads_stay_under_gmail_clipping(
     assert len(raw) < GMAIL_CLIP
     assert sent_size(rendered.html) + sent_size(rendered.text) <= BODY_BUDGET
     shown = RENDERER.shown_content(DigestRequest(recipient, content, **KW))
-    assert len(shown.groups) + shown.more_groups == content.total_groups
+    folded = shown.folded_likes.posts if shown.folded_likes else 0
+    assert len(shown.groups) + folded + shown.more_groups == content.total_groups
 
 
 ENDINGS = ["\n", " \n", ".\n", "\t\n", "=", "\n.\n"]

@@ -76,6 +76,17 @@ def test_headers_present_and_parse_back() -> None:
     assert parsed["MIME-Version"] == "1.0"
 
 
+def test_reply_to_is_written_when_configured() -> None:
+    """DIGEST_REPLY_TO becomes a Reply-To header (IDN domains in ASCII); none without it;
+    an address that is not one, or that would carry a line break, is refused."""
+    parsed = reparse(message(reply_to="Support@Bücher.example"))
+    assert str(parsed["Reply-To"]) == "Support@xn--bcher-kva.example"
+    assert "Reply-To" not in reparse(message())
+    for bad in ("nobody", "a@b.example\r\nBcc: x@y.example"):
+        with pytest.raises(HeaderError):
+            message(reply_to=bad)
+
+
 def test_list_unsubscribe_is_never_encoded() -> None:
     """A long List-Unsubscribe is folded after the comma, never turned into =?utf-8?...?=."""
     raw = message()
@@ -358,11 +369,26 @@ _NAME = _ANY_TEXT.filter(lambda name: "=?" not in name)
     html=_BODY,
     text=_BODY,
     mailto=st.booleans(),
+    reply_to=st.sampled_from([None, "support@example.com", "Help@Bücher.example"]),
 )
 # b2a_qp fills a line, then encodes its trailing space as =20: 78 characters
-@example(from_name="", to_name=None, subject="", html="", text="a" * 75 + " \n", mailto=False)
+@example(
+    from_name="",
+    to_name=None,
+    subject="",
+    html="",
+    text="a" * 75 + " \n",
+    mailto=False,
+    reply_to=None,
+)
 def test_direct_bytes_read_the_same_as_the_stdlib_message(
-    from_name: str, to_name: str | None, subject: str, html: str, text: str, mailto: bool
+    from_name: str,
+    to_name: str | None,
+    subject: str,
+    html: str,
+    text: str,
+    mailto: bool,
+    reply_to: str | None,
 ) -> None:
     """`build_message` writes bytes without `EmailMessage`; a client reads them exactly as
     it reads the stdlib's message from the same inputs, lines fit (998 in headers, 76 in
@@ -380,6 +406,7 @@ def test_direct_bytes_read_the_same_as_the_stdlib_message(
         "list_unsubscribe_url": f"https://app.example.com/u/{TOKEN}",
         "list_unsubscribe_mailto": f"mailto:u@example.com?subject={TOKEN}" if mailto else None,
         "date": DATE,
+        "reply_to": reply_to,
     }
     raw = build_message(**args)
     assert as_client_reads(raw) == as_client_reads(build_email_message(**args).as_bytes())

@@ -20,10 +20,11 @@ from digest.models import DigestContent, DigestRequest, Group, Recipient, Render
 from digest.render import Renderer
 from digest.render.templates import CompiledTemplate
 from digest.render.text import clean_text, safe_url
-from digest.render.view import actor_phrase, digest_context
+from digest.render.view import actor_phrase, first_name
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 RENDERER = Renderer(TEMPLATES)
+EN = RENDERER.locales.catalog("en")
 NOW = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
 RECIPIENT = Recipient("u1", "ana.silva@example.com", "Ana", "daily", "Europe/Lisbon", "en")
 KW: dict[str, Any] = {
@@ -104,7 +105,7 @@ def render(c: DigestContent, **overrides: Any) -> RenderedDigest:
 def context(c: DigestContent, **overrides: Any) -> dict[str, Any]:
     """The view model of `c` for the default recipient."""
     recipient = overrides.pop("recipient", RECIPIENT)
-    return digest_context(DigestRequest(recipient, c, **{**KW, **overrides}))
+    return RENDERER.context(DigestRequest(recipient, c, **{**KW, **overrides}))
 
 
 class _Events(HTMLParser):
@@ -155,6 +156,9 @@ def links(html: str) -> list[str]:
     ("names", "count", "expected"),
     [
         ((), 0, "Someone"),
+        (("",), 1, "Someone"),
+        (("", ""), 2, "2 people"),
+        (("", "Ben"), 2, "Ben and 1 other"),
         ((), 4, "4 people"),
         (("Ana",), 1, "Ana"),
         (("Ana", "Ben"), 2, "Ana and Ben"),
@@ -164,11 +168,19 @@ def links(html: str) -> list[str]:
         (("Ana", "Ben"), 3, "Ana, Ben and 1 other"),
         (("Ana", "", "  "), 1, "Ana"),
         (("Ana\r\nBcc: x",), 1, "Ana Bcc: x"),
+        (("Maximilian Alexander von Hohenzollern-Sigmaringen",), 1, "Maximilian Alexander von…"),
     ],
 )
 def test_actor_phrase(names: tuple[str, ...], count: int, expected: str) -> None:
-    """Actors read naturally: up to three names, else two names and a count of the others."""
-    assert actor_phrase(names, count) == expected
+    """Actors read naturally: up to three names, else two names and a count of the others;
+    an actor without a name is counted, never named; a long name is cut between words."""
+    assert actor_phrase(names, count, EN) == expected
+
+
+def test_someone_is_lower_case_inside_a_sentence() -> None:
+    """An unnamed actor that does not start its sentence is "someone"."""
+    assert actor_phrase((), 1, EN, first=False) == "someone"
+    assert "New badge from someone on" in render(content(group("badge", names=("",)))).text
 
 
 def test_title_falls_back_to_the_entity_type() -> None:
@@ -280,40 +292,57 @@ def test_period_is_shown_in_the_users_time_zone() -> None:
     late_utc = datetime(2026, 3, 2, 23, 30, tzinfo=UTC)
     tokyo = Recipient("u1", "a@example.com", None, "daily", "Asia/Tokyo", "en")
     assert context(content(), recipient=tokyo, period_start=late_utc)["period_label"] == (
-        "Tuesday, 3 March 2026"
+        "Tuesday, March 3, 2026"
     )
-    assert context(content(), period_start=late_utc)["period_label"] == "Monday, 2 March 2026"
+    assert context(content(), period_start=late_utc)["period_label"] == "Monday, March 2, 2026"
 
 
 def test_unknown_time_zone_falls_back_to_utc() -> None:
     """A zone name Python does not know renders in UTC instead of failing the digest."""
     for zone in ("Mars/Olympus", "", "../../etc/passwd"):
         nowhere = Recipient("u1", "a@example.com", None, "daily", zone, "en")
-        assert context(content(), recipient=nowhere)["period_label"] == "Tuesday, 3 March 2026"
+        assert context(content(), recipient=nowhere)["period_label"] == "Tuesday, March 3, 2026"
 
 
 def test_weekly_heading_and_period() -> None:
     """A weekly digest says so in the heading, the period and the footer."""
     ctx = context(content(group()), cadence="weekly")
     assert ctx["heading"] == "Your weekly digest"
-    assert ctx["period_label"] == "Week ending Tuesday, 3 March 2026"
+    assert ctx["period_label"] == "Week ending Tuesday, March 3, 2026"
     assert "weekly digest" in render(content(group()), cadence="weekly").text
 
 
-def test_greeting_uses_the_name_or_the_email_local_part() -> None:
-    """Without a name the greeting uses the part of the address before the @."""
-    assert context(content())["greeting_name"] == "Ana"
-    nameless = Recipient("u1", "ana.silva@example.com", None, "daily", "UTC", "en")
-    assert context(content(), recipient=nameless)["greeting_name"] == "ana.silva"
+def test_greeting_uses_the_first_name_or_none() -> None:
+    """The greeting names the recipient by the first word of the name; without a name it
+    says "Hi there," (never the address's local part, often an id like user1234)."""
+    assert context(content())["greeting"] == "Hi Ana,"
+    full = Recipient("u1", "m@example.com", " Maximilian Alexander\tKurz", "daily", "UTC", "en")
+    assert context(content(), recipient=full)["greeting"] == "Hi Maximilian,"
+    for name in (None, "", "   "):
+        nameless = Recipient("u1", "user1234@example.com", name, "daily", "UTC", "en")
+        assert context(content(), recipient=nameless)["greeting"] == "Hi there,"
+        assert "user1234" not in render(content(group()), recipient=nameless).text.split("--")[0]
 
 
 def test_more_counts_the_groups_left_out_and_links_to_activity() -> None:
-    """'and N more' is the exact number of capped groups, linking to base_url/activity."""
+    """'…and N more' is the exact number of capped groups, and is itself the link to
+    base_url/activity."""
     result = render(content(group(), more=12))
-    assert "12 more updates" in result.html
-    assert "https://app.example.com/activity" in links(result.html)
-    assert "…and 12 more updates." in result.text
+    assert re.search(
+        r'<a class="more-link" href="https://app.example.com/activity"[^>]*>'
+        r"…and 12 more updates</a>",
+        result.html,
+    )
+    assert "…and 12 more updates: https://app.example.com/activity" in result.text
     assert "more update" not in render(content(group())).html
+
+
+def test_see_all_activity_comes_before_the_first_item() -> None:
+    """A "See all activity" link sits in the intro, above the first item."""
+    html = render(content(group())).html
+    first_link = html.index('href="https://app.example.com/activity"')
+    assert first_link < html.index('class="item"')
+    assert "See all activity" in html[first_link : html.index('class="item"')]
 
 
 def test_count_is_shown_only_when_more_than_one() -> None:
@@ -328,18 +357,26 @@ def test_count_is_shown_only_when_more_than_one() -> None:
 
 
 def test_subject_names_the_top_update_and_counts_the_rest() -> None:
-    """The subject reads like 'Ana commented on “Trip photos” and 12 more updates'."""
+    """The subject reads like 'Ana commented on “Trip photos”, plus 12 more updates'."""
     assert render(content(group(), more=12)).subject == (
-        "Ana commented on “Trip photos” and 12 more updates"
+        "Ana commented on “Trip photos”, plus 12 more updates"
     )
-    assert render(content(group("like"), group(index=1))).subject == (
-        "Ana liked “Trip photos” and 1 more update"
+    assert render(content(group(index=1), group("like"))).subject == (
+        "Ana commented on “Trip photos”, plus 1 more update"
     )
     assert render(content(group("follow", names=("Ana", "Ben")))).subject == (
         "Ana and Ben started following you"
     )
     assert render(content(group("mention", payload={}))).subject == "Ana mentioned you in a post"
-    assert render(content()).subject == "Your daily digest · Tuesday, 3 March 2026"
+    assert render(content()).subject == "Your daily digest · Tuesday, March 3, 2026"
+
+
+def test_subject_has_one_and_however_many_actors() -> None:
+    """Many actors and many more updates: one "and" (in the actors), never two."""
+    busy = group("like", count=9, names=("Gabe", "Fern", "Ida"), actors=9)
+    subject = render(content(busy, more=64)).subject
+    assert subject == "Gabe, Fern and 7 others liked “Trip photos”, plus 64 more updates"
+    assert subject.count(" and ") == 1
 
 
 def test_subject_title_is_shortened() -> None:
@@ -363,6 +400,12 @@ def test_subject_has_no_line_breaks_even_with_crlf_in_data() -> None:
 
 
 HOSTILE = "<script>alert('x')</script> & \"quoted\" 'single' </td></table>"
+# The template's own links: See all activity (intro and button), unsubscribe.
+OWN_LINKS = [
+    "https://app.example.com/activity",
+    "https://app.example.com/activity",
+    "https://app.example.com/u/TOKEN",
+]
 
 
 def test_user_text_is_escaped_in_html() -> None:
@@ -379,16 +422,13 @@ def test_user_text_is_escaped_in_html() -> None:
     assert not any(e[0] == "start" and e[1] == "script" for e in parsed.events)
     text = "".join(parsed.text)
     assert text.count(HOSTILE) == 2  # title and excerpt, decoded back exactly
-    assert f"Hi {clean_text(HOSTILE, 40)}," in text  # names are shortened, then escaped too
+    assert f"Hi {first_name(HOSTILE)}," in text  # names are shortened, then escaped too
 
 
 def test_quotes_in_urls_cannot_break_out_of_href() -> None:
     """A URL with quotes or angle brackets stays one attribute value (percent-encoded)."""
     evil = group(payload={"title": "t", "url": 'https://x.example/" onmouseover="alert(1)'})
-    assert links(render(content(evil)).html) == [
-        "https://app.example.com/activity",
-        "https://app.example.com/u/TOKEN",
-    ]  # the space makes it no URL at all
+    assert links(render(content(evil)).html) == OWN_LINKS  # the space makes it no URL at all
     tricky = group(payload={"title": "t", "url": "https://x.example/a\"'<b>"})
     html = render(content(tricky)).html
     assert "https://x.example/a%22%27%3Cb%3E" in links(html)
@@ -404,10 +444,7 @@ def test_javascript_urls_are_dropped() -> None:
         for i, url in enumerate(["javascript:alert(1)", "data:text/html,x", "/x", " jAvAsCrIpT:x"])
     ]
     result = render(content(*bad))
-    assert links(result.html) == [
-        "https://app.example.com/activity",
-        "https://app.example.com/u/TOKEN",
-    ]
+    assert links(result.html) == OWN_LINKS
     assert "javascript" not in result.html.lower()
     assert "javascript" not in result.text.lower()
     assert all(f"t{i}" in result.html for i in range(4))
@@ -461,9 +498,42 @@ def test_every_category_uses_its_partial() -> None:
         "liked",
         "mentioned you in",
         "started following you",
-        "Shared album on",
+        "</span> shared <a",
     ):
         assert marker in html
+
+
+@pytest.mark.parametrize(
+    ("category", "names", "actors", "expected"),
+    [
+        ("post.shared", ("Max",), 1, "Max shared “Trip photos”"),
+        ("shared_album", ("Max",), 1, "Max shared “Trip photos”"),
+        ("share", ("Rosa", "Ben"), 2, "Rosa and Ben shared “Trip photos”"),
+        ("photo.tagged", ("Max",), 1, "Max tagged you in “Trip photos”"),
+        ("comment.replied", ("Max",), 1, "Max replied to “Trip photos”"),
+        ("post.liked", ("Max",), 1, "Max liked “Trip photos”"),
+        ("doc.archived", ("Max",), 1, "Max archived “Trip photos”"),
+        ("badge", ("Max",), 1, "New badge from Max on “Trip photos”"),
+        ("badge", (), 0, "New badge on “Trip photos”"),
+        ("post.shared", ("",), 1, "Someone shared “Trip photos”"),
+        ("post.shared", ("", ""), 2, "2 people shared “Trip photos”"),
+    ],
+)
+def test_any_category_reads_as_a_sentence(
+    category: str, names: tuple[str, ...], actors: int, expected: str
+) -> None:
+    """Categories without a partial of their own still say who did what to what, in one
+    sentence: a verb from the category's name, else "New <category> from <actor>"."""
+    result = render(content(group(category, names=names, actors=actors)))
+    assert f"* {expected}\n" in result.text
+    assert result.subject == expected
+
+
+def test_actor_ids_never_show_as_names() -> None:
+    """An actor without a name is "someone" or counted, wherever the email names actors."""
+    result = render(content(group("comment", names=("",), actors=1)))
+    assert "Someone commented on" in result.text
+    assert "Someone commented on" in result.html
 
 
 def test_footer_has_unsubscribe_link_and_reason() -> None:
@@ -484,7 +554,7 @@ def test_text_part_is_plain_and_complete() -> None:
     for i in (0, 1, 2, 4, 5):  # 3 is a follow: no title to show
         assert f"Item {i}" in text
     assert "https://example.com/i/0?a=1&b=2" in text  # not HTML-escaped in plain text
-    assert "…and 7 more updates." in text
+    assert "…and 7 more updates: https://app.example.com/activity" in text
     assert "Manage preferences / unsubscribe: https://app.example.com/u/TOKEN" in text
     assert "\n\n\n" not in text
 
@@ -626,8 +696,8 @@ _TEMPLATE_TAGS |= {"p", "h1", "span", "strong", "a"}
 
 def shown(g: dict[str, Any]) -> list[str]:
     """The user-text fields the partial of group `g` displays."""
-    keys = [] if g["is_generic"] and not g["has_actors"] else ["actor_phrase"]
-    if not g["is_follow"]:
+    keys = ["actor_phrase"] if g["show_actor"] else []
+    if g["show_title"]:
         keys.append("title")
     if g["has_excerpt"] and not (g["is_like"] or g["is_follow"]):
         keys.append("excerpt")

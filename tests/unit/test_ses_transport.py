@@ -433,7 +433,10 @@ def test_stopped_account_is_logged_critical_with_code(
     assert "paused" in failure.reason
     [record] = caplog.records
     assert record.levelno == logging.CRITICAL
-    assert code in record.getMessage()
+    assert (record.__dict__.get("event"), record.__dict__.get("code")) == (
+        "ses_sending_stopped",
+        code,
+    )
 
 
 def test_connection_closed_after_request_is_unknown(
@@ -470,7 +473,7 @@ def test_missing_credentials_are_fatal_and_nothing_is_sent(
     ses.close()
     assert failure.kind == "fatal"
     assert "credentials" in failure.reason
-    assert caplog.records
+    assert [r.__dict__.get("event") for r in caplog.records] == ["ses_no_credentials"]
     assert fake_ses.posts == []
 
 

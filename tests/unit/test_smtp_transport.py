@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from digest import channels as transports
+from digest import logs
 from digest.buckets import bucket_of
 from digest.channels.base import SendError
 from digest.channels.email.mime import (
@@ -532,9 +533,10 @@ def test_auth_with_a_wrong_password_is_down_and_never_shows_the_password(
     assert "AUTH" in error.reason
     assert "535" in error.reason
     assert handler.received == []
-    texts = [r.getMessage() for r in caplog.records]
+    assert [r.__dict__.get("event") for r in caplog.records].count("smtp_auth_refused") == 1
+    texts = [logs.TextFormatter().format(r) for r in caplog.records]
+    texts += [logs.JsonFormatter().format(r) for r in caplog.records]
     texts += [str(error), repr(error), "".join(traceback.format_exception(error))]
-    assert any("smtp_auth_refused" in t for t in texts)
     assert not [t for t in texts if wrong in t or PASSWORD in t]
 
 

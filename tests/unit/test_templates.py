@@ -54,12 +54,13 @@ def test_no_mustache_in_style_or_class_attributes(path: Path) -> None:
 
 @pytest.mark.parametrize("path", HTML_TEMPLATES, ids=lambda p: p.name)
 def test_mustache_in_attributes_only_for_links(path: Path) -> None:
-    """Only href takes a Mustache value (a URL the view model validated)."""
+    """Only href and src take a Mustache value (URLs the view model validated), besides the
+    logo's alt text and the document's lang (escaped, double-quoted text)."""
     source = path.read_text(encoding="utf-8")
     for match in START_TAG.finditer(source):
         for attribute in ATTRIBUTE.finditer(match.group(2)):
             if "{{" in (attribute.group(3) or ""):
-                assert attribute.group(1).lower() == "href", match.group(0)
+                assert attribute.group(1).lower() in ("href", "src", "alt", "lang"), match.group(0)
 
 
 @pytest.mark.parametrize("path", HTML_TEMPLATES, ids=lambda p: p.name)

@@ -28,6 +28,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from digest import logs
 from digest.channels.base import SendError
 from digest.config import Settings
 from digest.models import OutgoingMessage, SendResult
@@ -147,10 +148,10 @@ def classify_client_error(exc: ClientError) -> SendError:
     status = int(metadata.get("HTTPStatusCode") or 0)
     reason = f"ses {code} (HTTP {status}): {error.get('Message') or exc}"
     if code in STOPPED:
-        log.critical("ses_sending_stopped code=%s reason=%r", code, reason)
+        logs.event(log, "ses_sending_stopped", logging.CRITICAL, code=code, reason=reason)
         return SendError("fatal", reason)
     if code in REFUSED:
-        log.critical("ses_credentials_refused code=%s reason=%r", code, reason)
+        logs.event(log, "ses_credentials_refused", logging.CRITICAL, code=code, reason=reason)
         return SendError("fatal", reason)
     if code in THROTTLED or status == 429:
         headers = metadata.get("HTTPHeaders", {})
@@ -171,7 +172,7 @@ def classify_botocore_error(exc: BotoCoreError) -> SendError:
             f"ses: {exc}: configure AWS credentials (environment, ~/.aws/credentials, "
             "or an instance/container role)"
         )
-        log.critical("ses_no_credentials reason=%r", reason)
+        logs.event(log, "ses_no_credentials", logging.CRITICAL, reason=reason)
         return SendError("fatal", reason)
     if isinstance(exc, ConnectionError | CredentialRetrievalError):
         # Refused, unresolvable, TLS failure or connect timeout: nothing was sent.

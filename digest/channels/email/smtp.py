@@ -28,6 +28,7 @@ import smtplib
 import ssl
 import threading
 
+from digest import logs
 from digest.channels.base import SendError
 from digest.config import Settings
 from digest.models import FailureKind, OutgoingMessage, SendResult
@@ -86,7 +87,7 @@ class SmtpTransport:
             if not reused:
                 raise
             # Servers close idle connections (often with a 421 first); nothing was handed over.
-            log.info("smtp_reconnect server=%s reason=%r", self.where, exc.reason)
+            logs.event(log, "smtp_reconnect", server=self.where, reason=exc.reason)
         conn, _ = self._connection()
         return self._deliver(conn, message, payload)
 
@@ -163,11 +164,13 @@ class SmtpTransport:
             if isinstance(exc, SendError):
                 raise
             raise self._connect_error(step, exc) from exc
-        log.debug(
-            "smtp_connected server=%s security=%s user=%s",
-            self.where,
-            s.smtp_security,
-            s.smtp_username or "-",
+        logs.event(
+            log,
+            "smtp_connected",
+            logging.DEBUG,
+            server=self.where,
+            security=s.smtp_security,
+            user=s.smtp_username or "-",
         )
         return conn
 
@@ -187,7 +190,7 @@ class SmtpTransport:
                 f"smtp TLS certificate verification failed for {self.where}:"
                 f" {exc.verify_message} (trusted CAs: {ca})"
             )
-            log.error("smtp_tls_untrusted server=%s reason=%r", self.where, reason)
+            logs.event(log, "smtp_tls_untrusted", logging.ERROR, server=self.where, reason=reason)
         elif isinstance(exc, ssl.SSLError):
             reason = f"smtp TLS handshake failed ({where}): {exc.reason or exc}"
         elif isinstance(exc, smtplib.SMTPAuthenticationError):
@@ -195,7 +198,7 @@ class SmtpTransport:
                 f"smtp AUTH as {self.settings.smtp_username!r} refused ({where}):"
                 f" {_reply(exc.smtp_code, exc.smtp_error)}"
             )
-            log.error("smtp_auth_refused server=%s reason=%r", self.where, reason)
+            logs.event(log, "smtp_auth_refused", logging.ERROR, server=self.where, reason=reason)
         elif isinstance(exc, smtplib.SMTPResponseException):  # banner, EHLO, STARTTLS reply
             reason = f"{_reply(exc.smtp_code, exc.smtp_error)} ({where})"
         elif _timed_out(exc):

@@ -29,8 +29,12 @@ deliveries already sent. `feedback_events` is keyed by its SNS MessageId (its pr
 not only unique: Citus needs the distribution column in every key); events stored
 without one get `local:` and a random UUID.
 
-Revision ID: 0006
-Revises: 0005
+0006 (muted categories and quiet hours) added columns only, on recipients and digest_runs:
+their rows get their bucket with the rest, and no key of 0006 needs one. The downgrade
+returns to 0006: the triggers it brings back never fired on those columns.
+
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03
 """
 
@@ -42,8 +46,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
