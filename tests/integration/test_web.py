@@ -928,6 +928,22 @@ def test_the_quiet_hours_form_sets_and_clears_them(engine: Engine, site: Site) -
     assert recipient(engine, "ana").quiet_start is None
 
 
+def test_quiet_hours_and_categories_cancel_no_run_but_cadence_does(
+    engine: Engine, site: Site
+) -> None:
+    """Quiet hours and categories saved on the page leave the pending run alone (they move
+    no run); a changed cadence then cancels it, in the page's own transaction."""
+    add_user(engine, "ana")
+    schedule(engine)
+    token = token_for(engine, "ana")
+    quiet = [("form", "quiet_hours"), ("quiet_start", "22:00"), ("quiet_end", "07:00")]
+    assert post_form(site, token, quiet).status == 200
+    assert post_form(site, token, categories_form(KNOWN, ["comment"])).status == 200
+    assert run_statuses(engine, "ana") == ["pending"]
+    assert post_form(site, token, [("cadence", "weekly")]).status == 200
+    assert run_statuses(engine, "ana") == ["cancelled"]
+
+
 BRANDED = {
     "product_name": "Acme Social",
     "logo_url": "https://cdn.acme.test/logo.png",
