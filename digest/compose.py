@@ -101,7 +101,7 @@ class Composer:
         except mime.HeaderError as exc:
             return Outcome(run, RunStatus.FAILED, count, error=f"invalid email address: {exc}")
         rendered, token, unsubscribe_url = self._rendered(run, recipient, to_address)
-        message_id = mime.make_message_id(run.id, self.domain)
+        message_id = mime.make_message_id(run.id, self.domain, run.bucket)
         idempotency_key = mime.idempotency_key(run.id)
         mailto = self.mailto
         data = mime.build_message(
@@ -130,6 +130,7 @@ class Composer:
             idempotency_key=idempotency_key,
             data=data,
             html=rendered.html,
+            bucket=run.bucket,
         )
 
     def render(self, run: ClaimedRun) -> RenderedDigest:
@@ -150,7 +151,11 @@ class Composer:
         """The rendered digest, its unsubscribe token and URL (the token's day is the day of
         the message's Date: a retry sends the same link)."""
         token = unsubscribe.make_token(
-            self.key, recipient.recipient_id, recipient.subscription_version, run.frozen_at
+            self.key,
+            run.bucket,
+            recipient.recipient_id,
+            recipient.subscription_version,
+            run.frozen_at,
         )
         unsubscribe_url = f"{self.base_url}/u/{token}"
         if to_address != recipient.email:  # rendered with the address as sent

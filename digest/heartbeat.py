@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from digest import claim, logs
+from digest.claim import Held
 from digest.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -23,22 +24,22 @@ MISSED_BEAT_RETRY_SECONDS = 2.0
 class Heartbeat:
     """Extends the lease of in-flight runs from a side thread, so a slow batch keeps them.
 
-    Runs are held as (id, attempt): a run the worker claimed again after its lease ran out
-    is two entries, and the stale batch's end drops only its own."""
+    Runs are held as (bucket, id, attempt): a run the worker claimed again after its lease
+    ran out is two entries, and the stale batch's end drops only its own."""
 
     engine: Engine
     me: str
     lease_seconds: float
-    in_flight: set[tuple[int, int]] = field(default_factory=set)
+    in_flight: set[Held] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def add(self, held: list[tuple[int, int]]) -> None:
-        """Keep the leases of these (run id, attempt)s."""
+    def add(self, held: list[Held]) -> None:
+        """Keep the leases of these runs."""
         with self.lock:
             self.in_flight.update(held)
 
-    def drop(self, held: list[tuple[int, int]]) -> None:
+    def drop(self, held: list[Held]) -> None:
         """Stop keeping these leases (their outcomes are recorded, or given back)."""
         with self.lock:
             self.in_flight.difference_update(held)

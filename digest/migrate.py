@@ -20,7 +20,9 @@ def _config() -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision`; a no-op when it is already there."""
     cfg = _config()
-    with engine.begin() as conn:
+    # Not in a transaction of ours: each revision commits in its own (alembic's
+    # transaction_per_migration), and one may commit batches on its own (0007's fill).
+    with engine.connect() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
@@ -28,7 +30,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str) -> None:
     """Step the schema down to `revision` (`base` removes everything)."""
     cfg = _config()
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
 

@@ -156,6 +156,7 @@ class ClaimedRun(NamedTuple):
     """A run this worker holds the lease on, for this attempt (a named tuple: one per run)."""
 
     id: int
+    bucket: int  # the user's (`digest.buckets`)
     user_id: str
     cadence: str
     period_start: datetime
@@ -237,6 +238,7 @@ class OutgoingMessage:
     idempotency_key: str
     data: bytes
     html: str
+    bucket: int  # the user's: the SES tags carry it, for feedback to find the delivery
 
 
 @dataclass(frozen=True)

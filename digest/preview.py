@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from digest import content, recipients
+from digest.buckets import bucket_of
 from digest.compose import Composer, make_renderer, signing_key
 from digest.config import Settings
 from digest.errors import DigestError
@@ -28,6 +29,8 @@ def preview(engine: Engine, settings: Settings, user_id: str) -> RenderedDigest:
     now = datetime.now(UTC)
     cadence = recipient.cadence if recipient.cadence != Cadence.OFF else RunCadence.DAILY
     # the run the next schedule would make, claimed now: its period and its Date are now
-    run = ClaimedRun(0, user_id, cadence, now, 0, now, recipient=recipient, digest=digest)
+    run = ClaimedRun(
+        0, bucket_of(user_id), user_id, cadence, now, 0, now, recipient=recipient, digest=digest
+    )
     composer = Composer(settings, make_renderer(settings), signing_key(settings, "file"), "file")
     return composer.render(run)

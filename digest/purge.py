@@ -10,34 +10,54 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, TextClause, text
 
+from digest import shards
 from digest.errors import DigestError
+from digest.shards import Sharded
 
 FINISHED = "('sent', 'skipped', 'failed', 'cancelled')"
 
+# Every statement on a per-user table works within one shard (`{shard:…}`, `digest.shards`);
+# `purge` runs each shard in turn.
+#
 # Events of runs finished before the cutoff (the run's outcome is what counts, not the
 # event's own age: an old event still waiting for a digest is never purged).
-EVENT_PURGE_BATCH = text(
+EVENT_PURGE_BATCH = Sharded(
     f"""
     DELETE FROM digest_events
-     WHERE id IN (SELECT e.id FROM digest_events e
-                    JOIN digest_runs r ON r.id = e.digest_run_id
-                   WHERE r.status IN {FINISHED} AND r.completed_at < :cutoff
-                   LIMIT :batch)
+     WHERE {{shard:bucket}}
+       AND (bucket, id) IN (SELECT e.bucket, e.id FROM digest_events e
+                              JOIN digest_runs r
+                                ON r.bucket = e.bucket AND r.id = e.digest_run_id
+                             WHERE {{shard:e.bucket}} AND {{shard:r.bucket}}
+                               AND r.status IN {FINISHED} AND r.completed_at < :cutoff
+                             LIMIT :batch)
     """
 )
-DELIVERY_PURGE_BATCH = text(
+DELIVERY_PURGE_BATCH = Sharded(
     """
     DELETE FROM deliveries
-     WHERE id IN (SELECT id FROM deliveries WHERE created_at < :cutoff LIMIT :batch)
+     WHERE {shard:bucket}
+       AND (bucket, id) IN (SELECT bucket, id FROM deliveries
+                             WHERE {shard:bucket} AND created_at < :cutoff LIMIT :batch)
+    """
+)
+# The provider ids of those deliveries: the lookup is kept as long as they are.
+DELIVERY_LOOKUP_PURGE_BATCH = text(
+    """
+    DELETE FROM delivery_provider_ids
+     WHERE (provider_message_id, delivery_id) IN (
+           SELECT provider_message_id, delivery_id FROM delivery_provider_ids
+            WHERE created_at < :cutoff LIMIT :batch)
     """
 )
 # Feedback events are evidence for support; they age out with the deliveries they explain.
 FEEDBACK_PURGE_BATCH = text(
     """
     DELETE FROM feedback_events
-     WHERE id IN (SELECT id FROM feedback_events WHERE created_at < :cutoff LIMIT :batch)
+     WHERE sns_message_id IN (SELECT sns_message_id FROM feedback_events
+                               WHERE created_at < :cutoff LIMIT :batch)
     """
 )
 # The scheduler's `ON CONFLICT` on (user, cadence, period) is what stops a second digest in
@@ -48,16 +68,23 @@ FEEDBACK_PURGE_BATCH = text(
 KEEP_PERIODS_DAYS = 8
 
 # A run goes once its events and deliveries are gone.
-RUN_PURGE_BATCH = text(
+RUN_PURGE_BATCH = Sharded(
     f"""
     DELETE FROM digest_runs
-     WHERE id IN (SELECT r.id FROM digest_runs r
-                   WHERE r.status IN {FINISHED} AND r.completed_at < :cutoff
-                     AND (r.status = 'cancelled'
-                          OR r.period_start < now() - make_interval(days => {KEEP_PERIODS_DAYS}))
-                     AND NOT EXISTS (SELECT 1 FROM digest_events e WHERE e.digest_run_id = r.id)
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id)
-                   LIMIT :batch)
+     WHERE {{shard:bucket}}
+       AND (bucket, id) IN (
+           SELECT r.bucket, r.id FROM digest_runs r
+            WHERE {{shard:r.bucket}}
+              AND r.status IN {FINISHED} AND r.completed_at < :cutoff
+              AND (r.status = 'cancelled'
+                   OR r.period_start < now() - make_interval(days => {KEEP_PERIODS_DAYS}))
+              AND NOT EXISTS (SELECT 1 FROM digest_events e
+                               WHERE {{shard:e.bucket}}
+                                 AND e.bucket = r.bucket AND e.digest_run_id = r.id)
+              AND NOT EXISTS (SELECT 1 FROM deliveries d
+                               WHERE {{shard:d.bucket}} AND d.bucket = r.bucket
+                                 AND d.run_id = r.id)
+            LIMIT :batch)
     """
 )
 
@@ -88,16 +115,20 @@ def purge(engine: Engine, cutoff: datetime, batch: int = 10_000) -> PurgeResult:
     than `cutoff`; suppressions, bounce streaks and the runs of periods that may still be
     current stay."""
     result = PurgeResult()
-    for field, statement in (
-        ("events", EVENT_PURGE_BATCH),
-        ("deliveries", DELIVERY_PURGE_BATCH),
+    in_shards = shards.for_engine(engine).shards
+    steps: list[tuple[str, TextClause]] = [
+        *(("events", EVENT_PURGE_BATCH.bind(b)) for b in in_shards),
+        *(("deliveries", DELIVERY_PURGE_BATCH.bind(b)) for b in in_shards),
+        ("", DELIVERY_LOOKUP_PURGE_BATCH),
         ("feedback", FEEDBACK_PURGE_BATCH),
-        ("runs", RUN_PURGE_BATCH),
-    ):
+        *(("runs", RUN_PURGE_BATCH.bind(b)) for b in in_shards),
+    ]
+    for field, statement in steps:
         while True:
             with engine.begin() as conn:
                 deleted = conn.execute(statement, {"cutoff": cutoff, "batch": batch}).rowcount
-            setattr(result, field, getattr(result, field) + deleted)
+            if field:
+                setattr(result, field, getattr(result, field) + deleted)
             if deleted < batch:
                 break
     return result

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Table,
     Text,
     Time,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
@@ -41,9 +40,17 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
+# Every per-user table has a `bucket` (`digest.buckets`): part of every primary and unique
+# key (Citus distributes the tables by it, and a key must hold the distribution column),
+# and the first column of the indexes the claim and the freeze read by user. Elsewhere it
+# comes last: keys on an identity grow at their right edge as before (a bucket first
+# spread every insert over 4,096 places: COPY of events 20% slower, the scheduler's insert
+# 34%), and a lookup that names every column reads the same index either way
+# (docs/performance.md, "The bucket").
 recipients = Table(
     "recipients",
     metadata,
+    Column("bucket", SmallInteger, primary_key=True),
     Column("user_id", Text, primary_key=True),
     Column("email", Text, nullable=False),
     Column("name", Text),
@@ -57,8 +64,9 @@ recipients = Table(
     Column("updated_at", TZ, nullable=False, server_default=NOW),
     # What unsubscribe tokens name instead of the user id (`digest.unsubscribe`).
     Column("id", BigInteger, Identity(always=False), nullable=False),
-    # Grows by one each time the recipient gets digests again after none (a trigger, see
-    # migration 0005); a token issued for an older version changes nothing.
+    # Grows by one each time the recipient gets digests again after none (every write path
+    # in `digest.recipients`; until 0007 a trigger); a token issued for an older
+    # version changes nothing.
     Column("subscription_version", Integer, nullable=False, server_default="0"),
     # Categories left out of the recipient's digests (migration 0006); empty: none.
     Column("muted_categories", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
@@ -76,13 +84,16 @@ recipients = Table(
     CheckConstraint(
         "cardinality(muted_categories) <= 100", name="recipients_muted_categories_check"
     ),
-    Index("recipients_id_key", "id", unique=True),
+    # Tokens name the recipient by (bucket, id); legacy tokens (format 1) by id alone, hence
+    # id first: one probe whatever the bucket.
+    Index("recipients_id_key", "id", "bucket", unique=True),
 )
 
 digest_events = Table(
     "digest_events",
     metadata,
     Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("bucket", SmallInteger, primary_key=True),
     Column("user_id", Text, nullable=False),
     Column("category", Text, nullable=False),
     Column("entity_type", Text, nullable=False),
@@ -95,12 +106,14 @@ digest_events = Table(
     CheckConstraint("jsonb_typeof(payload) = 'object'", name="digest_events_payload_check"),
     Index(
         "digest_events_unsent_idx",
+        "bucket",
         "user_id",
         "created_at",
         postgresql_where=text("digest_run_id IS NULL"),
     ),
     Index(
         "digest_events_run_idx",
+        "bucket",
         "digest_run_id",
         postgresql_where=text("digest_run_id IS NOT NULL"),
     ),
@@ -108,6 +121,7 @@ digest_events = Table(
         "digest_events_event_key_idx",
         "user_id",
         "event_key",
+        "bucket",
         unique=True,
         postgresql_where=text("event_key IS NOT NULL"),
     ),
@@ -117,6 +131,7 @@ digest_runs = Table(
     "digest_runs",
     metadata,
     Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("bucket", SmallInteger, primary_key=True),
     Column("user_id", Text, nullable=False),
     Column("cadence", Text, nullable=False),
     Column("period_start", TZ, nullable=False),
@@ -145,10 +160,13 @@ digest_runs = Table(
         "user_id",
         "cadence",
         "period_start",
+        "bucket",
         unique=True,
         postgresql_where=text("status <> 'cancelled'"),
     ),
-    # The claim reads only this small index: finished runs leave it.
+    # The claim reads only this small index: finished runs leave it. Not led by bucket: a
+    # claim names all the buckets of a shard, and only this order gives their due runs in
+    # due order without sorting them all (docs/performance.md, "The bucket").
     Index("digest_runs_due_idx", "scheduled_for", postgresql_where=text("status = 'pending'")),
     # The watchdog's index: runs with a lease (exactly the processing ones). Not keyed on
     # the status, so that statements fenced by it look their runs up by id (migration 0004).
@@ -164,6 +182,7 @@ deliveries = Table(
     "deliveries",
     metadata,
     Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("bucket", SmallInteger, primary_key=True),
     Column("run_id", BigInteger, nullable=False),
     Column("user_id", Text, nullable=False),
     Column("recipient", Text, nullable=False),
@@ -178,11 +197,19 @@ deliveries = Table(
     CheckConstraint(_in("status", DELIVERY_STATUSES), name="deliveries_status_check"),
     Index("deliveries_run_idx", "run_id"),
     Index("deliveries_user_idx", "user_id", "created_at"),
-    Index(
-        "deliveries_provider_message_idx",
-        "provider_message_id",
-        postgresql_where=text("provider_message_id IS NOT NULL"),
-    ),
+)
+
+# A delivery by its provider's message id, for feedback that carries neither our tags nor
+# our Message-ID (`digest.feedback.apply`). Keyed by the provider id, so that on Citus it
+# is distributed by it and a lookup reaches one node; written with the delivery.
+delivery_provider_ids = Table(
+    "delivery_provider_ids",
+    metadata,
+    Column("provider_message_id", Text, primary_key=True),
+    Column("delivery_id", BigInteger, primary_key=True),
+    Column("bucket", SmallInteger, nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=NOW),
+    Index("delivery_provider_ids_created_idx", "created_at"),
 )
 
 suppressions = Table(
@@ -194,13 +221,15 @@ suppressions = Table(
     Column("created_at", TZ, nullable=False, server_default=NOW),
 )
 
-# Every SES event received, matched to its delivery or kept as an orphan. The SNS MessageId
-# is unique: an SNS retry of the same message finds its row and changes nothing.
+# Every SES event received, matched to its delivery or kept as an orphan. Keyed by the SNS
+# MessageId: an SNS retry of the same message finds its row and changes nothing (and on
+# Citus the table is distributed by it). An event that came without one gets a key of its
+# own, `local:` and a random UUID, and so is never taken for a replay.
 feedback_events = Table(
     "feedback_events",
     metadata,
-    Column("id", BigInteger, Identity(always=False), primary_key=True),
-    Column("sns_message_id", Text),
+    Column("id", BigInteger, Identity(always=False), nullable=False),
+    Column("sns_message_id", Text, primary_key=True),
     Column("event_type", Text, nullable=False),
     Column("provider_message_id", Text),
     Column("run_id", BigInteger),
@@ -212,7 +241,6 @@ feedback_events = Table(
     Column("orphan", Boolean, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=NOW),
     CheckConstraint(_in("event_type", FEEDBACK_EVENT_TYPES), name="feedback_events_type_check"),
-    UniqueConstraint("sns_message_id", name="feedback_events_sns_message_id_key"),
     Index(
         "feedback_events_provider_message_idx",
         "provider_message_id",

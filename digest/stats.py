@@ -4,54 +4,63 @@ and the few `digest work` shows live on a terminal every second (`queue_now`).""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
-from digest import recipients
+from digest import recipients, shards
 from digest.models import DeliveryStatus, RunStatus
+from digest.shards import Sharded
 
-RUN_COUNT_BY_STATUS = text("SELECT status, count(*) FROM digest_runs GROUP BY status")
+# Each figure is asked of every shard in turn (`{shard:…}`, `digest.shards`) and added up:
+# a user's rows all lie in one shard, so the counts of distinct users add up too.
+RUN_COUNT_BY_STATUS = Sharded(
+    "SELECT status, count(*) FROM digest_runs WHERE {shard:bucket} GROUP BY status"
+)
 
-RUN_OLDEST_DUE = text(
+RUN_OLDEST_DUE = Sharded(
     """
-    SELECT min(scheduled_for) AS oldest_due,
-           count(*) AS due,
+    SELECT min(scheduled_for) AS oldest_due, count(*) AS due,
            extract(epoch FROM now() - min(scheduled_for)) AS lag_seconds
       FROM digest_runs
-     WHERE status = 'pending' AND scheduled_for <= now()
+     WHERE {shard:bucket} AND status = 'pending' AND scheduled_for <= now()
     """
 )
 
 # Read every second by a worker on a terminal, so each part walks an index, not the table:
 # the due count stops at DUE_COUNT_CAP + 1 (a backlog of millions is shown as "1,000,000+"),
 # the oldest and next due times are the ends of the due index, and the runs held by
-# workers are the lease index's rows.
+# workers are the lease index's rows. Asked of each shard in turn, like the figures below.
 DUE_COUNT_CAP = 1_000_000
-QUEUE_GET_NOW = text(
+QUEUE_GET_NOW = Sharded(
     """
     SELECT (SELECT count(*) FROM (SELECT 1 FROM digest_runs
-                                   WHERE status = 'pending' AND scheduled_for <= now()
+                                   WHERE {shard:bucket} AND status = 'pending'
+                                     AND scheduled_for <= now()
                                    LIMIT :cap + 1) AS due) AS due,
-           (SELECT count(*) FROM digest_runs WHERE lease_expires_at IS NOT NULL) AS claimed,
+           (SELECT count(*) FROM digest_runs
+             WHERE {shard:bucket} AND lease_expires_at IS NOT NULL) AS claimed,
            extract(epoch FROM now() - (SELECT min(scheduled_for) FROM digest_runs
-                                        WHERE status = 'pending' AND scheduled_for <= now()))
+                                        WHERE {shard:bucket} AND status = 'pending'
+                                          AND scheduled_for <= now()))
                AS lag_seconds,
            extract(epoch FROM (SELECT min(scheduled_for) FROM digest_runs
-                                WHERE status = 'pending' AND scheduled_for > now()) - now())
+                                WHERE {shard:bucket} AND status = 'pending'
+                                  AND scheduled_for > now()) - now())
                AS next_due_seconds
     """
 )
 
-EVENT_COUNT_WAITING = text(
+EVENT_COUNT_WAITING = Sharded(
     """
     SELECT count(*) AS events, count(DISTINCT user_id) AS users
-      FROM digest_events WHERE digest_run_id IS NULL
+      FROM digest_events WHERE {shard:bucket} AND digest_run_id IS NULL
     """
 )
 
 # Messages a provider accepted, whatever feedback said about them afterwards.
-DELIVERY_RATES_BY_DAY = text(
+DELIVERY_RATES_BY_DAY = Sharded(
     """
     SELECT date_trunc('day', created_at AT TIME ZONE 'UTC')::date AS day,
            count(*) FILTER (WHERE status IN ('sent', 'delivered', 'bounced', 'complained'))
@@ -60,7 +69,7 @@ DELIVERY_RATES_BY_DAY = text(
            count(*) FILTER (WHERE status = 'bounced') AS bounced,
            count(*) FILTER (WHERE status = 'complained') AS complained
       FROM deliveries
-     WHERE created_at >= now() - interval '7 days'
+     WHERE {shard:bucket} AND created_at >= now() - interval '7 days'
      GROUP BY 1
      ORDER BY 1
     """
@@ -93,27 +102,50 @@ class QueueNow:
 
 
 def queue_now(conn: Connection) -> QueueNow:
-    """The queue now, in one cheap statement."""
-    row = conn.execute(QUEUE_GET_NOW, {"cap": DUE_COUNT_CAP}).one()
+    """The queue now, in one cheap statement per shard."""
+    due = claimed = 0
+    lag: float | None = None
+    next_due: float | None = None
+    for buckets in shards.for_connection(conn).shards:
+        row = conn.execute(QUEUE_GET_NOW.bind(buckets), {"cap": DUE_COUNT_CAP}).one()
+        due += int(row.due)
+        claimed += int(row.claimed)
+        if row.lag_seconds is not None:
+            lag = max(float(row.lag_seconds), lag or 0.0)
+        if row.next_due_seconds is not None:
+            found = float(row.next_due_seconds)
+            next_due = found if next_due is None else min(found, next_due)
     return QueueNow(
-        due=min(int(row.due), DUE_COUNT_CAP),
-        due_capped=int(row.due) > DUE_COUNT_CAP,
-        claimed=int(row.claimed),
-        lag_seconds=None if row.lag_seconds is None else float(row.lag_seconds),
-        next_due_seconds=None if row.next_due_seconds is None else float(row.next_due_seconds),
+        due=min(due, DUE_COUNT_CAP),
+        due_capped=due > DUE_COUNT_CAP,
+        claimed=claimed,
+        lag_seconds=lag,
+        next_due_seconds=next_due,
     )
 
 
 def collect(conn: Connection) -> dict[str, Any]:
     """Every figure of the report, as plain data (for --json)."""
     by_status = dict.fromkeys(STATUSES, 0)
-    by_status.update({row.status: row.count for row in conn.execute(RUN_COUNT_BY_STATUS)})
-    oldest = conn.execute(RUN_OLDEST_DUE).one()
-    waiting = conn.execute(EVENT_COUNT_WAITING).one()
-    days = [
-        {"day": row.day.isoformat(), **{k: int(getattr(row, k)) for k in RATE_KEYS}}
-        for row in conn.execute(DELIVERY_RATES_BY_DAY)
-    ]
+    oldest_due: datetime | None = None
+    due = events = users = 0
+    lag = 0.0
+    by_day: dict[date, dict[str, int]] = {}
+    for buckets in shards.for_connection(conn).shards:
+        for status, count in conn.execute(RUN_COUNT_BY_STATUS.bind(buckets)):
+            by_status[status] = by_status.get(status, 0) + count
+        oldest = conn.execute(RUN_OLDEST_DUE.bind(buckets)).one()
+        due += oldest.due
+        if oldest.oldest_due is not None:
+            oldest_due = min(oldest.oldest_due, oldest_due or oldest.oldest_due)
+            lag = max(lag, float(oldest.lag_seconds))
+        waiting = conn.execute(EVENT_COUNT_WAITING.bind(buckets)).one()
+        events, users = events + waiting.events, users + waiting.users
+        for row in conn.execute(DELIVERY_RATES_BY_DAY.bind(buckets)):
+            day = by_day.setdefault(row.day, dict.fromkeys(RATE_KEYS, 0))
+            for key in RATE_KEYS:
+                day[key] += int(getattr(row, key))
+    days: list[dict[str, Any]] = [{"day": day.isoformat(), **by_day[day]} for day in sorted(by_day)]
     sent = sum(d[DeliveryStatus.SENT] for d in days)
     complaint_rate = sum(d[DeliveryStatus.COMPLAINED] for d in days) / sent if sent else 0.0
     bounce_rate = sum(d[DeliveryStatus.BOUNCED] for d in days) / sent if sent else 0.0
@@ -133,10 +165,10 @@ def collect(conn: Connection) -> dict[str, Any]:
         "bounce_rate_7d": bounce_rate,
         "warnings": warnings,
         "runs": by_status,
-        "due_now": oldest.due,
-        "oldest_due_pending": oldest.oldest_due.isoformat() if oldest.oldest_due else None,
-        "oldest_due_lag_seconds": float(oldest.lag_seconds) if oldest.lag_seconds else 0.0,
-        "events_waiting": waiting.events,
-        "users_with_events_waiting": waiting.users,
+        "due_now": due,
+        "oldest_due_pending": oldest_due.isoformat() if oldest_due else None,
+        "oldest_due_lag_seconds": lag,
+        "events_waiting": events,
+        "users_with_events_waiting": users,
         "recipients_with_unknown_timezone": recipients.count_unschedulable(conn),
     }

@@ -15,10 +15,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, text
 
-from digest import recipients
+from digest import recipients, shards
+from digest.buckets import bucket_of
 from digest.errors import DigestError, ValidationError
 from digest.models import Cadence, DeliveryStatus, RunStatus
 from digest.recipients import RecipientFacts
+from digest.shards import Sharded
 from digest.terminal import plural
 
 RECENT_RUNS = 3
@@ -27,18 +29,28 @@ RECENT_DELIVERY = timedelta(minutes=5)
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # Every filter is optional: a NULL parameter switches it off. LIMIT NULL is no limit.
-DELIVERY_LIST = text(
-    """
-    SELECT id, created_at, run_id, user_id, recipient, transport, status,
-           provider_message_id, reason
-      FROM deliveries
-     WHERE (CAST(:user_id AS text) IS NULL OR user_id = :user_id)
+# One user's deliveries are in the shard of their bucket; without a user, each shard is
+# asked in turn and the newest kept (`list_deliveries`).
+_DELIVERY_FILTERS = """
        AND (CAST(:email AS text) IS NULL OR lower(recipient) = lower(:email))
        AND (CAST(:status AS text) IS NULL OR status = :status)
        AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
      ORDER BY created_at DESC, id DESC
      LIMIT CAST(:limit AS bigint)
-    """
+"""
+_DELIVERY_COLUMNS = """id, created_at, run_id, user_id, recipient, transport, status,
+           provider_message_id, reason"""
+DELIVERY_LIST_FOR_USER = text(
+    f"""
+    SELECT {_DELIVERY_COLUMNS}
+      FROM deliveries
+     WHERE bucket = :bucket AND user_id = :user_id{_DELIVERY_FILTERS}"""
+)
+DELIVERY_LIST = Sharded(
+    f"""
+    SELECT {_DELIVERY_COLUMNS}
+      FROM deliveries
+     WHERE {{shard:bucket}}{_DELIVERY_FILTERS}"""
 )
 
 SUPPRESSION_GET_FOR_ADDRESS = text(
@@ -46,10 +58,13 @@ SUPPRESSION_GET_FOR_ADDRESS = text(
 )
 
 # The events a run attached but left out of its digest: those of the categories muted when
-# it first froze them (the claim's rule, `digest.claim`).
+# it first froze them (the claim's rule, `digest.claim`). The run's bucket is the user's
+# (:bucket, in both statements below): named as the parameter so that the planner, and
+# Citus, see one shard.
 RUN_MUTED_EVENTS = (
     "CASE WHEN r.muted_categories IS NULL THEN 0 ELSE (SELECT count(*) FROM digest_events e"
-    " WHERE e.digest_run_id = r.id AND e.category = ANY(r.muted_categories)) END"
+    " WHERE e.bucket = :bucket AND e.digest_run_id = r.id"
+    " AND e.category = ANY(r.muted_categories)) END"
 )
 
 # The earliest pending run is the next digest; the others are history, newest first.
@@ -59,7 +74,7 @@ RUN_GET_NEXT_PENDING = text(
            completed_at, last_error, event_count, muted_categories,
            {RUN_MUTED_EVENTS} AS muted_events
       FROM digest_runs r
-     WHERE user_id = :user_id AND status = 'pending'
+     WHERE bucket = :bucket AND user_id = :user_id AND status = 'pending'
      ORDER BY scheduled_for, id
      LIMIT 1
     """
@@ -70,7 +85,7 @@ RUN_LIST_RECENT_FINISHED = text(
            completed_at, last_error, event_count, muted_categories,
            {RUN_MUTED_EVENTS} AS muted_events
       FROM digest_runs r
-     WHERE user_id = :user_id AND status <> 'pending'
+     WHERE bucket = :bucket AND user_id = :user_id AND status <> 'pending'
      ORDER BY id DESC
      LIMIT :limit
     """
@@ -81,7 +96,7 @@ DELIVERY_GET_LAST_FOR_USER = text(
     SELECT id, created_at, run_id, user_id, recipient, transport, status,
            provider_message_id, reason
       FROM deliveries
-     WHERE user_id = :user_id
+     WHERE bucket = :bucket AND user_id = :user_id
      ORDER BY created_at DESC, id DESC
      LIMIT 1
     """
@@ -89,19 +104,22 @@ DELIVERY_GET_LAST_FOR_USER = text(
 
 # Is anyone working the queue? The runs being processed are exactly those with a lease (a
 # small partial index), and the newest delivery is the last by id: both cheap on a big table.
-QUEUE_GET_ACTIVITY = text(
+# Asked of each shard in turn (`queue_facts` adds them up).
+QUEUE_GET_ACTIVITY = Sharded(
     """
     SELECT now() AS now,
-           (SELECT count(*) FROM digest_runs WHERE lease_expires_at IS NOT NULL) AS processing,
-           (SELECT max(started_at) FROM digest_runs WHERE lease_expires_at IS NOT NULL)
-               AS latest_claim_at,
-           (SELECT created_at FROM deliveries ORDER BY id DESC LIMIT 1) AS last_delivery_at
+           (SELECT count(*) FROM digest_runs
+             WHERE {shard:bucket} AND lease_expires_at IS NOT NULL) AS processing,
+           (SELECT max(started_at) FROM digest_runs
+             WHERE {shard:bucket} AND lease_expires_at IS NOT NULL) AS latest_claim_at,
+           (SELECT created_at FROM deliveries WHERE {shard:bucket} ORDER BY id DESC LIMIT 1)
+               AS last_delivery_at
     """
 )
-RUN_COUNT_DUE_BEFORE = text(
+RUN_COUNT_DUE_BEFORE = Sharded(
     """
     SELECT count(*) FROM digest_runs
-     WHERE status = 'pending' AND scheduled_for < :scheduled_for
+     WHERE {shard:bucket} AND status = 'pending' AND scheduled_for < :scheduled_for
     """
 )
 
@@ -109,7 +127,7 @@ EVENT_COUNT_WAITING_FOR_USER = text(
     """
     SELECT count(*) AS events, min(created_at) AS oldest
       FROM digest_events
-     WHERE user_id = :user_id AND digest_run_id IS NULL
+     WHERE bucket = :bucket AND user_id = :user_id AND digest_run_id IS NULL
     """
 )
 
@@ -226,29 +244,35 @@ def list_deliveries(
 ) -> list[DeliveryRow]:
     """Deliveries matching every given filter, newest first."""
     params = {
-        "user_id": user_id,
         "email": email.strip() if email else None,
         "status": status,
         "since": since,
         "limit": limit,
     }
-    return [DeliveryRow(**row._asdict()) for row in conn.execute(DELIVERY_LIST, params)]
+    if user_id is not None:
+        params |= {"bucket": bucket_of(user_id), "user_id": user_id}
+        rows = list(conn.execute(DELIVERY_LIST_FOR_USER, params))
+    else:
+        rows = [
+            row
+            for buckets in shards.for_connection(conn).shards
+            for row in conn.execute(DELIVERY_LIST.bind(buckets), params)
+        ]
+        rows.sort(key=lambda row: (row.created_at, row.id), reverse=True)
+        rows = rows[:limit] if limit is not None else rows
+    return [DeliveryRow(**row._asdict()) for row in rows]
 
 
 def load_facts(conn: Connection, user_id: str) -> UserFacts:
     """The facts about `user_id`'s digest, read in a handful of small queries."""
-    params: dict[str, Any] = {"user_id": user_id}
+    params: dict[str, Any] = {"bucket": bucket_of(user_id), "user_id": user_id}
     recipient = recipients.facts(conn, user_id)
     suppression = _suppression(conn, recipient)
     pending = conn.execute(RUN_GET_NEXT_PENDING, params).one_or_none()
     recent = conn.execute(RUN_LIST_RECENT_FINISHED, {**params, "limit": RECENT_RUNS})
     last = conn.execute(DELIVERY_GET_LAST_FOR_USER, params).one_or_none()
     waiting = conn.execute(EVENT_COUNT_WAITING_FOR_USER, params).one()
-    activity = conn.execute(QUEUE_GET_ACTIVITY).one()
-    due_before = 0
-    if pending is not None and pending.scheduled_for <= activity.now:
-        found = conn.execute(RUN_COUNT_DUE_BEFORE, {"scheduled_for": pending.scheduled_for})
-        due_before = int(found.scalar_one())
+    queue = _queue_facts(conn, pending.scheduled_for if pending is not None else None)
     return UserFacts(
         user_id=user_id,
         recipient=recipient,
@@ -258,14 +282,35 @@ def load_facts(conn: Connection, user_id: str) -> UserFacts:
         last_delivery=DeliveryRow(**last._asdict()) if last else None,
         events_waiting=int(waiting.events),
         oldest_event_at=waiting.oldest,
-        queue=QueueFacts(
-            now=activity.now,
-            processing=int(activity.processing),
-            latest_claim_at=activity.latest_claim_at,
-            last_delivery_at=activity.last_delivery_at,
-            due_before=due_before,
-        ),
+        queue=queue,
     )
+
+
+def _queue_facts(conn: Connection, due_at: datetime | None) -> QueueFacts:
+    """Whether workers are taking runs, every shard asked in turn; `due_at`: the user's
+    next run's due time, to count the overdue runs before it."""
+    now: datetime | None = None
+    processing = 0
+    latest_claim_at: datetime | None = None
+    last_delivery_at: datetime | None = None
+    shard_map = shards.for_connection(conn)
+    for buckets in shard_map.shards:
+        row = conn.execute(QUEUE_GET_ACTIVITY.bind(buckets)).one()
+        now = row.now if now is None else max(now, row.now)
+        processing += int(row.processing)
+        latest_claim_at = _latest(latest_claim_at, row.latest_claim_at)
+        last_delivery_at = _latest(last_delivery_at, row.last_delivery_at)
+    assert now is not None  # a shard map has at least one shard
+    due_before = 0
+    if due_at is not None and due_at <= now:
+        for buckets in shard_map.shards:
+            found = conn.execute(RUN_COUNT_DUE_BEFORE.bind(buckets), {"scheduled_for": due_at})
+            due_before += int(found.scalar_one())
+    return QueueFacts(now, processing, latest_claim_at, last_delivery_at, due_before)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _suppression(conn: Connection, recipient: RecipientFacts | None) -> SuppressionFacts | None:

@@ -2,8 +2,8 @@
 
 A token is 44 base64url characters (no padding) of 33 bytes:
 
-    format (1 byte, 1) | recipient id (8, `recipients.id`) | subscription version (4)
-    | issue day (4, days since 1970-01-01 UTC) | MAC (16)
+    format (1 byte, 2) | bucket (2) | recipient id (6, `recipients.id`)
+    | subscription version (4) | issue day (4, days since 1970-01-01 UTC) | MAC (16)
 
 The MAC is HMAC-SHA256 under the secret key over a domain separator, the purpose and the 17
 bytes before it, cut to 128 bits. The user id is not in the token (ids up to 1,000
@@ -11,11 +11,14 @@ characters made links too long for a header line); the recipient id is a surroga
 means nothing outside this database. The version binds a token to the subscription it was
 issued for: `recipients.subscription_version` grows when the user subscribes again, so an
 old link cannot undo that newer choice. The issue day is the day of the email's `Date`, so
-a retry sends the same link, and a token stops working MAX_AGE_DAYS after it. The format
-byte leaves room for another layout (a shard bucket, say) beside this one.
+a retry sends the same link, and a token stops working MAX_AGE_DAYS after it. The bucket
+(`digest.buckets`) sends the lookup to the one shard that holds the recipient; the id
+takes 6 bytes (281 trillion recipients) so that the token keeps its length.
 
-Legacy tokens, `base64url(user_id) + "." + base64url(full MAC)` from mail sent before
-format 1, still verify: as version 0, with no issue day.
+Older tokens still verify. Format 1 (mail sent before the bucket: the same fields with an
+8-byte id and no bucket) for their MAX_AGE_DAYS; the recipient is then found shard by
+shard. Legacy tokens, `base64url(user_id) + "." + base64url(full MAC)` from mail sent
+before format 1: as version 0, with no issue day.
 
 Verification never raises on a bad token: forged, truncated, re-encoded and garbage tokens
 all give None, and the web layer answers them like an unknown token. MACs are compared in
@@ -31,8 +34,11 @@ import hmac
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from digest.buckets import BUCKETS
+
 DEFAULT_PURPOSE = "digest"
-FORMAT = 1
+FORMAT = 2
+FORMAT_1 = 1  # no bucket: mail sent before migration 0007
 TOKEN_LENGTH = 44  # base64url of 33 bytes
 # A link works for this many days after its email's date (CAN-SPAM asks for 30).
 MAX_AGE_DAYS = 90
@@ -44,6 +50,7 @@ _EPOCH = date(1970, 1, 1)
 _MAC_BYTES = 16
 _PAYLOAD_BYTES = 17
 _MAX_ID, _MAX_VERSION, _MAX_DAY = 2**63 - 1, 2**31 - 1, 2**32 - 1
+_MAX_ID_2 = 2**48 - 1  # format 2's 6-byte id
 # Keep these MACs apart from any other use of the key, and the two formats from each other.
 _DOMAIN = b"digest-unsubscribe-v2\x00"
 _LEGACY_DOMAIN = b"digest-unsubscribe-v1\x00"
@@ -52,12 +59,14 @@ _LEGACY_DOMAIN = b"digest-unsubscribe-v1\x00"
 @dataclass(frozen=True, slots=True)
 class Token:
     """What an authentic token says: the recipient (by id, or by user id for a legacy
-    token), the subscription version it was issued for, and its day (None: legacy)."""
+    token), the subscription version it was issued for, its day (None: legacy), and the
+    recipient's bucket (None: format 1 and legacy tokens)."""
 
     recipient_id: int | None
     user_id: str | None
     subscription_version: int
     issued: date | None
+    bucket: int | None = None
 
     def expired(self, today: date) -> bool:
         """Whether the token is more than MAX_AGE_DAYS old on `today` (legacy: never)."""
@@ -66,24 +75,49 @@ class Token:
 
 def make_token(
     secret: str,
+    bucket: int,
     recipient_id: int,
     subscription_version: int,
     issued: date | datetime,
     purpose: str = DEFAULT_PURPOSE,
 ) -> str:
-    """The token of recipient `recipient_id` at `subscription_version`, issued on `issued`
-    (a date, or an aware datetime: its UTC day)."""
-    day = _day_number(issued)
+    """The token of recipient `recipient_id` (in `bucket`) at `subscription_version`,
+    issued on `issued` (a date, or an aware datetime: its UTC day)."""
+    if not 0 <= bucket < BUCKETS:
+        raise ValueError(f"bucket out of range: {bucket}")
+    if not 0 < recipient_id <= _MAX_ID_2:
+        raise ValueError(f"recipient id out of range: {recipient_id}")
+    return _signed(
+        secret,
+        FORMAT.to_bytes(1, "big") + bucket.to_bytes(2, "big") + recipient_id.to_bytes(6, "big"),
+        subscription_version,
+        issued,
+        purpose,
+    )
+
+
+def make_token_v1(
+    secret: str,
+    recipient_id: int,
+    subscription_version: int,
+    issued: date | datetime,
+    purpose: str = DEFAULT_PURPOSE,
+) -> str:
+    """A token as mail sent before the bucket carries it (format 1: tests and tools)."""
     if not 0 < recipient_id <= _MAX_ID:
         raise ValueError(f"recipient id out of range: {recipient_id}")
+    head = FORMAT_1.to_bytes(1, "big") + recipient_id.to_bytes(8, "big")
+    return _signed(secret, head, subscription_version, issued, purpose)
+
+
+def _signed(
+    secret: str, head: bytes, subscription_version: int, issued: date | datetime, purpose: str
+) -> str:
+    """`head`, the version and the day, and their MAC, as a token."""
+    day = _day_number(issued)
     if not 0 <= subscription_version <= _MAX_VERSION:
         raise ValueError(f"subscription version out of range: {subscription_version}")
-    payload = (
-        FORMAT.to_bytes(1, "big")
-        + recipient_id.to_bytes(8, "big")
-        + subscription_version.to_bytes(4, "big")
-        + day.to_bytes(4, "big")
-    )
+    payload = head + subscription_version.to_bytes(4, "big") + day.to_bytes(4, "big")
     return _b64encode(payload + _mac(secret, _DOMAIN, payload, purpose)[:_MAC_BYTES])
 
 
@@ -104,32 +138,40 @@ def verify_token(secret: str, token: str, purpose: str = DEFAULT_PURPOSE) -> Tok
     if len(token) != TOKEN_LENGTH:
         return None
     raw = _b64decode(token)
-    if raw is None or raw[0] != FORMAT:
+    if raw is None or raw[0] not in (FORMAT, FORMAT_1):
         return None
     payload, mac = raw[:_PAYLOAD_BYTES], raw[_PAYLOAD_BYTES:]
     if not hmac.compare_digest(mac, _mac(secret, _DOMAIN, payload, purpose)[:_MAC_BYTES]):
         return None
-    recipient_id = int.from_bytes(payload[1:9], "big")
+    bucket: int | None = None
+    if raw[0] == FORMAT:
+        bucket = int.from_bytes(payload[1:3], "big")
+        recipient_id = int.from_bytes(payload[3:9], "big")
+    else:
+        recipient_id = int.from_bytes(payload[1:9], "big")
     version = int.from_bytes(payload[9:13], "big")
     day = int.from_bytes(payload[13:17], "big")
     if not (0 < recipient_id <= _MAX_ID and version <= _MAX_VERSION):
         return None  # unreachable for tokens we made; a valid MAC implies our fields
+    if bucket is not None and bucket >= BUCKETS:
+        return None  # as above
     try:
         issued = _EPOCH + timedelta(days=day)
     except OverflowError:  # as above: past year 9999
         return None
-    return Token(recipient_id, None, version, issued)
+    return Token(recipient_id, None, version, issued, bucket)
 
 
 def unsubscribe_url(
     base_url: str,
     secret: str,
+    bucket: int,
     recipient_id: int,
     subscription_version: int,
     issued: date | datetime,
 ) -> str:
     """The one-click unsubscribe URL: `{base_url}/u/{token}`."""
-    token = make_token(secret, recipient_id, subscription_version, issued)
+    token = make_token(secret, bucket, recipient_id, subscription_version, issued)
     return f"{base_url.rstrip('/')}/u/{token}"
 
 

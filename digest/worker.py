@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from digest import claim, logs, retry, watchdog
+from digest import claim, logs, retry, shards, watchdog
 from digest.channels.base import SendError, Transport
 from digest.channels.ratelimit import TokenBucket
+from digest.claim import Held
 from digest.compose import Composer, make_renderer, signing_key
 from digest.config import Settings
 from digest.errors import first_line
@@ -121,7 +122,7 @@ class _Batch:
     started: float
     decided: list[Outcome] = field(default_factory=list)
     sending: list[tuple[ClaimedRun, Future[Outcome | None]]] = field(default_factory=list)
-    unsent: list[tuple[int, int]] = field(default_factory=list)  # (run id, attempt)
+    unsent: list[Held] = field(default_factory=list)
     landed: set[int] | None = None  # set once its outcomes are recorded
     # run id -> ms from the start of its compose to its outcome (the sending threads write
     # their own runs' entries)
@@ -188,9 +189,12 @@ class Worker:
         # Set while the database does not answer: the sending threads hand no more messages
         # to the transport (they go back unsent), as their outcomes could not be recorded.
         self.db_away = threading.Event()
-        # Runs to give back unsent whose release the database has not confirmed yet, as
-        # (id, attempt).
-        self.unreleased: list[tuple[int, int]] = []
+        # Runs to give back unsent whose release the database has not confirmed yet.
+        self.unreleased: list[Held] = []
+        # Which shard to claim from next (one PostgreSQL: the one shard of all buckets); read
+        # at the first claim, where a database that does not answer is an outage like any.
+        self.shard_map: shards.ShardMap | None = None
+        self.rotation = shards.Rotation(1, quiet_seconds=settings.poll_interval_seconds / 2)
         # False after a statement failed: a claim may have committed without its reply.
         self.swept = True
 
@@ -389,25 +393,37 @@ class Worker:
     # -- one batch ------------------------------------------------------------------------
 
     def claim_batch(self, beat: Heartbeat) -> _Claimed | None:
-        """Claim a batch with its digests and recipients; None when nothing is due."""
+        """Claim a batch with its digests and recipients, from the next shard with due runs
+        (round robin; shards found empty are left out for half a poll interval); None when
+        none has any."""
+        runs: list[ClaimedRun] = []
+        if self.shard_map is None:
+            self.shard_map = shards.for_engine(self.engine)
+            self.rotation.count = len(self.shard_map.shards)
         with self.engine.connect() as conn:  # autocommit: the claim is one statement
-            runs = claim.claim_batch(
-                conn,
-                self.me,
-                self.settings.batch_size,
-                self.settings.lease_seconds,
-                self.settings.group_cap,
-            )
+            for shard in self.rotation.order():
+                runs = claim.claim_batch(
+                    conn,
+                    self.me,
+                    self.settings.batch_size,
+                    self.settings.lease_seconds,
+                    self.settings.group_cap,
+                    self.shard_map.shards[shard],
+                )
+                if runs:
+                    self.rotation.claimed(shard)
+                    break
+                self.rotation.empty(shard)
         if not runs:
             return None
-        beat.add([(r.id, r.attempt) for r in runs])
+        beat.add(claim.holding(runs))
         return _Claimed(runs, time.monotonic())
 
     def _give_back(self, runs: list[ClaimedRun], beat: Heartbeat) -> None:
         """Release runs nothing was sent for now, rather than keep their leases alive with
         the heartbeat until the worker stops; kept, to release later, while the database is
         away."""
-        self.unreleased.extend((r.id, r.attempt) for r in runs)
+        self.unreleased.extend(claim.holding(runs))
         try:
             self._release_unreleased(beat)
         except OperationalError as exc:
@@ -472,7 +488,7 @@ class Worker:
             if self.inline_sends:
                 outcome = self._send_one(batch, run, message_, count, started)
                 if outcome is None:
-                    batch.unsent.append((run.id, run.attempt))
+                    batch.unsent.append((run.bucket, run.id, run.attempt))
                 else:
                     batch.decided.append(outcome)
             else:
@@ -487,7 +503,7 @@ class Worker:
                 future.cancel()  # not started yet: it goes back to the queue unsent
             result = None if future.cancelled() else future.result()
             if result is None:
-                batch.unsent.append((run.id, run.attempt))
+                batch.unsent.append((run.bucket, run.id, run.attempt))
             else:
                 batch.decided.append(result)
         batch.sending = []
@@ -502,7 +518,7 @@ class Worker:
             if batch.unsent:
                 self.stats.released += claim.release(conn, self.me, batch.unsent)
                 batch.unsent = []
-        beat.drop([(r.id, r.attempt) for r in batch.runs])
+        beat.drop(claim.holding(batch.runs))
         self.stats.batches += 1
         for outcome in batch.decided:
             ok = outcome.run.id in batch.landed

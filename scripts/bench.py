@@ -61,8 +61,8 @@ SLOW_SECONDS = 0.05
 
 SEED_RECIPIENTS = text(
     """
-    INSERT INTO recipients (user_id, email, name, timezone)
-    SELECT 'u' || g, 'user' || g || '@example.com', 'User ' || g,
+    INSERT INTO recipients (bucket, user_id, email, name, timezone)
+    SELECT digest_bucket('u' || g), 'u' || g, 'user' || g || '@example.com', 'User ' || g,
            (ARRAY['UTC', 'America/New_York', 'Europe/Berlin', 'Asia/Tokyo'])[1 + g % 4]
       FROM generate_series(CAST(:first AS int), CAST(:last AS int)) g
     """
@@ -71,9 +71,10 @@ SEED_RECIPIENTS = text(
 # 1 hour to 1 minute old. Both statements seed users `first`..`last` (scripts/chaos.py too).
 SEED_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
-                               created_at)
-    SELECT 'u' || u, (ARRAY['comment', 'like', 'mention', 'follow', 'share'])[1 + e % 5],
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id,
+                               payload, created_at)
+    SELECT digest_bucket('u' || u), 'u' || u,
+           (ARRAY['comment', 'like', 'mention', 'follow', 'share'])[1 + e % 5],
            'post', 'p' || ((u * 7 + e % 5) % 500), 'a' || ((u + e) % 1000),
            jsonb_build_object('title', 'A post about ' || ((u * 7 + e % 5) % 500),
                               'actor_name', 'Actor ' || ((u + e) % 1000),
@@ -308,16 +309,20 @@ def render_only(engine: Engine, settings: Settings, processes: int, count: int) 
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT id, user_id, cadence, period_start, attempt, frozen_at FROM digest_runs"
+                "SELECT id, bucket, user_id, cadence, period_start, attempt, frozen_at"
+                " FROM digest_runs"
                 " WHERE status = 'sent' ORDER BY id LIMIT :n"
             ),
             {"n": count},
         ).all()
-        digests = content.load_contents(conn, [row.id for row in rows], settings.group_cap)
+        digests = content.load_contents(
+            conn, [(row.bucket, row.id) for row in rows], settings.group_cap
+        )
         people = recipients.load_many(conn, [row.user_id for row in rows])
     runs = [
         ClaimedRun(
             row.id,
+            row.bucket,
             row.user_id,
             row.cadence,
             row.period_start,

@@ -48,7 +48,7 @@ PGQUEUER_MAX_CONCURRENT = 2 * PGQUEUER_BATCH_SIZE
 
 RUN_LOAD = text(
     """
-    SELECT r.user_id, r.cadence AS run_cadence, r.period_start,
+    SELECT r.bucket, r.user_id, r.cadence AS run_cadence, r.period_start,
            coalesce(r.frozen_at, now()) AS frozen_at,
            c.email, c.name, c.cadence, c.timezone, c.locale,
            c.id AS recipient_id, c.subscription_version
@@ -70,8 +70,10 @@ RUN_MARK_DONE = text(
 )
 DELIVERY_INSERT = text(
     """
-    INSERT INTO deliveries (run_id, user_id, recipient, transport, message_id, attempt, status)
-    VALUES (:run, :user_id, :recipient, :transport, :message_id, 1, 'sent')
+    INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, message_id, attempt,
+                            status)
+    VALUES (digest_bucket(:user_id), :run, :user_id, :recipient, :transport, :message_id, 1,
+            'sent')
     """
 )
 RUNS_SENT = text("SELECT count(*) FROM digest_runs WHERE id = ANY(:ids) AND status = 'sent'")
@@ -123,6 +125,7 @@ def digest_job(ctx: JobContext, run_id: int) -> str:
     prepared = worker.composer.compose(
         ClaimedRun(
             run_id,
+            run.bucket,
             run.user_id,
             run.run_cadence,
             run.period_start,

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from digest import scheduler  # noqa: E402
+from digest.buckets import bucket_of  # noqa: E402
 from digest.config import Settings  # noqa: E402
 from digest.db import make_engine  # noqa: E402
 from digest.ingest.events import record_event, record_events, validate_event  # noqa: E402
@@ -53,8 +54,9 @@ WEEKLY_EVERY = 5
 
 SEED_SCHEDULE_RECIPIENTS = text(
     """
-    INSERT INTO recipients (user_id, email, name, cadence, timezone, send_hour, weekly_day)
-    SELECT 's' || g, 'user' || g || '@example.com', 'User ' || g,
+    INSERT INTO recipients (bucket, user_id, email, name, cadence, timezone, send_hour,
+                            weekly_day)
+    SELECT digest_bucket('s' || g), 's' || g, 'user' || g || '@example.com', 'User ' || g,
            CASE WHEN g % :weekly_every = 0 THEN 'weekly' ELSE 'daily' END,
            (CAST(:zones AS text[]))[1 + g % :n_zones],
            (CAST(:hours AS int[]))[1 + g % :n_zones],
@@ -68,16 +70,17 @@ RUNS_DUE = text(
 
 HEAVY_USER = "heavy"
 SEED_HEAVY_RECIPIENT = text(
-    "INSERT INTO recipients (user_id, email, name) "
-    "VALUES (:user, 'heavy@example.com', 'Heavy User')"
+    "INSERT INTO recipients (bucket, user_id, email, name) "
+    "VALUES (digest_bucket(:user), :user, 'heavy@example.com', 'Heavy User')"
 )
 # `events` events over 2,000 posts and 5 categories (10,000 groups), 5,000 actors, in the
 # last day: grouping, ranking and the cap all have work to do.
 SEED_HEAVY_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
-                               created_at)
-    SELECT :user, (ARRAY['comment', 'like', 'mention', 'follow', 'share'])[1 + e % 5],
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id,
+                               payload, created_at)
+    SELECT digest_bucket(:user), :user,
+           (ARRAY['comment', 'like', 'mention', 'follow', 'share'])[1 + e % 5],
            'post', 'p' || (e % 2000), 'a' || (e % 5000),
            jsonb_build_object('title', 'A post about ' || (e % 2000),
                               'actor_name', 'Actor ' || (e % 5000),
@@ -154,7 +157,7 @@ def bare_copy(url: str, pool: list[dict[str, Any]], count: int) -> Timed:
     """The pool's rows formatted once, then `count` of them sent by COPY into digest_events
     with no Python per row: what the server alone ingests, the ceiling of record_events."""
     now = datetime.now(UTC).isoformat()
-    rows = [(*row[:6], now, row[7]) for row in map(validate_event, pool)]
+    rows = [(bucket_of(row[0]), *row[:6], now, row[7]) for row in map(validate_event, pool)]
     whole, rest = divmod(count, len(pool))
     with psycopg.connect(url) as conn:
         # psycopg's own COPY text format, written to memory instead of the server

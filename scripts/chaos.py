@@ -8,7 +8,7 @@ What it does, in one process that plays everything around the workers:
    address) and schedules one due run per recipient.
 2. Starts the two providers in threads: an SMTP server (aiosmtpd) and an SES endpoint (an
    HTTP server that hands each sesv2 `send_email` to moto's SES, in process). Both record
-   every message they accepted, by its Message-ID (`<digest.run-ID@…>`).
+   every message they accepted, by its Message-ID (`<digest.run-ID.bBUCKET@…>`).
 3. Starts WORKERS `digest work` processes (transports `smtp`, `ses,smtp`, `smtp,ses`,
    `ses` in turn; short lease, small backoff) and, for DURATION seconds, at random moments:
    SIGKILLs a worker (or SIGTERMs one) and starts a new one; restarts PostgreSQL under them

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, text
 
 from digest import unsubscribe
+from digest.buckets import bucket_of
 from digest.channels.base import Transport
 from digest.channels.email import mime as message
 from digest.config import Settings
@@ -72,6 +73,7 @@ def drain(
         url = unsubscribe.unsubscribe_url(
             settings.base_url,
             "naive",
+            bucket_of(run.user_id),
             recipient.id,
             recipient.subscription_version,
             run.period_start,
@@ -104,7 +106,15 @@ def drain(
         data = mime.as_bytes()
         transport.send(
             OutgoingMessage(
-                run.id, 1, run.user_id, recipient.email, message_id, "", data, rendered.html
+                run.id,
+                1,
+                run.user_id,
+                recipient.email,
+                message_id,
+                "",
+                data,
+                rendered.html,
+                bucket_of(run.user_id),
             )
         )
         with engine.begin() as conn:

@@ -60,15 +60,17 @@ FLAGS = (
 )
 PEOPLE = text(
     """
-    INSERT INTO recipients (user_id, email, name, timezone, cadence)
-    VALUES ('ana', 'ana.silva@example.com', 'Ana Silva', 'Europe/Lisbon', 'daily'),
-           ('long', :email, :name, 'America/Argentina/ComodRivadavia', 'weekly')
+    INSERT INTO recipients (bucket, user_id, email, name, timezone, cadence)
+    VALUES (digest_bucket('ana'), 'ana', 'ana.silva@example.com', 'Ana Silva', 'Europe/Lisbon',
+            'daily'),
+           (digest_bucket('long'), 'long', :email, :name, 'America/Argentina/ComodRivadavia',
+            'weekly')
     """
 )
 EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id)
-    SELECT u, c, 'post', 'p1'
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id)
+    SELECT digest_bucket(u), u, c, 'post', 'p1'
       FROM unnest(ARRAY['ana', 'long']) u,
            unnest(ARRAY['comment', 'like', 'post.shared', 'badge_earned']) c
     """
@@ -170,8 +172,9 @@ def main() -> None:
             PEOPLE, {"email": "x" * 64 + "@" + ("d" * 60 + ".") * 3 + "example", "name": "W" * 1000}
         )
         conn.execute(EVENTS)
-        ids: dict[str, int] = {
-            row.user_id: row.id for row in conn.execute(text("SELECT user_id, id FROM recipients"))
+        ids: dict[str, tuple[int, int]] = {
+            row.user_id: (row.bucket, row.id)
+            for row in conn.execute(text("SELECT user_id, bucket, id FROM recipients"))
         }
     brand: dict[str, str] = {}
     if args.brand:
@@ -189,8 +192,8 @@ def main() -> None:
         time.sleep(0.01)
     host = f"127.0.0.1:{listener.getsockname()[1]}"
     now = datetime.now(UTC)
-    ana = f"/u/{make_token(SECRET, ids['ana'], 0, now)}"
-    long = f"/u/{make_token(SECRET, ids['long'], 0, now)}"
+    ana = f"/u/{make_token(SECRET, *ids['ana'], 0, now)}"
+    long = f"/u/{make_token(SECRET, *ids['long'], 0, now)}"
     # ana unticks likes and badges; then a quiet-hours slip; then she unsubscribes.
     categories = [("form", "categories")] + [
         ("shown", c) for c in ("comment", "like", "mention", "follow", "badge_earned")

@@ -6,7 +6,9 @@ Server choice: `DIGEST_TEST_DATABASE_URL` when set; testcontainers' PostgreSQL w
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -16,11 +18,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import Engine
+from sqlalchemy import Engine, TextClause
 from sqlalchemy.engine import make_url
 
+import digest
 from digest import migrate
 from digest.db import embedded_url, libpq_url, make_engine
+from digest.shards import Sharded
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +35,44 @@ FAST_CONF = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "o
 def with_database(url: str, name: str) -> str:
     """`url` pointing at database `name` instead."""
     return libpq_url(make_url(url).set(database=name).render_as_string(hide_password=False))
+
+
+# Statements kept as plain strings (COPY, and those run through the driver directly).
+_SQL_TEXT = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH|COPY|CREATE|TRUNCATE)\b", re.I)
+Statement = TextClause | Sharded | str
+
+
+def named_statements() -> dict[str, Statement]:
+    """`module.NAME` -> statement, for every module-level SQL constant in digest/: a
+    TextClause, a `Sharded` statement, or SQL kept as a string (`statement_text` reads
+    each). Every module file is walked, those of namespace packages (digest/ingest/)
+    included."""
+    found: dict[int, tuple[str, Statement]] = {}
+    root = Path(digest.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] == "__main__":  # runs the command line when imported
+            continue
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        module = importlib.import_module(name)
+        for constant, value in vars(module).items():
+            if not constant.isupper():
+                continue
+            if isinstance(value, TextClause | Sharded) or (
+                isinstance(value, str) and _SQL_TEXT.match(value)
+            ):
+                # an imported constant is the same object: keep where it was seen first
+                found.setdefault(id(value), (f"{name}.{constant}", value))
+    return dict(found.values())
+
+
+def statement_text(statement: Statement) -> str:
+    """The SQL of a named statement (a `Sharded` one's template)."""
+    if isinstance(statement, TextClause):
+        return statement.text
+    if isinstance(statement, Sharded):
+        return statement.template
+    return statement
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

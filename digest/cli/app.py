@@ -103,7 +103,8 @@ def _describe(exc: Exception) -> str:
 
 
 def _missing_schema(app: App | None, exc: Exception) -> str | None:
-    """For a table that does not exist: what alembic says the schema is, and the fix."""
+    """For a table or column that does not exist (a schema from before it, such as the
+    bucket of migration 0007): what alembic says the schema is, and the fix."""
     if app is None or "psycopg" not in sys.modules:  # no database was asked anything
         return None
     import psycopg.errors
@@ -111,7 +112,7 @@ def _missing_schema(app: App | None, exc: Exception) -> str | None:
 
     # COPY (imports) raises the driver's error itself, everything else SQLAlchemy's wrapper
     driver_error = exc.orig if isinstance(exc, DBAPIError) else exc
-    if not isinstance(driver_error, psycopg.errors.UndefinedTable):
+    if not isinstance(driver_error, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
         return None
     try:
         return schema_problem(app.engine())

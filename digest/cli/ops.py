@@ -73,7 +73,7 @@ def _parse_now(value: str | None) -> datetime:
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
-    help="Connections inserting at once, each over its own slice of the recipients "
+    help="Connections inserting at once, each over its own slice of the recipients' buckets "
     "(default DIGEST_SCHEDULE_JOBS or 2).",
 )
 @pass_app
@@ -82,9 +82,10 @@ def schedule_cmd(app: App, now_text: str | None, spread: int | None, jobs: int |
 
     Idempotent and safe to run twice at once; each user gets at most one run per cadence
     and period, at their local send hour plus a stable per-user stagger. The recipients
-    are split into --jobs slices by a hash of their user id, inserted at once on as many
-    connections, each slice in its own transaction: if one fails, the next run of the
-    command creates what it missed.
+    are split into slices of their buckets (a fixed hash of the user id; on Citus, at
+    least one slice a shard), inserted --jobs at once on as many connections, each slice
+    in its own transaction: if one fails, the next run of the command creates what it
+    missed.
     """
     from digest import db
     from digest.scheduler import schedule

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, text
 
-from digest import logs, recipients, suppressions
+from digest import logs, recipients, shards, suppressions
 from digest.db import atomic
 from digest.errors import ValidationError
 from digest.feedback.ses import SesEvent, parse_event, short, unwrap
 from digest.models import DeliveryStatus
+from digest.shards import Sharded
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ STATUS_BY_TYPE: Final[Mapping[str, DeliveryStatus]] = {
     "DeliveryDelay": DeliveryStatus.DEFERRED,
 }
 
+# Keyed by the SNS MessageId: a replay conflicts and changes nothing. An event that came
+# without one is stored under `local:` and a random UUID (never a replay).
 FEEDBACK_RECORD = text(
     """
     INSERT INTO feedback_events (sns_message_id, event_type, provider_message_id, run_id,
@@ -40,52 +45,74 @@ FEEDBACK_RECORD = text(
     RETURNING id
     """
 )
-# Locked so that two events for one delivery apply one after the other.
-DELIVERY_FIND_BY_PROVIDER_ID = text(
+# A delivery by its provider's message id: the lookup table names its bucket and id (on
+# Citus it is distributed by the provider id, so this reaches one node; so does the
+# delivery, by its bucket). Locked so that two events for one delivery apply one after
+# the other.
+DELIVERY_LOOKUP_FIND = text(
     """
-    SELECT id, run_id, user_id, recipient
-      FROM deliveries
+    SELECT bucket, delivery_id FROM delivery_provider_ids
      WHERE provider_message_id = :provider_message_id
-     ORDER BY id DESC
+     ORDER BY delivery_id DESC
      LIMIT 1
-       FOR UPDATE
     """
 )
-# The tag fallback only takes a delivery that has no provider id of its own: one with
-# another id is another send of the run, and this event is not about it.
-DELIVERY_FIND_BY_RUN = text(
+DELIVERY_GET_FOR_UPDATE = text(
     """
-    SELECT id, run_id, user_id, recipient
+    SELECT id, bucket, run_id, user_id, recipient
       FROM deliveries
-     WHERE run_id = :run_id AND provider_message_id IS NULL
-     ORDER BY id DESC
-     LIMIT 1
+     WHERE bucket = :bucket AND id = :id
        FOR UPDATE
     """
 )
+# The fallback by run (the bucket and run id from our tags or our Message-ID) only takes a
+# delivery that has no provider id of its own: one with another id is another send of the
+# run, and this event is not about it.
+_BY_RUN = """
+    SELECT id, bucket, run_id, user_id, recipient
+      FROM deliveries
+     WHERE {where} AND run_id = :run_id AND provider_message_id IS NULL
+     ORDER BY id DESC
+     LIMIT 1
+       FOR UPDATE
+"""
+DELIVERY_FIND_BY_RUN = text(_BY_RUN.format(where="bucket = :bucket"))
+# Mail sent before the bucket tag names only its run: each shard is asked in turn.
+DELIVERY_FIND_BY_RUN_IN_SHARD = Sharded(_BY_RUN.format(where="{shard:bucket}"))
 # Statuses only move forward: sent/unknown < deferred < delivered < bounced/rejected <
-# complained. Worker outcomes (failed, suppressed) are never overwritten.
+# complained. Worker outcomes (failed, suppressed) are never overwritten. The new status's
+# rank comes in as :rank (STATUS_RANK); the stored one's is a searched CASE: Citus 13.2
+# sends a simple `CASE status WHEN …` in the WHERE of a statement with parameters to its
+# worker nodes as `text = boolean`.
 DELIVERY_SET_FEEDBACK_STATUS = text(
     """
     UPDATE deliveries
        SET status = CAST(:status AS text),
            reason = COALESCE(CAST(:reason AS text), reason),
            updated_at = now()
-     WHERE id = :id
-       AND (CASE status WHEN 'sent' THEN 0 WHEN 'unknown' THEN 0 WHEN 'deferred' THEN 1
-                        WHEN 'delivered' THEN 2 WHEN 'bounced' THEN 3 WHEN 'rejected' THEN 3
-                        WHEN 'complained' THEN 4 ELSE 99 END)
-         < (CASE CAST(:status AS text) WHEN 'deferred' THEN 1 WHEN 'delivered' THEN 2
-                        WHEN 'bounced' THEN 3 WHEN 'rejected' THEN 3 WHEN 'complained' THEN 4
-                        ELSE -1 END)
+     WHERE bucket = :bucket AND id = :id
+       AND (CASE WHEN status IN ('sent', 'unknown') THEN 0
+                 WHEN status = 'deferred' THEN 1
+                 WHEN status = 'delivered' THEN 2
+                 WHEN status IN ('bounced', 'rejected') THEN 3
+                 WHEN status = 'complained' THEN 4
+                 ELSE 99 END) < CAST(:rank AS int)
     RETURNING id
     """
 )
+STATUS_RANK: Final[Mapping[str, int]] = {
+    DeliveryStatus.DEFERRED: 1,
+    DeliveryStatus.DELIVERED: 2,
+    DeliveryStatus.BOUNCED: 3,
+    DeliveryStatus.REJECTED: 3,
+    DeliveryStatus.COMPLAINED: 4,
+}
+# The time comes in as :now: Citus refuses now() in ON CONFLICT DO UPDATE.
 BOUNCE_STREAK_BUMP = text(
     """
     INSERT INTO bounce_streaks (email, count) VALUES (:email, 1)
     ON CONFLICT (email) DO UPDATE
-       SET count = bounce_streaks.count + 1, updated_at = now()
+       SET count = bounce_streaks.count + 1, updated_at = CAST(:now AS timestamptz)
     RETURNING count
     """
 )
@@ -113,6 +140,7 @@ class IngestResult:
 @dataclass(frozen=True)
 class _Match:
     id: int
+    bucket: int
     run_id: int
     user_id: str
     recipient: str
@@ -139,7 +167,7 @@ def ingest(
         event_id = conn.execute(
             FEEDBACK_RECORD,
             {
-                "sns_message_id": message_id,
+                "sns_message_id": message_id or f"local:{uuid.uuid4()}",
                 "event_type": event.event_type,
                 "provider_message_id": event.provider_message_id,
                 "run_id": match.run_id if match else event.run_id,
@@ -188,7 +216,13 @@ def _apply(conn: Connection, event: SesEvent, match: _Match | None, limit: int) 
     if match is not None and kind in STATUS_BY_TYPE:
         changed = conn.execute(
             DELIVERY_SET_FEEDBACK_STATUS,
-            {"id": match.id, "status": STATUS_BY_TYPE[kind], "reason": event.reason},
+            {
+                "bucket": match.bucket,
+                "id": match.id,
+                "status": STATUS_BY_TYPE[kind],
+                "rank": STATUS_RANK[STATUS_BY_TYPE[kind]],
+                "reason": event.reason,
+            },
         ).first()
         if changed is not None:
             effects.status = STATUS_BY_TYPE[kind]
@@ -201,7 +235,8 @@ def _apply(conn: Connection, event: SesEvent, match: _Match | None, limit: int) 
             if event.bounce_type == "Permanent":
                 _suppress(conn, effects, address, _reason(label, event.reason))
                 continue
-            count = conn.execute(BOUNCE_STREAK_BUMP, {"email": address}).scalar_one()
+            params = {"email": address, "now": datetime.now(UTC)}
+            count = conn.execute(BOUNCE_STREAK_BUMP, params).scalar_one()
             if count >= limit:
                 why = f"ses: {count} transient bounces in a row"
                 _suppress(conn, effects, address, _reason(why, event.reason))
@@ -224,11 +259,21 @@ def _suppress(conn: Connection, effects: _Effects, address: str, reason: str) ->
 def _match(conn: Connection, event: SesEvent) -> _Match | None:
     row = None
     if event.provider_message_id is not None:
-        row = conn.execute(
-            DELIVERY_FIND_BY_PROVIDER_ID, {"provider_message_id": event.provider_message_id}
-        ).first()
+        lookup = {"provider_message_id": event.provider_message_id}
+        found = conn.execute(DELIVERY_LOOKUP_FIND, lookup).first()
+        if found is not None:
+            key = {"bucket": found.bucket, "id": found.delivery_id}
+            row = conn.execute(DELIVERY_GET_FOR_UPDATE, key).first()
     if row is None and event.run_id is not None:
-        row = conn.execute(DELIVERY_FIND_BY_RUN, {"run_id": event.run_id}).first()
+        if event.bucket is not None:
+            by_run = {"bucket": event.bucket, "run_id": event.run_id}
+            row = conn.execute(DELIVERY_FIND_BY_RUN, by_run).first()
+        else:
+            for buckets in shards.for_connection(conn).shards:
+                statement = DELIVERY_FIND_BY_RUN_IN_SHARD.bind(buckets)
+                row = conn.execute(statement, {"run_id": event.run_id}).first()
+                if row is not None:
+                    break
     return None if row is None else _Match(*row)
 
 

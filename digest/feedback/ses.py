@@ -4,11 +4,13 @@ no database (`digest.feedback.apply` records and applies them)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from digest import untrusted
+from digest.buckets import BUCKETS
+from digest.channels.email.mime import parse_message_id
 from digest.errors import ValidationError
 from digest.models import FEEDBACK_EVENT_TYPES
 
@@ -40,6 +42,7 @@ class SesEvent:
     bounce_type: str | None
     reason: str | None
     raw: Mapping[str, Any]
+    bucket: int | None = None  # the run's, from our tags or our Message-ID
 
 
 def unwrap(document: Any) -> tuple[Mapping[str, Any], str | None]:
@@ -87,14 +90,16 @@ def parse_event(event: Mapping[str, Any]) -> SesEvent:
     if not isinstance(detail, Mapping):
         raise FeedbackError(f"{DETAIL_KEYS[kind]} must be an object")
     recipients, bounce_type, reason = _details(kind, detail, mail)
+    run_id, bucket = _run_of(mail)
     return SesEvent(
         event_type=kind,
         provider_message_id=message_id or None,
-        run_id=_run_tag(mail.get("tags")),
+        run_id=run_id,
         recipients=recipients,
         bounce_type=bounce_type,
         reason=short(reason),
         raw=event,
+        bucket=bucket,
     )
 
 
@@ -159,16 +164,47 @@ def _destination(mail: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _run_tag(tags: Any) -> int | None:
-    """The `run_id` tag: SES sends tag values as lists of strings."""
+def _run_of(mail: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(run id, bucket) of the message: from our tags, else from our Message-ID in its
+    headers (mail sent before the bucket tag has a run id and no bucket)."""
+    run_id, bucket = _tag(mail, "run_id", 19), _tag(mail, "bucket", 5)
+    if run_id is not None and bucket is not None and bucket < BUCKETS:
+        return run_id, bucket
+    for value in _message_ids(mail):
+        found = parse_message_id(value)
+        if found is not None:
+            return found
+    return run_id, None
+
+
+def _tag(mail: Mapping[str, Any], name: str, digits: int) -> int | None:
+    """A number tag: SES sends tag values as lists of strings."""
+    tags = mail.get("tags")
     if not isinstance(tags, Mapping):
         return None
-    value = tags.get("run_id")
+    value = tags.get(name)
     if isinstance(value, list):
         value = value[0] if value else None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < digits:
         return int(value)
     return None
+
+
+def _message_ids(mail: Mapping[str, Any]) -> Iterator[str]:
+    """The Message-ID header values SES quotes (`commonHeaders`, else `headers`)."""
+    common = mail.get("commonHeaders")
+    if isinstance(common, Mapping) and isinstance(common.get("messageId"), str):
+        yield common["messageId"]
+    headers = mail.get("headers")
+    if isinstance(headers, list):
+        for header in headers:
+            if (
+                isinstance(header, Mapping)
+                and isinstance(header.get("name"), str)
+                and header["name"].lower() == "message-id"
+                and isinstance(header.get("value"), str)
+            ):
+                yield header["value"]
 
 
 def short(value: str | None) -> str | None:

@@ -4,7 +4,9 @@ in bulk (imports) or one at a time (`digest recipients set`). Reads are in
 
 A field an input leaves out keeps the stored value of an existing recipient and gets its
 default for a new one; an update that changes nothing writes nothing, so re-importing the
-same file neither touches `updated_at` nor fires the trigger that cancels pending runs.
+same file neither touches `updated_at` nor cancels pending runs. A changed schedule
+(cadence, zone, hour, day) cancels the user's pending runs in the same transaction, as
+every write path of recipients does (`digest.recipients.cancel_pending_runs`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import time
+from datetime import UTC, datetime, time
 from functools import cache
 from typing import Any, Final, Literal
 
 from sqlalchemy import Connection, Engine, text
 
 from digest import recipients
+from digest.buckets import bucket_of
 from digest.channels.email.mime import HeaderError, validate_email
 from digest.db import atomic, raw
 from digest.errors import ValidationError
@@ -64,11 +67,12 @@ BATCH_ROWS: Final = 20_000
 Format = Literal["jsonl", "csv"]
 
 # Rows reach PostgreSQL by COPY into a staging table (dumping big parameter arrays costs
-# more than the upsert itself); `shape` numbers each set of given fields in the batch.
+# more than the upsert itself), each with its user's bucket; `shape` numbers each set of
+# given fields in the batch.
 RECIPIENT_STAGE_CREATE = text(
     """
     CREATE TEMP TABLE IF NOT EXISTS recipients_stage (
-        user_id text, email text, name text, cadence text, timezone text,
+        bucket smallint, user_id text, email text, name text, cadence text, timezone text,
         send_hour smallint, weekly_day smallint, locale text, muted_categories text[],
         quiet_start time, quiet_end time, shape smallint
     ) ON COMMIT DROP
@@ -77,23 +81,31 @@ RECIPIENT_STAGE_CREATE = text(
 # TRUNCATE, not DELETE: temp tables are never autovacuumed, dead rows would pile up.
 RECIPIENT_STAGE_TRUNCATE = text("TRUNCATE recipients_stage")
 RECIPIENT_STAGE_COPY: Final = (
-    "COPY recipients_stage (user_id, email, name, cadence, timezone, send_hour, weekly_day, "
-    "locale, muted_categories, quiet_start, quiet_end, shape) FROM STDIN"
+    "COPY recipients_stage (bucket, user_id, email, name, cadence, timezone, send_hour, "
+    "weekly_day, locale, muted_categories, quiet_start, quiet_end, shape) FROM STDIN"
 )
-# Rows are taken in user_id order so concurrent imports lock recipients in the same order
-# and cannot deadlock. (xmax = 0) tells an inserted row from an updated one.
-RECIPIENT_UPSERT = text(
-    """
+# The upsert, in two statements over the same staged rows: the first writes the rows that
+# are new or whose schedule (cadence, zone, hour, day) changes, and returns the latter, whose
+# pending runs are then cancelled in this transaction (`recipients.cancel_pending_runs_of`);
+# the second writes the rows whose other fields change. Each decides on the row as it locks
+# it (ON CONFLICT's WHERE sees the latest version), so what is compared is what is
+# overwritten, as the trigger this replaces saw it. Rows are taken in key order so concurrent
+# imports lock recipients in the same order and cannot deadlock. (xmax = 0) tells an
+# inserted row from an updated one. Only a real change is written: an unchanged row keeps
+# its updated_at. A recipient who got no digests (cadence off) and now gets them grows its
+# subscription version (see `digest.unsubscribe`); an import never changes
+# `unsubscribed_at`. The time comes in as :now: Citus refuses now() in ON CONFLICT DO UPDATE.
+_UPSERT = """
     WITH upserted AS (
         INSERT INTO recipients AS r
-               (user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+               (bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
                 muted_categories, quiet_start, quiet_end)
-        SELECT user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
+        SELECT bucket, user_id, email, name, cadence, timezone, send_hour, weekly_day, locale,
                muted_categories, quiet_start, quiet_end
           FROM recipients_stage
          WHERE shape = :shape
-         ORDER BY user_id
-        ON CONFLICT (user_id) DO UPDATE SET
+         ORDER BY bucket, user_id
+        ON CONFLICT (bucket, user_id) DO UPDATE SET
             email = CASE WHEN :set_email THEN excluded.email ELSE r.email END,
             name = CASE WHEN :set_name THEN excluded.name ELSE r.name END,
             cadence = CASE WHEN :set_cadence THEN excluded.cadence ELSE r.cadence END,
@@ -107,32 +119,31 @@ RECIPIENT_UPSERT = text(
             quiet_start = CASE WHEN :set_quiet_hours THEN excluded.quiet_start
                                ELSE r.quiet_start END,
             quiet_end = CASE WHEN :set_quiet_hours THEN excluded.quiet_end ELSE r.quiet_end END,
-            updated_at = now()
-        -- Only a real change is written: an unchanged row keeps its updated_at and does not
-        -- fire recipients_schedule_changed (which cancels pending runs).
-        WHERE (:set_email AND r.email IS DISTINCT FROM excluded.email)
-           OR (:set_name AND r.name IS DISTINCT FROM excluded.name)
-           OR (:set_cadence AND r.cadence IS DISTINCT FROM excluded.cadence)
+            subscription_version = r.subscription_version
+                + CASE WHEN :set_cadence AND r.cadence = 'off' AND excluded.cadence <> 'off'
+                            AND r.unsubscribed_at IS NULL THEN 1 ELSE 0 END,
+            updated_at = CAST(:now AS timestamptz)
+        WHERE {changed}
+        RETURNING (r.xmax = 0) AS created, r.user_id
+    )
+    SELECT count(*) FILTER (WHERE created),
+           coalesce(array_agg(user_id) FILTER (WHERE NOT created), '{{}}')
+      FROM upserted
+"""
+_SCHEDULE_CHANGED = """(:set_cadence AND r.cadence IS DISTINCT FROM excluded.cadence)
            OR (:set_timezone AND r.timezone IS DISTINCT FROM excluded.timezone)
            OR (:set_send_hour AND r.send_hour IS DISTINCT FROM excluded.send_hour)
-           OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM excluded.weekly_day)
+           OR (:set_weekly_day AND r.weekly_day IS DISTINCT FROM excluded.weekly_day)"""
+# Muted categories and quiet hours move no run: a change of them alone cancels nothing.
+_REST_CHANGED = """(:set_email AND r.email IS DISTINCT FROM excluded.email)
+           OR (:set_name AND r.name IS DISTINCT FROM excluded.name)
            OR (:set_locale AND r.locale IS DISTINCT FROM excluded.locale)
            OR (:set_muted_categories
                AND r.muted_categories IS DISTINCT FROM excluded.muted_categories)
            OR (:set_quiet_hours AND (r.quiet_start IS DISTINCT FROM excluded.quiet_start
-                                     OR r.quiet_end IS DISTINCT FROM excluded.quiet_end))
-        RETURNING (r.xmax = 0) AS created
-    )
-    SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
-    """
-)
-# The trigger stamps the runs it cancels with completed_at = now(), our transaction's time.
-RUN_COUNT_CANCELLED_NOW = text(
-    """
-    SELECT count(*) FROM digest_runs
-     WHERE user_id = :user_id AND status = 'cancelled' AND completed_at = now()
-    """
-)
+                                     OR r.quiet_end IS DISTINCT FROM excluded.quiet_end))"""
+RECIPIENT_UPSERT_RESCHEDULING = text(_UPSERT.format(changed=_SCHEDULE_CHANGED))
+RECIPIENT_UPSERT_REST = text(_UPSERT.format(changed=_REST_CHANGED))
 
 
 @dataclass(slots=True)  # not frozen: one per row, and frozen ones are slow to build
@@ -355,7 +366,8 @@ def validate_recipient(row: object, *, require_email: bool = True) -> RecipientI
     return person
 
 
-def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[int, int]:
+def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[int, int, int]:
+    """Upsert one batch; (created, updated, runs cancelled by schedule changes)."""
     # One statement per set of given fields: a file usually has one.
     shapes: dict[frozenset[str], int] = {}
     conn.execute(RECIPIENT_STAGE_CREATE)
@@ -363,15 +375,22 @@ def _upsert_batch(conn: Connection, batch: Mapping[str, RecipientIn]) -> tuple[i
     with raw(conn).cursor() as cursor, cursor.copy(RECIPIENT_STAGE_COPY) as copy:
         for r in batch.values():
             shape = shapes.setdefault(r.given, len(shapes))
-            row = (r.user_id, r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day)
+            row = (r.email, r.name, r.cadence, r.timezone, r.send_hour, r.weekly_day, r.locale)
             quiet = r.quiet_hours.split("-") if r.quiet_hours else (None, None)
-            copy.write_row((*row, r.locale, list(r.muted_categories), *quiet, shape))
-    created = updated = 0
+            copy.write_row(
+                (bucket_of(r.user_id), r.user_id, *row, list(r.muted_categories), *quiet, shape)
+            )
+    created = updated = cancelled = 0
+    now = datetime.now(UTC)
     for given, shape in shapes.items():
         params: dict[str, Any] = {f"set_{name}": name in given for name in RECIPIENT_FIELDS[1:]}
-        new, changed = conn.execute(RECIPIENT_UPSERT, {**params, "shape": shape}).one()
-        created, updated = created + new, updated + changed
-    return created, updated
+        params |= {"shape": shape, "now": now}
+        new, rescheduled = conn.execute(RECIPIENT_UPSERT_RESCHEDULING, params).one()
+        _, changed = conn.execute(RECIPIENT_UPSERT_REST, params).one()
+        created += new
+        updated += len(rescheduled) + len(changed)
+        cancelled += recipients.cancel_pending_runs_of(conn, rescheduled)
+    return created, updated, cancelled
 
 
 NEEDS_EMAIL: Final = "email is required for a new recipient"
@@ -426,7 +445,7 @@ def _store_batch(conn: Connection, rows: list[Numbered], refuse: Refuse) -> tupl
         batch[row.user_id] = row if earlier is None else _merged(earlier, row)
     if not batch:
         return count, 0, 0
-    created, updated = _upsert_batch(conn, batch)
+    created, updated, _ = _upsert_batch(conn, batch)
     return count, created, updated
 
 
@@ -513,7 +532,7 @@ def set_recipient(
     """Create or update one recipient, changing only the fields in `changes`.
 
     A new recipient needs an email. A changed cadence, zone, hour or day cancels the
-    user's pending runs (the database trigger does it); the count is reported.
+    user's pending runs in the same transaction; the count is reported.
     """
     uid = text_field("user_id", user_id)
     if not changes:
@@ -527,8 +546,7 @@ def set_recipient(
             # Not given, so not written; only fills the insert half of the upsert, which a
             # row locked above can never take.
             wanted.email = current["email"]
-        _upsert_batch(conn, {uid: wanted})
-        cancelled = int(conn.execute(RUN_COUNT_CANCELLED_NOW, {"user_id": uid}).scalar_one())
+        _, _, cancelled = _upsert_batch(conn, {uid: wanted})
     if current is None:
         return RecipientSet("created", {}, cancelled)
     diff: dict[str, tuple[object, object]] = {

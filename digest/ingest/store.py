@@ -13,6 +13,7 @@ import psycopg
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
+from digest.buckets import bucket_of
 from digest.db import raw
 from digest.errors import DigestError, first_line
 
@@ -30,13 +31,17 @@ EVENT_FIELDS: Final = (
 # Rows flow through COPY in chunks: memory stays flat however long the input is.
 CHUNK_ROWS: Final = 20_000
 
+# Every row carries its user's bucket (`digest.buckets`), computed here: producers never
+# pass one.
 EVENT_INSERT = text(
     """
     INSERT INTO digest_events
-           (user_id, category, entity_type, entity_id, actor_id, payload, created_at, event_key)
-    VALUES (:user_id, :category, :entity_type, :entity_id, :actor_id, CAST(:payload AS jsonb),
-            COALESCE(CAST(:created_at AS timestamptz), now()), :event_key)
-    ON CONFLICT (user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
+           (bucket, user_id, category, entity_type, entity_id, actor_id, payload, created_at,
+            event_key)
+    VALUES (:bucket, :user_id, :category, :entity_type, :entity_id, :actor_id,
+            CAST(:payload AS jsonb), COALESCE(CAST(:created_at AS timestamptz), now()),
+            :event_key)
+    ON CONFLICT (bucket, user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
     RETURNING id
     """
 )
@@ -45,8 +50,8 @@ TRANSACTION_NOW = text("SELECT now()")
 EVENT_STAGE_CREATE = text(
     """
     CREATE TEMP TABLE IF NOT EXISTS digest_events_stage (
-        user_id text, category text, entity_type text, entity_id text, actor_id text,
-        payload jsonb, created_at timestamptz, event_key text
+        bucket smallint, user_id text, category text, entity_type text, entity_id text,
+        actor_id text, payload jsonb, created_at timestamptz, event_key text
     ) ON COMMIT DROP
     """
 )
@@ -54,27 +59,32 @@ EVENT_STAGE_CREATE = text(
 EVENT_STAGE_TRUNCATE = text("TRUNCATE digest_events_stage")
 EVENT_INSERT_FROM_STAGE: Final = """
     INSERT INTO digest_events
-           (user_id, category, entity_type, entity_id, actor_id, payload, created_at, event_key)
-    SELECT user_id, category, entity_type, entity_id, actor_id, payload, created_at, event_key
+           (bucket, user_id, category, entity_type, entity_id, actor_id, payload, created_at,
+            event_key)
+    SELECT bucket, user_id, category, entity_type, entity_id, actor_id, payload, created_at,
+           event_key
       FROM digest_events_stage
-    ON CONFLICT (user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
+    ON CONFLICT (bucket, user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
     """
 # Pipeline mode needs libpq 14 or later (the psycopg[binary] wheels bundle one).
 PIPELINE: Final = psycopg.Pipeline.is_supported()
-_COLUMNS = "user_id, category, entity_type, entity_id, actor_id, payload, created_at, event_key"
+_COLUMNS = (
+    "bucket, user_id, category, entity_type, entity_id, actor_id, payload, created_at, event_key"
+)
 EVENT_COPY: Final = f"COPY digest_events ({_COLUMNS}) FROM STDIN"
 EVENT_STAGE_COPY: Final = f"COPY digest_events_stage ({_COLUMNS}) FROM STDIN"
 
 # One validated event in EVENT_FIELDS order, payload serialized; created_at None = now().
 EventRow: TypeAlias = tuple[str, str, str, str, str | None, str, datetime | None, str | None]
-# A row as COPY sends it: created_at filled in, now() as ISO 8601 text (psycopg dumps text
-# much faster than a datetime: docs/performance.md).
-CopyRow: TypeAlias = tuple[str, str, str, str, str | None, str, datetime | str, str | None]
+# A row as COPY sends it: its bucket first, created_at filled in, now() as ISO 8601 text
+# (psycopg dumps text much faster than a datetime: docs/performance.md).
+CopyRow: TypeAlias = tuple[int, str, str, str, str, str | None, str, datetime | str, str | None]
 
 
 def insert_one(conn: Connection, row: EventRow) -> int | None:
     """Insert one validated event; its id, or None when its key was already stored."""
-    params = dict(zip(EVENT_FIELDS, row, strict=True))
+    params: dict[str, object] = dict(zip(EVENT_FIELDS, row, strict=True))
+    params["bucket"] = bucket_of(row[0])
     new_id = conn.execute(EVENT_INSERT, params).scalar_one_or_none()
     return None if new_id is None else int(new_id)
 
@@ -88,7 +98,9 @@ def store_rows(conn: Connection, rows: Iterable[EventRow]) -> tuple[int, int]:
     """
     # now() is the transaction's start time: exactly what the column default would give.
     now = conn.execute(TRANSACTION_NOW).scalar_one().astimezone(UTC).isoformat()
-    pending: Iterator[CopyRow] = ((*row[:6], row[6] or now, row[7]) for row in rows)
+    pending: Iterator[CopyRow] = (
+        (bucket_of(row[0]), *row[:6], row[6] or now, row[7]) for row in rows
+    )
     driver = raw(conn)
     inserted = ignored = 0
     try:
@@ -98,7 +110,7 @@ def store_rows(conn: Connection, rows: Iterable[EventRow]) -> tuple[int, int]:
             # server ingests what was sent while Python parses the next rows.
             with cursor.copy(EVENT_COPY) as copy:
                 for row in pending:
-                    if row[7] is not None:
+                    if row[8] is not None:
                         chunk.append(row)
                         break
                     copy.write_row(row)

@@ -157,7 +157,12 @@ def load_preferences(conn: Connection, token: Token, *, lock: bool = False) -> P
     """The recipient `token` names (locked for update with `lock`), or None."""
     if token.recipient_id is None:  # a legacy token
         return recipients.preferences(conn, user_id=token.user_id, lock=lock)
-    return recipients.preferences(conn, recipient_id=token.recipient_id, lock=lock)
+    bucket = token.bucket
+    if bucket is None:  # format 1, from mail sent before the bucket
+        bucket = recipients.find_bucket(conn, token.recipient_id)
+        if bucket is None:
+            return None
+    return recipients.preferences(conn, recipient_id=token.recipient_id, bucket=bucket, lock=lock)
 
 
 def is_stale(token: Token, preferences: Preferences, today: date) -> bool:
@@ -193,15 +198,15 @@ def apply_action(
         if is_stale(token, before, today):
             return STALE
         if isinstance(action, Unsubscribe):
-            changed = recipients.unsubscribe(conn, before.id)
+            changed = recipients.unsubscribe(conn, before)
         elif isinstance(action, SetCadence):
-            changed = recipients.set_cadence(conn, before.id, action.cadence)
+            changed = recipients.set_cadence(conn, before, action.cadence)
         elif isinstance(action, SetCategories):
             kept = set(before.muted_categories) - action.shown
-            changed = recipients.set_muted(conn, before.id, kept | (action.shown - action.included))
+            changed = recipients.set_muted(conn, before, kept | (action.shown - action.included))
         else:
-            changed = recipients.set_quiet_hours(conn, before.id, action.hours)
-        after = recipients.preferences(conn, recipient_id=before.id)
+            changed = recipients.set_quiet_hours(conn, before, action.hours)
+        after = recipients.preferences(conn, recipient_id=before.id, bucket=before.bucket)
         if after is None:
             return None
         categories = recipients.categories_for(conn, after.user_id, after.muted_categories, offered)
@@ -292,7 +297,9 @@ def routes(
         fresh = None
         if preferences.subscription_version != token.subscription_version:
             # This choice retired the page's token: later clicks on it need a current one.
-            fresh = make_token(secret, preferences.id, preferences.subscription_version, today)
+            fresh = make_token(
+                secret, preferences.bucket, preferences.id, preferences.subscription_version, today
+            )
         said = notice(action, preferences, pages.brand.product_name)
         return pages.page(pages.manage(preferences, shown.categories, notice=said, action=fresh))
 

@@ -1,7 +1,7 @@
 """The two providers the workers send to, in threads: SMTP (aiosmtpd) and SES (moto).
 
 Both record every message they accepted in a Mailbag, by its Message-ID
-(`<digest.run-ID@…>`); each has a `mode` the SMTP and SES faults switch.
+(`<digest.run-ID.bBUCKET@…>`); each has a `mode` the SMTP and SES faults switch.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from chaos_lib.records import Received
 from chaos_lib.settings import DOMAIN, REGION, SENDER
 
-MESSAGE_ID = re.compile(r"<digest\.run-(\d+)@" + re.escape(DOMAIN) + ">")
+MESSAGE_ID = re.compile(r"<digest\.run-(\d+)(?:\.b\d+)?@" + re.escape(DOMAIN) + ">")
 
 
 class Mailbag:

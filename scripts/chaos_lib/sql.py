@@ -12,17 +12,18 @@ from chaos_lib.records import Attempt, Delivery, EndState, Left, Run
 # Recipients whose runs are skipped: no events at all, or a suppressed address.
 SEED_EXTRAS = (
     """
-    INSERT INTO recipients (user_id, email, name)
-    SELECT 'quiet' || g, 'quiet' || g || '@example.com', 'Quiet ' || g
+    INSERT INTO recipients (bucket, user_id, email, name)
+    SELECT digest_bucket('quiet' || g), 'quiet' || g, 'quiet' || g || '@example.com',
+           'Quiet ' || g
       FROM generate_series(1, 5) g
     """,
     """
-    INSERT INTO recipients (user_id, email, name)
-    VALUES ('bounced', 'bounced@example.com', 'Bounced')
+    INSERT INTO recipients (bucket, user_id, email, name)
+    VALUES (digest_bucket('bounced'), 'bounced', 'bounced@example.com', 'Bounced')
     """,
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload)
-    VALUES ('bounced', 'comment', 'post', 'p1', '{"title": "Lost"}')
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, payload)
+    VALUES (digest_bucket('bounced'), 'bounced', 'comment', 'post', 'p1', '{"title": "Lost"}')
     """,
     """
     INSERT INTO suppressions (email, reason, source)

@@ -143,20 +143,21 @@ def test_the_page_never_scrolls_sideways(engine: Engine, base_url: str) -> None:
     with engine.begin() as conn:
         row = conn.execute(
             text(
-                "INSERT INTO recipients (user_id, email, name, timezone, muted_categories) "
-                "VALUES ('u', :email, :name, 'America/Argentina/ComodRivadavia', :muted) "
-                "RETURNING id"
+                "INSERT INTO recipients (bucket, user_id, email, name, timezone, muted_categories) "
+                "VALUES (digest_bucket('u'), 'u', :email, :name, "
+                "'America/Argentina/ComodRivadavia', :muted) "
+                "RETURNING bucket, id"
             ),
             {"email": LONG_EMAIL, "name": LONG_NAME, "muted": [LONG_CATEGORY]},
         ).one()
         conn.execute(
             text(
-                "INSERT INTO digest_events (user_id, category, entity_type, entity_id) "
-                "VALUES ('u', :category, 'post', '1')"
+                "INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id) "
+                "VALUES (digest_bucket('u'), 'u', :category, 'post', '1')"
             ),
             {"category": LONG_CATEGORY[:-1] + "x"},
         )
-    path = f"/u/{make_token(SECRET, row.id, 0, datetime.now(UTC))}"
+    path = f"/u/{make_token(SECRET, row.bucket, row.id, 0, datetime.now(UTC))}"
     pages = {
         "get": fetch(base_url, "GET", path),
         "saved": fetch(base_url, "POST", path, [("form", "categories"), ("shown", "like")]),

@@ -23,12 +23,15 @@ from digest.worker import Worker
 Invoke = Callable[..., Result]
 
 SECRET = "test-secret"
-ADD_RECIPIENT = text("INSERT INTO recipients (user_id, email) VALUES (:u, :u || '@example.com')")
+ADD_RECIPIENT = text(
+    "INSERT INTO recipients (bucket, user_id, email) "
+    "VALUES (digest_bucket(:u), :u, :u || '@example.com')"
+)
 ADD_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id, payload,
                                created_at)
-    SELECT CAST(:u AS text), 'comment', 'post', 'p1', 'a' || g,
+    SELECT digest_bucket(:u), CAST(:u AS text), 'comment', 'post', 'p1', 'a' || g,
            jsonb_build_object('title', 'Trip photos', 'actor_name', 'Actor ' || g),
            now() - interval '1 hour'
       FROM generate_series(1, 3) g

@@ -5,24 +5,28 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, text
 
 from digest import claim, watchdog
+from digest.buckets import bucket_of
 from digest.models import ClaimedRun, Delivery, DeliveryStatus, Outcome, RunStatus
+from digest.shards import ALL
 
 ADD_RUN = text(
     """
-    INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for)
-    VALUES (:user_id, 'daily', now() - make_interval(days => :age), now() - interval '1 second')
+    INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for)
+    VALUES (digest_bucket(:user_id), :user_id, 'daily', now() - make_interval(days => :age),
+            now() - interval '1 second')
     RETURNING id
     """
 )
 ADD_EVENT = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload)
-    VALUES (:user_id, 'like', 'post', 'p1', '{}') RETURNING id
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, payload)
+    VALUES (digest_bucket(:user_id), :user_id, 'like', 'post', 'p1', '{}') RETURNING id
     """
 )
 
@@ -79,8 +83,9 @@ def test_claim_takes_due_runs_and_freezes_their_events(engine: Engine) -> None:
     with engine.begin() as conn:
         future = conn.execute(
             text(
-                "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for) "
-                "VALUES ('u2', 'daily', now(), now() + interval '1 hour') RETURNING id"
+                "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for) "
+                "VALUES (digest_bucket('u2'), 'u2', 'daily', now(), now() + interval '1 hour') "
+                "RETURNING id"
             )
         ).scalar_one()
     mine = [add_event(engine, "u1") for _ in range(3)]
@@ -183,7 +188,7 @@ def test_release_returns_runs_without_spending_an_attempt(engine: Engine) -> Non
     event = add_event(engine, "u")
     claim_as(engine, "w")
     with engine.connect() as conn:
-        assert claim.release(conn, "w", [(run_id, 1)]) == 1
+        assert claim.release(conn, "w", [(bucket_of("u"), run_id, 1)]) == 1
     row = run_row(engine, run_id)
     assert (row.status, row.attempt, row.locked_by) == ("pending", 0, None)
     assert attached(engine, run_id) == [event]
@@ -209,16 +214,19 @@ def add_many_runs(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status) "
-                "SELECT 'u' || g, 'daily', now(), now() - interval '1 minute', "
+                "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for, "
+                "status) "
+                "SELECT digest_bucket('u' || g), 'u' || g, 'daily', now(), "
+                "now() - interval '1 minute', "
                 "CASE WHEN g % 50 = 0 THEN 'pending' ELSE 'sent' END "
                 "FROM generate_series(1, 20000) g"
             )
         )
         conn.execute(
             text(
-                "INSERT INTO digest_events (user_id, category, entity_type, entity_id) "
-                "SELECT 'u' || g, 'comment', 'post', 'p' FROM generate_series(1, 20000) g"
+                "INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id) "
+                "SELECT digest_bucket('u' || g), 'u' || g, 'comment', 'post', 'p' "
+                "FROM generate_series(1, 20000) g"
             )
         )
         conn.execute(text("ANALYZE"))
@@ -231,7 +239,7 @@ def test_claim_uses_the_pending_partial_index(engine: Engine) -> None:
     with engine.begin() as conn:
         plan = conn.execute(
             text("EXPLAIN (FORMAT JSON) " + str(claim.claim_statement(100).text)),
-            {"me": "w", "lease": 60, "cap": 50},
+            {"me": "w", "lease": 60, "cap": 50, "now": datetime.now(UTC)},
         ).scalar_one()
     assert "digest_runs_due_idx" in json.dumps(plan)
     assert not seq_scans_of_runs(plan)
@@ -260,7 +268,7 @@ def test_a_batch_is_recorded_through_its_own_runs_not_every_held_run(engine: Eng
             text("EXPLAIN (FORMAT JSON) " + str(claim.RUN_FINISH_MANY.text)), captured
         ).scalar_one()
         sweep = conn.execute(
-            text("EXPLAIN (FORMAT JSON) " + str(watchdog.RUN_RESET_EXPIRED.text)),
+            text("EXPLAIN (FORMAT JSON) " + str(watchdog.RUN_RESET_EXPIRED.bind(ALL).text)),
             {"max_attempts": 5, "restart_grace": 300, "backoff_base": 30, "backoff_cap": 3600},
         ).scalar_one()
     assert "digest_runs_lease_idx" not in json.dumps(record)

@@ -26,17 +26,17 @@ def seed(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO recipients (user_id, email, name, timezone) VALUES "
-                "('1', 'ana@example.com', 'Ana', 'Asia/Tokyo'), "
-                "('2', 'ben@example.com', 'Ben', 'America/New_York')"
+                "INSERT INTO recipients (bucket, user_id, email, name, timezone) VALUES "
+                "(digest_bucket('1'), '1', 'ana@example.com', 'Ana', 'Asia/Tokyo'), "
+                "(digest_bucket('2'), '2', 'ben@example.com', 'Ben', 'America/New_York')"
             )
         )
         conn.execute(
             text(
                 """
-                INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id,
-                                           payload, created_at)
-                SELECT '1', 'comment', 'post', 'p' || (g % 3), 'a' || g,
+                INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id,
+                                           actor_id, payload, created_at)
+                SELECT digest_bucket('1'), '1', 'comment', 'post', 'p' || (g % 3), 'a' || g,
                        jsonb_build_object('title', 'Post ' || (g % 3),
                                           'actor_name', 'Friend ' || g),
                        now() - interval '1 hour'

@@ -78,24 +78,25 @@ def one_error_line(result: Result) -> str:
 def hostile_history(engine: Engine) -> None:
     sql(
         engine,
-        "INSERT INTO recipients (user_id, email, timezone) VALUES ('1', 'ana@example.com', 'UTC')",
+        "INSERT INTO recipients (bucket, user_id, email, timezone) "
+        "VALUES (digest_bucket('1'), '1', 'ana@example.com', 'UTC')",
     )
     sql(
         engine,
         """
-        INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status,
+        INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for, status,
                                  attempt, completed_at, last_error)
-        VALUES ('1', 'daily', '2026-11-23', '2026-11-23', 'failed', 1, '2026-11-23 00:01',
-                :reason)
+        VALUES (digest_bucket('1'), '1', 'daily', '2026-11-23', '2026-11-23', 'failed', 1,
+                '2026-11-23 00:01', :reason)
         """,
         reason=HOSTILE,
     )
     sql(
         engine,
         """
-        INSERT INTO deliveries (run_id, user_id, recipient, transport, message_id,
+        INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, message_id,
                                 provider_message_id, attempt, status, reason, created_at)
-        SELECT id, '1', 'ana@example.com', 'smtp', '<m@digest>', :provider, 1, 'bounced',
+        SELECT bucket, id, '1', 'ana@example.com', 'smtp', '<m@digest>', :provider, 1, 'bounced',
                :reason, '2026-11-23 00:01+00'
           FROM digest_runs
         """,
@@ -335,21 +336,23 @@ def one_run(url: str) -> None:
     try:
         sql(
             engine,
-            "INSERT INTO recipients (user_id, email, timezone) "
-            "VALUES ('1', 'ana@example.com', 'UTC')",
+            "INSERT INTO recipients (bucket, user_id, email, timezone) "
+            "VALUES (digest_bucket('1'), '1', 'ana@example.com', 'UTC')",
         )
         sql(
             engine,
             """
-            INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload)
-            VALUES ('1', 'comment', 'post', 'p1', jsonb_build_object('title', CAST(:title AS text)))
+            INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, payload)
+            VALUES (digest_bucket('1'), '1', 'comment', 'post', 'p1',
+                    jsonb_build_object('title', CAST(:title AS text)))
             """,
             title=f"only in {make_url(url).database}",
         )
         sql(
             engine,
-            "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for) "
-            "VALUES ('1', 'daily', now() - interval '1 hour', now() - interval '1 hour')",
+            "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for) "
+            "VALUES (digest_bucket('1'), '1', 'daily', now() - interval '1 hour', "
+            "now() - interval '1 hour')",
         )
     finally:
         engine.dispose()

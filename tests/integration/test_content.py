@@ -10,16 +10,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
+from digest.buckets import bucket_of
 from digest.content import load_contents, load_unsent_content
 from digest.grouping import build_digest
 from digest.models import Event
 
 INSERT_EVENT = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id, payload,
                                created_at, digest_run_id)
-    VALUES (:user_id, :category, :entity_type, :entity_id, :actor_id, CAST(:payload AS jsonb),
-            :created_at, :run_id)
+    VALUES (digest_bucket(:user_id), :user_id, :category, :entity_type, :entity_id, :actor_id,
+            CAST(:payload AS jsonb), :created_at, :run_id)
     RETURNING id
     """
 )
@@ -80,7 +81,7 @@ def test_sql_grouping_equals_reference(engine: Engine, specs: list[Any], cap: in
     run_id = next(run_ids)
     events = insert(engine, run_id, specs)
     with engine.connect() as conn:
-        got = load_contents(conn, [run_id], cap)
+        got = load_contents(conn, [(bucket_of("u"), run_id)], cap)
     expected = build_digest(events, cap)
     if expected.is_empty:
         assert run_id not in got
@@ -93,7 +94,8 @@ def test_batch_of_runs_is_one_query_and_runs_stay_apart(engine: Engine) -> None:
     a = insert(engine, 1001, [("like", "e1", "a1", "Ana", 1), ("like", "e1", "a2", "Ben", 2)])
     b = insert(engine, 1002, [("comment", "e1", "a3", "Cy", 3)], user_id="other")
     with engine.connect() as conn:
-        got = load_contents(conn, [1001, 1002, 1003], 50)
+        runs = [(bucket_of("u"), 1001), (bucket_of("other"), 1002), (bucket_of("u"), 1003)]
+        got = load_contents(conn, runs, 50)
     assert got == {1001: build_digest(a, 50), 1002: build_digest(b, 50)}
     assert got[1001].groups[0].actor_names == ("Ben", "Ana")
 
@@ -104,9 +106,10 @@ def test_heavy_user_is_capped_with_exact_more_count(engine: Engine) -> None:
         conn.execute(
             text(
                 """
-                INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id,
-                                           payload, created_at, digest_run_id)
-                SELECT 'heavy', 'like', 'post', 'p' || (g % 300), 'a' || (g % 97),
+                INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id,
+                                           actor_id, payload, created_at, digest_run_id)
+                SELECT digest_bucket('heavy'), 'heavy', 'like', 'post', 'p' || (g % 300),
+                       'a' || (g % 97),
                        jsonb_build_object('title', 'Post ' || (g % 300)),
                        timestamptz '2026-11-01' + g * interval '1 second', 77
                   FROM generate_series(1, 10000) g
@@ -114,7 +117,7 @@ def test_heavy_user_is_capped_with_exact_more_count(engine: Engine) -> None:
             )
         )
     with engine.connect() as conn:
-        digest = load_contents(conn, [77], 50)[77]
+        digest = load_contents(conn, [(bucket_of("heavy"), 77)], 50)[77]
     assert (len(digest.groups), digest.total_groups, digest.more_groups) == (50, 300, 250)
     assert digest.total_events == 10000
     counts = [g.event_count for g in digest.groups]
@@ -132,7 +135,7 @@ def test_names_of_whitespace_alone_are_no_names(engine: Engine) -> None:
     specs = [("share", f"e{i}", f"a{i}", name * 2, 1) for i, name in enumerate(spaces + lookalikes)]
     events = insert(engine, 1004, specs)
     with engine.connect() as conn:
-        got = load_contents(conn, [1004], 50)[1004]
+        got = load_contents(conn, [(bucket_of("u"), 1004)], 50)[1004]
     assert got == build_digest(events, 50)
     names = {g.entity_id: g.actor_names for g in got.groups}
     assert names["e0"] == ("",)  # a tab is no name, and the actor id is not one either
@@ -147,7 +150,7 @@ def test_single_likes_fold_and_rank_in_sql_as_in_the_reference(engine: Engine) -
     specs += [("comment", "c1", "a1", "Ana", 30), ("mention", "m1", None, None, 40)]
     events = insert(engine, 1005, specs)
     with engine.connect() as conn:
-        got = load_contents(conn, [1005], 2)[1005]
+        got = load_contents(conn, [(bucket_of("u"), 1005)], 2)[1005]
     assert got == build_digest(events, 2)
     assert [g.entity_id for g in got.groups] == ["m1", "c1"]
     assert got.folded_likes is not None

@@ -73,7 +73,12 @@ def test_the_demo_refuses_a_database_with_other_data(
     """A database holding recipients the demo did not load is left alone, with one line
     saying how to run the demo elsewhere."""
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO recipients (user_id, email) VALUES ('42', 'a@b.org')"))
+        conn.execute(
+            text(
+                "INSERT INTO recipients (bucket, user_id, email)"
+                " VALUES (digest_bucket('42'), '42', 'a@b.org')"
+            )
+        )
     done = demo(db_url, tmp_path / "outbox")
     assert done.returncode != 0
     assert "holds data the demo did not load" in done.stdout + done.stderr

@@ -23,14 +23,15 @@ RunDigest = Callable[..., subprocess.CompletedProcess[str]]  # the conftest fixt
 
 ADD_RUNS_FOR_ALL = text(
     """
-    INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for)
-    SELECT user_id, 'daily', clock_timestamp(), now() FROM recipients
+    INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for)
+    SELECT bucket, user_id, 'daily', clock_timestamp(), now() FROM recipients
     """
 )
 ADD_EVENT = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload)
-    VALUES (:user_id, 'comment', 'post', :entity, :actor, '{"title": "t"}')
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id, payload)
+    VALUES (digest_bucket(:user_id), :user_id, 'comment', 'post', :entity, :actor,
+            '{"title": "t"}')
     RETURNING id
     """
 )
@@ -40,8 +41,9 @@ def add_recipients(engine: Engine, n: int) -> list[str]:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO recipients (user_id, email) "
-                "SELECT 'u' || g, 'u' || g || '@example.com' FROM generate_series(1, :n) g"
+                "INSERT INTO recipients (bucket, user_id, email) "
+                "SELECT digest_bucket('u' || g), 'u' || g, 'u' || g || '@example.com' "
+                "FROM generate_series(1, :n) g"
             ),
             {"n": n},
         )
@@ -263,8 +265,10 @@ def seed_backlog(engine: Engine, users: int, per_user: int) -> int:
         conn.execute(
             text(
                 """
-                INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload)
-                SELECT 'u' || u, 'like', 'post', 'p' || (e % 3), '{"title": "t"}'
+                INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id,
+                                           payload)
+                SELECT digest_bucket('u' || u), 'u' || u, 'like', 'post', 'p' || (e % 3),
+                       '{"title": "t"}'
                   FROM generate_series(1, :users) u, generate_series(1, :per_user) e
                 """
             ),

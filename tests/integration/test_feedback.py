@@ -24,7 +24,9 @@ from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 
 from digest import suppressions
+from digest.buckets import BUCKETS, bucket_of
 from digest.channels.email.file import FileTransport
+from digest.channels.email.mime import make_message_id
 from digest.config import Settings
 from digest.feedback.apply import ingest
 from digest.feedback.sns import canonical_string
@@ -39,20 +41,30 @@ CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123ab
 SUBSCRIBE_URL = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=t"
 SHAPES = ("eventType", "notificationType")
 
-ADD_RECIPIENT = text("INSERT INTO recipients (user_id, email) VALUES (:user_id, :email)")
+ADD_RECIPIENT = text(
+    "INSERT INTO recipients (bucket, user_id, email) "
+    "VALUES (digest_bucket(:user_id), :user_id, :email)"
+)
 ADD_RUN = text(
     """
-    INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status)
-    VALUES (:user_id, 'daily', now(), now(), 'sent')
+    INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for, status)
+    VALUES (digest_bucket(:user_id), :user_id, 'daily', now(), now(), 'sent')
     RETURNING id
     """
 )
 ADD_DELIVERY = text(
     """
-    INSERT INTO deliveries (run_id, user_id, recipient, transport, provider_message_id,
-                            attempt, status)
-    VALUES (:run_id, :user_id, :email, 'ses', :provider_message_id, 1, 'sent')
-    RETURNING id
+    WITH delivery AS (
+        INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport,
+                                provider_message_id, attempt, status)
+        VALUES (digest_bucket(:user_id), :run_id, :user_id, :email, 'ses', :provider_message_id,
+                1, 'sent')
+        RETURNING bucket, id, provider_message_id
+    ), looked_up AS (  -- as the worker records a delivery (digest.claim.RUN_FINISH_MANY)
+        INSERT INTO delivery_provider_ids (provider_message_id, delivery_id, bucket)
+        SELECT provider_message_id, id, bucket FROM delivery WHERE provider_message_id IS NOT NULL
+    )
+    SELECT id FROM delivery
     """
 )
 
@@ -251,6 +263,49 @@ def test_run_tag_matches_a_delivery_without_provider_id(engine: Engine) -> None:
     assert feedback_rows(engine)[0].run_id == run_id
 
 
+def test_bucket_and_run_tags_find_the_delivery_on_its_shard(engine: Engine) -> None:
+    """With our `bucket` tag beside `run_id`, the fallback by run looks in that bucket only
+    (on Citus, the one node that holds it): the right bucket matches, another does not."""
+    run_id, delivery_id = sent(engine, "ana", None)
+    event = ses_event("Delivery", "ses-x", "ana@example.com", run_id=run_id)
+    event["mail"]["tags"]["bucket"] = [str((bucket_of("ana") + 1) % BUCKETS)]
+    assert ingest(engine, event).orphan
+    event["mail"]["tags"]["bucket"] = [str(bucket_of("ana"))]
+    result = ingest(engine, event)
+    assert (result.delivery_id, result.orphan) == (delivery_id, False)
+
+
+def test_our_message_id_finds_the_delivery_when_tags_are_missing(engine: Engine) -> None:
+    """No tags, but SES quotes our Message-ID, which names the run and its bucket."""
+    run_id, delivery_id = sent(engine, "ana", None)
+    event = ses_event("Delivery", "ses-x", "ana@example.com")
+    message_id = make_message_id(run_id, "example.com", bucket_of("ana"))
+    event["mail"]["commonHeaders"] = {"messageId": message_id}
+    result = ingest(engine, event)
+    assert (result.delivery_id, result.orphan) == (delivery_id, False)
+    del event["mail"]["commonHeaders"]
+    event["mail"]["headers"] = [{"name": "Message-ID", "value": message_id}]
+    assert ingest(engine, event).delivery_id == delivery_id
+
+
+def test_a_complaint_cancels_the_users_pending_runs(engine: Engine) -> None:
+    """The unsubscribe a complaint makes cancels the user's pending run, in its transaction."""
+    sent(engine, "ana", "ses-1")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for) "
+                "VALUES (digest_bucket('ana'), 'ana', 'daily', now(), now())"
+            )
+        )
+    assert ingest(engine, ses_event("Complaint", "ses-1", "ana@example.com")).unsubscribed
+    with engine.connect() as conn:
+        statuses = conn.execute(
+            text("SELECT status FROM digest_runs WHERE user_id = 'ana' ORDER BY id")
+        ).scalars()
+        assert list(statuses) == ["sent", "cancelled"]
+
+
 def test_unmatched_event_is_stored_as_orphan_and_still_suppresses(engine: Engine) -> None:
     """An event matching no delivery is kept as an orphan; its hard bounce still suppresses."""
     _, delivery_id = sent(engine, "ana", "ses-1")
@@ -328,9 +383,9 @@ def test_suppression_lifecycle_send_bounce_remove(engine: Engine, tmp_path: Path
         conn.execute(
             text(
                 """
-                INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload,
-                                           created_at)
-                VALUES ('ana', 'comment', 'post', 'p1',
+                INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id,
+                                           payload, created_at)
+                VALUES (digest_bucket('ana'), 'ana', 'comment', 'post', 'p1',
                         '{"title": "Trip photos", "actor_name": "Ben"}',
                         now() - interval '1 hour')
                 """

@@ -26,8 +26,9 @@ Invoke = Callable[..., Result]
 
 ADD_RUNS = text(
     """
-    INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for)
-    SELECT 'u' || g, 'daily', now(), now() - interval '1 second' FROM generate_series(1, :n) g
+    INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for)
+    SELECT digest_bucket('u' || g), 'u' || g, 'daily', now(), now() - interval '1 second'
+      FROM generate_series(1, :n) g
     RETURNING id
     """
 )
@@ -74,11 +75,11 @@ def test_a_stale_batch_cannot_release_the_runs_new_attempt(engine: Engine) -> No
     """A worker that claimed its own run again gives back only the attempt it names."""
     stale, current = reclaimed(engine, "w")
     with engine.connect() as conn:
-        assert claim.release(conn, "w", [(stale.id, stale.attempt)]) == 0
+        assert claim.release(conn, "w", claim.holding([stale])) == 0
     row = run_row(engine, current.id)
     assert (row.status, row.attempt, row.locked_by) == ("processing", 2, "w")
     with engine.connect() as conn:
-        assert claim.release(conn, "w", [(current.id, current.attempt)]) == 1
+        assert claim.release(conn, "w", claim.holding([current])) == 1
     row = run_row(engine, current.id)
     assert (row.status, row.attempt, row.locked_by) == ("pending", 1, None)
 
@@ -99,10 +100,10 @@ def test_a_stale_batch_cannot_extend_the_runs_new_lease(engine: Engine) -> None:
     stale, current = reclaimed(engine, "w")
     before = run_row(engine, current.id).lease_expires_at
     with engine.connect() as conn:
-        assert claim.extend_lease(conn, "w", [(stale.id, stale.attempt)], 600) == 0
+        assert claim.extend_lease(conn, "w", claim.holding([stale]), 600) == 0
     assert run_row(engine, current.id).lease_expires_at == before
     with engine.connect() as conn:
-        assert claim.extend_lease(conn, "w", [(current.id, current.attempt)], 600) == 1
+        assert claim.extend_lease(conn, "w", claim.holding([current]), 600) == 1
     assert run_row(engine, current.id).lease_expires_at > before
 
 
@@ -113,9 +114,9 @@ def test_the_heartbeat_keeps_the_new_attempt_when_the_stale_batch_is_done(
     new attempt from it, whose lease it keeps extending."""
     stale, current = reclaimed(engine, "w")
     beat = _Heartbeat(engine, "w", 1.0)  # beats every 0.5 s
-    beat.add([(stale.id, stale.attempt)])
-    beat.add([(current.id, current.attempt)])
-    beat.drop([(stale.id, stale.attempt)])
+    beat.add(claim.holding([stale]))
+    beat.add(claim.holding([current]))
+    beat.drop(claim.holding([stale]))
     with engine.begin() as conn:
         conn.execute(text("UPDATE digest_runs SET lease_expires_at = now()"))
     before = run_row(engine, current.id).lease_expires_at
@@ -141,6 +142,7 @@ def test_fenced_statements_find_a_batch_by_key(engine: Engine) -> None:
     params = {
         "me": "w",
         "lease": 60,
+        "buckets": [r.bucket for r in held],
         "ids": [r.id for r in held],
         "attempts": [r.attempt for r in held],
     }

@@ -48,20 +48,30 @@ CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123ab
 ONE_CLICK = "List-Unsubscribe=One-Click"
 URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}
 
-ADD_RECIPIENT = text("INSERT INTO recipients (user_id, email) VALUES (:user_id, :email)")
+ADD_RECIPIENT = text(
+    "INSERT INTO recipients (bucket, user_id, email) "
+    "VALUES (digest_bucket(:user_id), :user_id, :email)"
+)
 ADD_RUN = text(
     """
-    INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status)
-    VALUES (:user_id, 'daily', now(), now(), 'sent')
+    INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for, status)
+    VALUES (digest_bucket(:user_id), :user_id, 'daily', now(), now(), 'sent')
     RETURNING id
     """
 )
 ADD_DELIVERY = text(
     """
-    INSERT INTO deliveries (run_id, user_id, recipient, transport, provider_message_id,
-                            attempt, status)
-    VALUES (:run_id, :user_id, :email, 'ses', :provider_message_id, 1, 'sent')
-    RETURNING id
+    WITH delivery AS (
+        INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport,
+                                provider_message_id, attempt, status)
+        VALUES (digest_bucket(:user_id), :run_id, :user_id, :email, 'ses', :provider_message_id,
+                1, 'sent')
+        RETURNING bucket, id, provider_message_id
+    ), looked_up AS (  -- as the worker records a delivery (digest.claim.RUN_FINISH_MANY)
+        INSERT INTO delivery_provider_ids (provider_message_id, delivery_id, bucket)
+        SELECT provider_message_id, id, bucket FROM delivery WHERE provider_message_id IS NOT NULL
+    )
+    SELECT id FROM delivery
     """
 )
 

@@ -42,8 +42,9 @@ def add_pending_run(engine: Engine, user_id: str, status: str = "pending") -> No
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, status)"
-                " VALUES (:u, 'daily', now(), now() + interval '1 hour', :s)"
+                "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for,"
+                " status)"
+                " VALUES (digest_bucket(:u), :u, 'daily', now(), now() + interval '1 hour', :s)"
             ),
             {"u": user_id, "s": status},
         )
@@ -357,6 +358,30 @@ def test_import_muted_categories_and_quiet_hours(engine: Engine, run: Any, tmp_p
     assert (rows["a"]["muted_categories"], rows["a"]["quiet_start"]) == ([], None)
     assert rows["b"]["muted_categories"] == ["like", "post.shared"]  # empty cell: kept
     assert (str(rows["b"]["quiet_start"]), str(rows["b"]["quiet_end"])) == ("08:30:00", "09:15:00")
+
+
+def test_import_of_muted_categories_and_quiet_hours_cancels_only_with_the_schedule(
+    engine: Engine, run: Any, tmp_path: Path
+) -> None:
+    """An import that changes only muted categories or quiet hours cancels no pending run;
+    one that changes them with the cadence cancels the run and stores every field."""
+    rows: list[dict[str, Any]] = [{"user_id": u, "email": f"{u}@example.com"} for u in "abc"]
+    assert run("import", str(write_jsonl(tmp_path / "a.jsonl", rows))).exit_code == 0
+    for user in "abc":
+        add_pending_run(engine, user)
+    rows[0]["muted_categories"] = ["like"]
+    rows[1]["quiet_hours"] = "22:00-07:00"
+    rows[2] |= {"cadence": "weekly", "muted_categories": ["follow"], "quiet_hours": "23:00-06:00"}
+    result = run("import", str(write_jsonl(tmp_path / "b.jsonl", rows)))
+    assert "0 created, 3 updated, 0 unchanged" in result.stdout
+    assert [run_statuses(engine, u) for u in "abc"] == [["pending"], ["pending"], ["cancelled"]]
+    got = stored(engine)
+    assert (got["a"]["muted_categories"], str(got["b"]["quiet_start"])) == (["like"], "22:00:00")
+    assert (got["c"]["cadence"], got["c"]["muted_categories"], str(got["c"]["quiet_end"])) == (
+        "weekly",
+        ["follow"],
+        "06:00:00",
+    )
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,9 @@ def test_summaries_count_one_in_the_singular(
     assert "; 1 event in " in worked.output
     sql(
         engine,
-        "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for) "
-        "VALUES ('1', 'weekly', now() + interval '1 day', now() + interval '1 day')",
+        "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for) "
+        "VALUES (digest_bucket('1'), '1', 'weekly', now() + interval '1 day', "
+        "now() + interval '1 day')",
     )
     changed = ok(digest_cli("recipients", "set", "1", "--cadence", "daily", "--send-hour", "9"))
     assert "cancelled 1 pending run," in changed
@@ -63,8 +64,8 @@ def test_summaries_count_one_in_the_singular(
          WHERE status = 'sent';
         UPDATE digest_events SET created_at = now() - interval '101 days';
         UPDATE deliveries SET created_at = now() - interval '100 days';
-        INSERT INTO feedback_events (event_type, raw, orphan, created_at)
-        VALUES ('Delivery', '{}', true, now() - interval '100 days')
+        INSERT INTO feedback_events (sns_message_id, event_type, raw, orphan, created_at)
+        VALUES ('local:1', 'Delivery', '{}', true, now() - interval '100 days')
         """,
     )
     purged = ok(digest_cli("purge", "--older-than", "90d"))
@@ -79,8 +80,8 @@ def add_recipient(engine: Engine, user_id: str = "1", **columns: Any) -> None:
     names = ", ".join(values)
     sql(
         engine,
-        f"INSERT INTO recipients (user_id, {names}) "
-        f"VALUES (:user_id, {', '.join(':' + n for n in values)})",
+        f"INSERT INTO recipients (bucket, user_id, {names}) "
+        f"VALUES (digest_bucket(:user_id), :user_id, {', '.join(':' + n for n in values)})",
         user_id=user_id,
         **values,
     )
@@ -94,9 +95,9 @@ def add_run(engine: Engine, user_id: str, status: str, due: str, **columns: Any)
         return int(
             conn.execute(
                 text(
-                    "INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for, "
-                    f"status{extra}) VALUES (:user_id, 'daily', {due}, {due}, :status{values}) "
-                    "RETURNING id"
+                    "INSERT INTO digest_runs (bucket, user_id, cadence, period_start, "
+                    f"scheduled_for, status{extra}) VALUES (digest_bucket(:user_id), :user_id, "
+                    f"'daily', {due}, {due}, :status{values}) RETURNING id"
                 ),
                 {"user_id": user_id, "status": status, **columns},
             ).scalar_one()
@@ -113,8 +114,8 @@ def test_why_for_events_without_a_recipient_says_there_is_none(
     """Events for a user id no recipient has: no such recipient, never "never scheduled yet"."""
     sql(
         engine,
-        "INSERT INTO digest_events (user_id, category, entity_type, entity_id) "
-        "VALUES ('nobody', 'comment', 'post', '1')",
+        "INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id) "
+        "VALUES (digest_bucket('nobody'), 'nobody', 'comment', 'post', '1')",
     )
     out = why(digest_cli, "nobody")
     assert out.startswith("There is no recipient with user id nobody.")
@@ -134,9 +135,9 @@ def test_why_overdue_run_says_by_how_much_and_that_no_worker_claims(
     sent = add_run(engine, "3", "sent", "now() - interval '3 hours'")
     sql(
         engine,
-        "INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status, "
-        "created_at) VALUES (:run, '3', 'c@example.com', 'ses', 1, 'sent', "
-        "now() - interval '2 hours 5 minutes')",
+        "INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, attempt, "
+        "status, created_at) VALUES (digest_bucket('3'), :run, '3', 'c@example.com', 'ses', 1, "
+        "'sent', now() - interval '2 hours 5 minutes')",
         run=sent,
     )
     out = why(digest_cli, "1")
@@ -186,8 +187,8 @@ def test_why_future_run_says_how_soon(digest_cli: Invoke, engine: Engine) -> Non
 def add_waiting_event(engine: Engine, user_id: str = "1") -> None:
     sql(
         engine,
-        "INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload) "
-        "VALUES (:u, 'comment', 'post', '1', '{\"title\": \"Trip photos\"}')",
+        "INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, payload) "
+        "VALUES (digest_bucket(:u), :u, 'comment', 'post', '1', '{\"title\": \"Trip photos\"}')",
         u=user_id,
     )
 
@@ -427,9 +428,10 @@ def test_deliveries_piped_are_tab_separated_lines(digest_cli: Invoke, engine: En
     reason = "550 5.1.1 " + "mailbox unavailable " * 8 + "\tline\r\nbreak \x1b[31m"
     sql(
         engine,
-        "INSERT INTO deliveries (run_id, user_id, recipient, transport, provider_message_id, "
-        "attempt, status, reason, created_at) VALUES (:run, '1', 'ana@example.com', 'smtp', "
-        "NULL, 1, 'bounced', :reason, '2026-11-01T10:00:00Z')",
+        "INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, "
+        "provider_message_id, attempt, status, reason, created_at) VALUES (digest_bucket('1'), "
+        ":run, '1', 'ana@example.com', 'smtp', NULL, 1, 'bounced', :reason, "
+        "'2026-11-01T10:00:00Z')",
         run=run_id,
         reason=reason,
     )
@@ -457,8 +459,8 @@ def test_deliveries_on_a_terminal_are_a_table(digest_cli: Invoke, engine: Engine
     run_id = add_run(engine, "1", "sent", "now() - interval '1 hour'")
     sql(
         engine,
-        "INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status) "
-        "VALUES (:run, '1', 'ana@example.com', 'smtp', 1, 'sent')",
+        "INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, attempt, status) "
+        "VALUES (digest_bucket('1'), :run, '1', 'ana@example.com', 'smtp', 1, 'sent')",
         run=run_id,
     )
     result = digest_cli("deliveries", env={"TTY_COMPATIBLE": "1", "COLUMNS": "160"})

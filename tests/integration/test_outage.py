@@ -40,12 +40,13 @@ OLD_GIVE_UP = 2.5
 
 SEED = (
     """
-    INSERT INTO recipients (user_id, email, name)
-    SELECT 'u' || g, 'u' || g || '@example.com', 'User ' || g FROM generate_series(1, :n) g
+    INSERT INTO recipients (bucket, user_id, email, name)
+    SELECT digest_bucket('u' || g), 'u' || g, 'u' || g || '@example.com', 'User ' || g
+      FROM generate_series(1, :n) g
     """,
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, payload)
-    SELECT 'u' || g, 'comment', 'post', 'p1', '{"title": "Trip photos"}'
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, payload)
+    SELECT digest_bucket('u' || g), 'u' || g, 'comment', 'post', 'p1', '{"title": "Trip photos"}'
       FROM generate_series(1, :n) g
     """,
 )
@@ -426,7 +427,7 @@ def test_a_missed_heartbeat_is_retried_soon(engine: Engine, relay: Relay) -> Non
     with engine.begin() as conn:
         (run,) = claim.claim_batch(conn, "me", 1, lease, 50)
     beat = heartbeat.Heartbeat(make_engine(relay.url, pool_pre_ping=False), "me", lease)
-    beat.add([(run.id, run.attempt)])
+    beat.add(claim.holding([run]))
 
     def expiry() -> datetime:
         with engine.connect() as conn:

@@ -23,23 +23,25 @@ Invoke = Callable[..., Result]
 
 ADD_RECIPIENT = text(
     """
-    INSERT INTO recipients (user_id, email, muted_categories)
-    VALUES (:user_id, :user_id || '@example.com', CAST(:muted AS text[]))
+    INSERT INTO recipients (bucket, user_id, email, muted_categories)
+    VALUES (digest_bucket(:user_id), :user_id, :user_id || '@example.com',
+            CAST(:muted AS text[]))
     """
 )
 ADD_EVENT = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
-                               created_at)
-    VALUES (:user_id, :category, 'post', :entity_id, 'a1',
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id,
+                               payload, created_at)
+    VALUES (digest_bucket(:user_id), :user_id, :category, 'post', :entity_id, 'a1',
             jsonb_build_object('actor_name', 'Ana', 'title', 'Post ' || :entity_id),
             now() - interval '1 minute')
     """
 )
 ADD_DUE_RUN = text(
     """
-    INSERT INTO digest_runs (user_id, cadence, period_start, scheduled_for)
-    VALUES (:user_id, 'daily', now() - interval '1 hour', now() - interval '1 second')
+    INSERT INTO digest_runs (bucket, user_id, cadence, period_start, scheduled_for)
+    VALUES (digest_bucket(:user_id), :user_id, 'daily', now() - interval '1 hour',
+            now() - interval '1 second')
     RETURNING id
     """
 )
@@ -148,7 +150,7 @@ def test_a_retry_shows_what_its_first_attempt_showed(engine: Engine) -> None:
     add_due_run(engine, "u")
     first = claim_one(engine)
     with engine.connect() as conn:
-        claim.release(conn, "w1", [(first.id, first.attempt)])
+        claim.release(conn, "w1", claim.holding([first]))
     set_muted(engine, "u", ["comment"])
     retry = claim_one(engine)
     assert (retry.id, retry.attempt) == (first.id, first.attempt)
@@ -241,10 +243,11 @@ def test_categories_seen_are_recent_ones_plus_known_and_muted(engine: Engine) ->
     with engine.begin() as conn:  # an old one, and someone else's
         conn.execute(
             text(
-                "INSERT INTO digest_events (user_id, category, entity_type, entity_id, "
+                "INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, "
                 "created_at, digest_run_id) VALUES "
-                "('u', 'ancient', 'post', 'x', now() - interval '91 days', :run), "
-                "('v', 'theirs', 'post', 'x', now(), NULL)"
+                "(digest_bucket('u'), 'u', 'ancient', 'post', 'x', now() - interval '91 days',"
+                " :run), "
+                "(digest_bucket('v'), 'v', 'theirs', 'post', 'x', now(), NULL)"
             ),
             {"run": run_id},
         )

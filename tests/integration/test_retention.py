@@ -12,24 +12,29 @@ from sqlalchemy import Engine, text
 Invoke = Callable[..., Result]
 
 SEED = """
-INSERT INTO digest_runs (id, user_id, cadence, period_start, scheduled_for, status,
+INSERT INTO digest_runs (bucket, id, user_id, cadence, period_start, scheduled_for, status,
                          completed_at)
-VALUES (1, 'u', 'daily', now() - interval '100 days', now() - interval '100 days', 'sent',
-        now() - interval '100 days'),
-       (2, 'u', 'daily', now() - interval '2 days', now() - interval '2 days', 'sent',
-        now() - interval '2 days'),
-       (3, 'u', 'daily', now() - interval '120 days', now() - interval '120 days', 'pending',
-        NULL);
-INSERT INTO digest_events (user_id, category, entity_type, entity_id, created_at,
+VALUES (digest_bucket('u'), 1, 'u', 'daily', now() - interval '100 days',
+        now() - interval '100 days', 'sent', now() - interval '100 days'),
+       (digest_bucket('u'), 2, 'u', 'daily', now() - interval '2 days',
+        now() - interval '2 days', 'sent', now() - interval '2 days'),
+       (digest_bucket('u'), 3, 'u', 'daily', now() - interval '120 days',
+        now() - interval '120 days', 'pending', NULL);
+INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, created_at,
                            digest_run_id)
-SELECT 'u', 'like', 'post', 'p', now() - interval '101 days', run
+SELECT digest_bucket('u'), 'u', 'like', 'post', 'p', now() - interval '101 days', run
   FROM (VALUES (1), (1), (1), (2), (3), (NULL)) AS r(run);
-INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status, created_at)
-VALUES (1, 'u', 'u@example.com', 'ses', 1, 'sent', now() - interval '100 days'),
-       (2, 'u', 'u@example.com', 'ses', 1, 'delivered', now() - interval '2 days');
-INSERT INTO feedback_events (event_type, raw, orphan, created_at)
-VALUES ('Delivery', '{}', true, now() - interval '100 days'),
-       ('Delivery', '{}', true, now() - interval '1 day');
+INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, attempt, status,
+                        provider_message_id, created_at)
+VALUES (digest_bucket('u'), 1, 'u', 'u@example.com', 'ses', 1, 'sent', 'ses-1',
+        now() - interval '100 days'),
+       (digest_bucket('u'), 2, 'u', 'u@example.com', 'ses', 1, 'delivered', 'ses-2',
+        now() - interval '2 days');
+INSERT INTO delivery_provider_ids (provider_message_id, delivery_id, bucket, created_at)
+SELECT provider_message_id, id, bucket, created_at FROM deliveries;
+INSERT INTO feedback_events (sns_message_id, event_type, raw, orphan, created_at)
+VALUES ('sns-1', 'Delivery', '{}', true, now() - interval '100 days'),
+       ('sns-2', 'Delivery', '{}', true, now() - interval '1 day');
 INSERT INTO suppressions (email, reason, source, created_at)
 VALUES ('old@example.com', 'hard bounce', 'ses', now() - interval '400 days');
 """
@@ -45,6 +50,7 @@ def counts(engine: Engine) -> tuple[int, ...]:
                 "digest_runs",
                 "suppressions",
                 "feedback_events",
+                "delivery_provider_ids",
             )
         )
 
@@ -52,7 +58,8 @@ def counts(engine: Engine) -> tuple[int, ...]:
 def test_purge_removes_old_finished_work_and_keeps_the_rest(
     engine: Engine, digest_cli: Invoke
 ) -> None:
-    """Old sent runs go with their events and deliveries; waiting work and suppressions stay."""
+    """Old sent runs go with their events, deliveries and the deliveries' provider ids;
+    waiting work and suppressions stay."""
     with engine.begin() as conn:
         for statement in SEED.split(";")[:-1]:
             conn.execute(text(statement))
@@ -60,7 +67,8 @@ def test_purge_removes_old_finished_work_and_keeps_the_rest(
     assert result.exit_code == 0, result.output
     assert "purged 3 events, 1 delivery, 1 feedback event, 1 run" in result.output
     # events: run 2's, the pending run's and the unattached one; runs 2 and 3; 1 delivery
-    assert counts(engine) == (3, 1, 2, 1, 1)
+    # and its provider id
+    assert counts(engine) == (3, 1, 2, 1, 1, 1)
     again = digest_cli("purge", "--older-than", "90d")
     assert "purged 0 events, 0 deliveries, 0 feedback events, 0 runs" in again.output
 
@@ -73,11 +81,12 @@ def test_purge_keeps_the_runs_of_current_periods(
         conn.execute(
             text(
                 """
-                INSERT INTO recipients (user_id, email, cadence)
-                VALUES ('d', 'd@example.com', 'daily'), ('w', 'w@example.com', 'weekly');
-                INSERT INTO digest_events (user_id, category, entity_type, entity_id,
+                INSERT INTO recipients (bucket, user_id, email, cadence)
+                VALUES (digest_bucket('d'), 'd', 'd@example.com', 'daily'),
+                       (digest_bucket('w'), 'w', 'w@example.com', 'weekly');
+                INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id,
                                            created_at)
-                SELECT u, 'like', 'post', 'p', now() - interval '1 minute'
+                SELECT digest_bucket(u), u, 'like', 'post', 'p', now() - interval '1 minute'
                   FROM (VALUES ('d'), ('w')) AS v(u)
                 """
             )
@@ -124,8 +133,9 @@ def test_stats_reports_rates_and_warns_on_complaints_and_bounces(
         conn.execute(
             text(
                 """
-                INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status)
-                SELECT g, 'u' || g, 'u' || g || '@example.com', 'ses', 1,
+                INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, attempt,
+                                        status)
+                SELECT digest_bucket('u' || g), g, 'u' || g, 'u' || g || '@example.com', 'ses', 1,
                        CASE WHEN g <= 5 THEN 'bounced' WHEN g = 6 THEN 'complained'
                             ELSE 'delivered' END
                   FROM generate_series(1, 100) g
@@ -147,8 +157,9 @@ def test_stats_is_quiet_when_rates_are_healthy(engine: Engine, digest_cli: Invok
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO deliveries (run_id, user_id, recipient, transport, attempt, status) "
-                "SELECT g, 'u', 'u@example.com', 'ses', 1, 'delivered' "
+                "INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, attempt, "
+                "status) "
+                "SELECT digest_bucket('u'), g, 'u', 'u@example.com', 'ses', 1, 'delivered' "
                 "FROM generate_series(1, 50) g"
             )
         )

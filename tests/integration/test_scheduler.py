@@ -13,14 +13,16 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from digest import scheduler
+from digest.ingest.recipients import set_recipient
 from digest.scheduler import schedule_once
 
 NY = ZoneInfo("America/New_York")
 
 ADD_RECIPIENT = text(
     """
-    INSERT INTO recipients (user_id, email, cadence, timezone, send_hour, weekly_day)
-    VALUES (:user_id, :user_id || '@example.com', :cadence, :tz, :hour, :day)
+    INSERT INTO recipients (bucket, user_id, email, cadence, timezone, send_hour, weekly_day)
+    VALUES (digest_bucket(:user_id), :user_id, :user_id || '@example.com', :cadence, :tz, :hour,
+            :day)
     """
 )
 
@@ -62,8 +64,8 @@ def add_many(engine: Engine, count: int) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO recipients (user_id, email, cadence, timezone) "
-                "SELECT 'u' || g, 'u' || g || '@example.com', "
+                "INSERT INTO recipients (bucket, user_id, email, cadence, timezone) "
+                "SELECT digest_bucket('u' || g), 'u' || g, 'u' || g || '@example.com', "
                 "CASE WHEN g % 2 = 0 THEN 'daily' ELSE 'weekly' END, "
                 "(ARRAY['UTC','America/New_York','Asia/Tokyo','Europe/Berlin'])[1 + g % 4] "
                 "FROM generate_series(1, :n) g"
@@ -163,8 +165,9 @@ def test_a_failed_slice_leaves_the_others_and_the_next_tick_completes(engine: En
         conn.execute(text(POISON_TRIGGER))
         poisoned = conn.execute(
             text(
-                "SELECT count(*) FROM recipients WHERE mod(abs(hashtext(user_id)::bigint), 2)"
-                " = mod(abs(hashtext('poison')::bigint), 2)"
+                # the two slices of one PostgreSQL's one shard: buckets 0-2047, 2048-4095
+                "SELECT count(*) FROM recipients WHERE (bucket < 2048)"
+                " = (digest_bucket('poison') < 2048)"
             )
         ).scalar_one()
     assert 1 < poisoned < 401
@@ -177,10 +180,11 @@ def test_a_failed_slice_leaves_the_others_and_the_next_tick_completes(engine: En
     assert len(runs(engine)) == 401
 
 
-def test_a_slice_outside_the_slices_is_refused(engine: Engine) -> None:
+def test_fewer_than_one_connection_is_refused(engine: Engine) -> None:
+    """`jobs` below 1 is a programming error, refused before any statement."""
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-    with engine.begin() as conn, pytest.raises(ValueError, match=r"part must be in 0\.\.1"):
-        schedule_once(conn, now, 0, part=2, parts=2)
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        scheduler.schedule(engine, now, 0, jobs=0)
 
 
 def test_new_york_gets_one_daily_run_per_local_day_across_dst(engine: Engine) -> None:
@@ -245,9 +249,8 @@ def test_preference_change_cancels_pending_runs_only(engine: Engine) -> None:
     schedule(engine, now)
     with engine.begin() as conn:
         conn.execute(text("UPDATE digest_runs SET status = 'processing' WHERE user_id = 'busy'"))
-        conn.execute(
-            text("UPDATE recipients SET cadence = 'weekly' WHERE user_id IN ('p', 'busy')")
-        )
+    assert set_recipient(engine, "p", {"cadence": "weekly"}).cancelled_runs == 1
+    assert set_recipient(engine, "busy", {"cadence": "weekly"}).cancelled_runs == 0
     assert [(c, s) for _, c, _, _, s in runs(engine, "p")] == [("daily", "cancelled")]
     assert [(c, s) for _, c, _, _, s in runs(engine, "busy")] == [("daily", "processing")]
     schedule(engine, now)
@@ -256,8 +259,7 @@ def test_preference_change_cancels_pending_runs_only(engine: Engine) -> None:
         ("weekly", "pending"),
     ]
     # changing back frees the cancelled slot: the daily run of this period comes back
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE recipients SET cadence = 'daily' WHERE user_id = 'p'"))
+    set_recipient(engine, "p", {"cadence": "daily"})
     schedule(engine, now)
     assert sorted((c, s) for _, c, _, _, s in runs(engine, "p")) == [
         ("daily", "cancelled"),
@@ -270,6 +272,6 @@ def test_unchanged_update_cancels_nothing(engine: Engine) -> None:
     """Touching a recipient without changing its schedule keeps its pending run."""
     add_recipient(engine, "same")
     schedule(engine, datetime(2026, 11, 24, 9, 0, tzinfo=UTC))
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE recipients SET name = 'New Name' WHERE user_id = 'same'"))
+    changed = set_recipient(engine, "same", {"name": "New Name", "cadence": "daily"})
+    assert (changed.action, changed.cancelled_runs) == ("updated", 0)
     assert [s for *_, s in runs(engine)] == ["pending"]

@@ -35,7 +35,8 @@ def add_recipient(engine: Engine, user_id: str = "1", **columns: Any) -> None:
     placeholders = ", ".join(f":{name}" for name in values)
     sql(
         engine,
-        f"INSERT INTO recipients (user_id, {names}) VALUES (:user_id, {placeholders})",
+        f"INSERT INTO recipients (bucket, user_id, {names}) "
+        f"VALUES (digest_bucket(:user_id), :user_id, {placeholders})",
         user_id=user_id,
         **values,
     )
@@ -56,8 +57,8 @@ def add_run(engine: Engine, status: str, user_id: str = "1", **columns: Any) -> 
         return int(
             conn.execute(
                 text(
-                    f"INSERT INTO digest_runs (user_id, {names}) "
-                    f"VALUES (:user_id, {placeholders}) RETURNING id"
+                    f"INSERT INTO digest_runs (bucket, user_id, {names}) "
+                    f"VALUES (digest_bucket(:user_id), :user_id, {placeholders}) RETURNING id"
                 ),
                 {"user_id": user_id, **values},
             ).scalar_one()
@@ -76,10 +77,10 @@ def add_delivery(
     sql(
         engine,
         """
-        INSERT INTO deliveries (run_id, user_id, recipient, transport, message_id,
+        INSERT INTO deliveries (bucket, run_id, user_id, recipient, transport, message_id,
                                 provider_message_id, attempt, status, reason, created_at)
-        VALUES (:run_id, :user_id, :recipient, 'ses', '<m@digest>', 'pm-' || :run_id, 1,
-                :status, :reason, :created_at)
+        VALUES (digest_bucket(:user_id), :run_id, :user_id, :recipient, 'ses', '<m@digest>',
+                'pm-' || :run_id, 1, :status, :reason, :created_at)
         """,
         run_id=run_id,
         user_id=user_id,
@@ -94,8 +95,8 @@ def add_events(engine: Engine, count: int, user_id: str = "1") -> None:
     sql(
         engine,
         """
-        INSERT INTO digest_events (user_id, category, entity_type, entity_id, created_at)
-        SELECT :user_id, 'comment', 'post', 'p' || g,
+        INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, created_at)
+        SELECT digest_bucket(:user_id), :user_id, 'comment', 'post', 'p' || g,
                timestamptz '2026-11-24 10:00+00' + g * interval '1 minute'
           FROM generate_series(1, :count) g
         """,

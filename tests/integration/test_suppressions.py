@@ -22,9 +22,9 @@ Invoke = Callable[..., Result]
 
 ADD_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id, payload,
                                created_at)
-    SELECT CAST(:user_id AS text), 'comment', 'post', 'p1', 'a' || g,
+    SELECT digest_bucket(:user_id), CAST(:user_id AS text), 'comment', 'post', 'p1', 'a' || g,
            jsonb_build_object('title', 'Trip photos', 'actor_name', 'Actor ' || g),
            now() - interval '1 minute'
       FROM generate_series(1, 2) g
@@ -164,7 +164,10 @@ def test_worker_skips_a_suppressed_address_until_it_is_removed(
     """Suppressed: the run ends skipped with the reason, no mail; removed: the next one is sent."""
     with engine.begin() as conn:
         conn.execute(
-            text("INSERT INTO recipients (user_id, email) VALUES ('ana', 'Ana@Example.com')")
+            text(
+                "INSERT INTO recipients (bucket, user_id, email) "
+                "VALUES (digest_bucket('ana'), 'ana', 'Ana@Example.com')"
+            )
         )
         conn.execute(ADD_EVENTS, {"user_id": "ana"})
     assert run("suppress", "add", "ana@example.com", "--reason", "complained").exit_code == 0

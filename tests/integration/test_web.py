@@ -33,7 +33,7 @@ from digest.config import Settings
 from digest.db import make_engine
 from digest.errors import DigestError
 from digest.scheduler import schedule_once
-from digest.unsubscribe import MAX_AGE_DAYS, make_legacy_token, make_token
+from digest.unsubscribe import MAX_AGE_DAYS, make_legacy_token, make_token, make_token_v1
 from digest.web.app import SECRET_MISSING, create_app
 from digest.worker import Worker
 
@@ -44,13 +44,14 @@ BOUNDARY = "digest-test-boundary-7MA4YWxkTrZu0gW"
 MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 ADD_RECIPIENT = text(
-    "INSERT INTO recipients (user_id, email, name) VALUES (:user_id, :email, :name)"
+    "INSERT INTO recipients (bucket, user_id, email, name) "
+    "VALUES (digest_bucket(:user_id), :user_id, :email, :name)"
 )
 ADD_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id, payload,
                                created_at)
-    SELECT CAST(:user_id AS text), 'comment', 'post', 'p1', 'a' || g,
+    SELECT digest_bucket(:user_id), CAST(:user_id AS text), 'comment', 'post', 'p1', 'a' || g,
            jsonb_build_object('title', 'Trip photos', 'actor_name', 'Actor ' || g),
            now() - interval '1 hour'
       FROM generate_series(1, 3) g
@@ -146,10 +147,10 @@ def token_for(engine: Engine, user_id: str, issued: date | None = None) -> str:
     """The token of `user_id` as mail sent now (or on `issued`) carries it."""
     with engine.connect() as conn:
         row = conn.execute(
-            text("SELECT id, subscription_version FROM recipients WHERE user_id = :u"),
+            text("SELECT bucket, id, subscription_version FROM recipients WHERE user_id = :u"),
             {"u": user_id},
         ).one()
-    return make_token(SECRET, row.id, row.subscription_version, issued or today())
+    return make_token(SECRET, row.bucket, row.id, row.subscription_version, issued or today())
 
 
 def today() -> date:
@@ -294,11 +295,12 @@ def test_bad_tokens_get_one_identical_404_and_change_nothing(engine: Engine, sit
     before = snapshot(engine)
     good = token_for(engine, "ana")
     paths = {
-        "forged": f"/u/{make_token('some-other-secret', 1, 0, today())}",
+        "forged": f"/u/{make_token('some-other-secret', 0, 1, 0, today())}",
         "forged legacy": f"/u/{make_legacy_token('some-other-secret', 'ana')}",
         "truncated": f"/u/{good[:-4]}",
         "garbage": "/u/garbage!!",
-        "unknown recipient": f"/u/{make_token(SECRET, 999_999, 0, today())}",
+        "unknown recipient": f"/u/{make_token(SECRET, 0, 999_999, 0, today())}",
+        "unknown format 1 recipient": f"/u/{make_token_v1(SECRET, 999_999, 0, today())}",
         "unknown legacy user": f"/u/{make_legacy_token(SECRET, 'nobody')}",
         "empty": "/u/",
         "extra segment": f"/u/{good}/more",
@@ -475,8 +477,8 @@ def test_cadence_button_gives_a_deferred_runs_events_to_the_next_run(
 def stale_reference(site: Site, engine: Engine) -> Reply:
     """The out-of-date page, as a token of a version that never existed gets it."""
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT id FROM recipients LIMIT 1")).one()
-    return site.request("GET", f"/u/{make_token(SECRET, row.id, 2**31 - 1, today())}")
+        row = conn.execute(text("SELECT bucket, id FROM recipients LIMIT 1")).one()
+    return site.request("GET", f"/u/{make_token(SECRET, row.bucket, row.id, 2**31 - 1, today())}")
 
 
 def test_a_replayed_link_after_resubscribing_changes_nothing(engine: Engine, site: Site) -> None:
@@ -541,6 +543,24 @@ def test_an_expired_link_changes_nothing(engine: Engine, site: Site) -> None:
     assert snapshot(engine) == before
     last_day = token_for(engine, "ana", today() - timedelta(days=MAX_AGE_DAYS))
     assert site.request("GET", f"/u/{last_day}").status == 200
+
+
+def test_links_without_a_bucket_in_mail_already_sent_still_work(engine: Engine, site: Site) -> None:
+    """Format 1 links (mail sent before the bucket) find their recipient shard by shard:
+    the page shows, the one-click unsubscribes and cancels the pending run."""
+    add_user(engine, "ana")
+    add_user(engine, "ben")
+    schedule(engine)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT id, subscription_version FROM recipients WHERE user_id = 'ana'")
+        ).one()
+    old = make_token_v1(SECRET, row.id, row.subscription_version, today())
+    assert site.request("GET", f"/u/{old}").status == 200
+    assert site.one_click(old).status == 200
+    assert recipient(engine, "ana").unsubscribed_at is not None
+    assert recipient(engine, "ben").unsubscribed_at is None
+    assert run_statuses(engine, "ana") == ["cancelled"]
 
 
 def test_legacy_links_in_mail_already_sent_still_work(engine: Engine, site: Site) -> None:
@@ -804,8 +824,8 @@ def test_the_page_offers_one_choice_per_concern(engine: Engine, site: Site) -> N
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO digest_events (user_id, category, entity_type, entity_id) "
-                "VALUES ('ana', 'post.shared', 'post', 'p9')"
+                "INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id) "
+                "VALUES (digest_bucket('ana'), 'ana', 'post.shared', 'post', 'p9')"
             )
         )
     page = PageParts(site.request("GET", f"/u/{token_for(engine, 'ana')}").body)
@@ -906,6 +926,22 @@ def test_the_quiet_hours_form_sets_and_clears_them(engine: Engine, site: Site) -
     )
     assert "Saved: no quiet hours." in PageParts(cleared.body).visible
     assert recipient(engine, "ana").quiet_start is None
+
+
+def test_quiet_hours_and_categories_cancel_no_run_but_cadence_does(
+    engine: Engine, site: Site
+) -> None:
+    """Quiet hours and categories saved on the page leave the pending run alone (they move
+    no run); a changed cadence then cancels it, in the page's own transaction."""
+    add_user(engine, "ana")
+    schedule(engine)
+    token = token_for(engine, "ana")
+    quiet = [("form", "quiet_hours"), ("quiet_start", "22:00"), ("quiet_end", "07:00")]
+    assert post_form(site, token, quiet).status == 200
+    assert post_form(site, token, categories_form(KNOWN, ["comment"])).status == 200
+    assert run_statuses(engine, "ana") == ["pending"]
+    assert post_form(site, token, [("cadence", "weekly")]).status == 200
+    assert run_statuses(engine, "ana") == ["cancelled"]
 
 
 BRANDED = {

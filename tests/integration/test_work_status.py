@@ -34,17 +34,19 @@ def seed(engine: Engine, users: int) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO recipients (user_id, email) "
-                "SELECT 'u' || g, 'u' || g || '@example.com' FROM generate_series(1, :n) g"
+                "INSERT INTO recipients (bucket, user_id, email) "
+                "SELECT digest_bucket('u' || g), 'u' || g, 'u' || g || '@example.com' "
+                "FROM generate_series(1, :n) g"
             ),
             {"n": users},
         )
         conn.execute(
             text(
                 """
-                INSERT INTO digest_events (user_id, category, entity_type, entity_id,
+                INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id,
                                            created_at)
-                SELECT 'u' || g, 'comment', 'post', 'p' || e, now() - interval '1 hour'
+                SELECT digest_bucket('u' || g), 'u' || g, 'comment', 'post', 'p' || e,
+                       now() - interval '1 hour'
                   FROM generate_series(1, :n) g, generate_series(1, 2) e
                 """
             ),

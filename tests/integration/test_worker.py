@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from digest import logs, watchdog
+from digest import logs, shards, watchdog
 from digest.channels.base import SendError
 from digest.channels.email.file import FileTransport
 from digest.cli.work import worker_cpus
@@ -33,13 +33,15 @@ from digest.worker import Worker
 RunDigest = Callable[..., subprocess.CompletedProcess[str]]  # the conftest fixture
 
 ADD_RECIPIENT = text(
-    "INSERT INTO recipients (user_id, email, name) VALUES (:user_id, :email, :name)"
+    "INSERT INTO recipients (bucket, user_id, email, name) "
+    "VALUES (digest_bucket(:user_id), :user_id, :email, :name)"
 )
 ADD_EVENTS = text(
     """
-    INSERT INTO digest_events (user_id, category, entity_type, entity_id, actor_id, payload,
+    INSERT INTO digest_events (bucket, user_id, category, entity_type, entity_id, actor_id, payload,
                                created_at)
-    SELECT CAST(:user_id AS text), CAST(:category AS text), 'post', 'p' || (g % :entities),
+    SELECT digest_bucket(:user_id), CAST(:user_id AS text), CAST(:category AS text), 'post',
+           'p' || (g % :entities),
            'a' || g,
            jsonb_build_object('title', CAST(:title AS text), 'actor_name', 'Actor ' || g,
                               'url', 'https://example.com/p/' || (g % :entities)),
@@ -612,6 +614,7 @@ def test_a_batch_is_claimed_with_its_digests_in_one_autocommit_statement(
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         sent.append((statement, conn.connection.driver_connection.autocommit))
 
+    shards.for_engine(worker.engine)  # read once per process, before the first claim
     event.listen(worker.engine, "before_cursor_execute", record)
     beat = _Heartbeat(worker.engine, worker.me, 60)
     claimed = worker.claim_batch(beat)
@@ -679,7 +682,7 @@ def test_a_missed_heartbeat_logs_one_line_not_a_traceback(
     from digest.heartbeat import Heartbeat as _Heartbeat
 
     beat = _Heartbeat(make_engine("postgresql://nobody@127.0.0.1:1/none"), "me", 1.5)
-    beat.add([(1, 1), (2, 1)])
+    beat.add([(0, 1, 1), (0, 2, 1)])
     beater = threading.Thread(target=beat.run)
     with caplog.at_level(logging.WARNING, logger="digest.heartbeat"):
         beater.start()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from pathlib import Path
 
+from digest.buckets import bucket_of
 from digest.compose import Composer, make_renderer
 from digest.config import Settings
 from digest.models import (
@@ -31,7 +32,9 @@ ANA = Recipient("u1", "ana@example.com", "Ana", "daily", "UTC", "en", recipient_
 
 def run_for(recipient: Recipient | None, digest: DigestContent = DIGEST) -> ClaimedRun:
     """A claimed run of `recipient`'s daily digest."""
-    return ClaimedRun(9, "u1", "daily", NOW, 1, NOW, recipient=recipient, digest=digest)
+    return ClaimedRun(
+        9, bucket_of("u1"), "u1", "daily", NOW, 1, NOW, recipient=recipient, digest=digest
+    )
 
 
 def test_a_preview_is_the_html_and_subject_that_are_sent() -> None:

@@ -39,7 +39,7 @@ class Fake:
         self.closed = True
 
 
-MESSAGE = OutgoingMessage(1, 1, "u", "u@example.com", "<m@x>", "k", b"", "")
+MESSAGE = OutgoingMessage(1, 1, "u", "u@example.com", "<m@x>", "k", b"", "", 0)
 
 
 def test_next_transport_takes_over_when_one_is_down() -> None:

@@ -22,6 +22,7 @@ from digest.channels.email.mime import (
     build_message,
     idempotency_key,
     make_message_id,
+    parse_message_id,
     validate_email,
 )
 from digest.render.text import clean_text
@@ -232,6 +233,22 @@ def test_message_id_and_idempotency_key_are_deterministic() -> None:
     assert idempotency_key(42) != idempotency_key(43)
     with pytest.raises(HeaderError):
         make_message_id(42, "evil.example>\r\nBcc: x")
+
+
+def test_a_message_id_with_its_bucket_reads_back() -> None:
+    """A run's Message-ID carries its bucket (feedback quoting it finds the delivery's
+    shard); only ours, with a bucket in range, read back as (run id, bucket)."""
+    assert make_message_id(42, "example.com", 4095) == "<digest.run-42.b4095@example.com>"
+    assert parse_message_id(make_message_id(42, "Bücher.example", 7)) == (42, 7)
+    assert parse_message_id(" digest.run-42.b7@example.com ") == (42, 7)  # SES drops <>
+    for other in (
+        make_message_id(42, "example.com"),  # mail sent before the bucket
+        "<digest.run-42.b4096@example.com>",
+        "<digest.run-x.b1@example.com>",
+        "<0100018c-abc@email.amazonses.com>",
+        "",
+    ):
+        assert parse_message_id(other) is None, other
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from moto import mock_aws
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 
+from digest.buckets import bucket_of
 from digest.channels.base import SendError
 from digest.channels.email.mime import build_message, idempotency_key, make_message_id
 from digest.channels.email.ses import (
@@ -108,6 +109,7 @@ def outgoing(run_id: int = 42, attempt: int = 3) -> OutgoingMessage:
         idempotency_key=idempotency_key(run_id),
         data=data,
         html="<p>Hello Ana</p>",
+        bucket=bucket_of("u-1"),
     )
 
 
@@ -267,13 +269,18 @@ def expected_params(message: OutgoingMessage, **extra: Any) -> dict[str, Any]:
         "FromEmailAddress": SENDER,
         "Destination": {"ToAddresses": ["ana@example.org"]},
         "Content": {"Raw": {"Data": message.data}},
-        "EmailTags": [{"Name": "run_id", "Value": "42"}, {"Name": "attempt", "Value": "3"}],
+        "EmailTags": [
+            {"Name": "run_id", "Value": "42"},
+            {"Name": "bucket", "Value": str(bucket_of("u-1"))},
+            {"Name": "attempt", "Value": "3"},
+        ],
         **extra,
     }
 
 
 def test_tags_and_configuration_set_are_sent() -> None:
-    """run_id/attempt tags and the configuration set go with every send (feedback needs them)."""
+    """run_id/bucket/attempt tags and the configuration set go with every send (feedback
+    needs them, and the bucket to find the delivery on its shard)."""
     config = settings(ses_configuration_set="digest-events")
     client = make_client(config)
     message = outgoing()
@@ -365,6 +372,7 @@ def test_request_is_sesv2_send_email_with_raw_data(
     assert sent["Content"]["Raw"]["Data"]  # base64 of the MIME
     assert sent["EmailTags"] == [
         {"Name": "run_id", "Value": "42"},
+        {"Name": "bucket", "Value": str(bucket_of("u-1"))},
         {"Name": "attempt", "Value": "3"},
     ]
     assert result == SendResult("ses", "fake-message-id")

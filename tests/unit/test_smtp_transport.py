@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from digest import channels as transports
 from digest import logs
+from digest.buckets import bucket_of
 from digest.channels.base import SendError
 from digest.channels.email.mime import (
     build_message,
@@ -209,6 +210,7 @@ def outgoing(
         idempotency_key=idempotency_key(run_id),
         data=data,
         html=html,
+        bucket=bucket_of("42"),
     )
 
 

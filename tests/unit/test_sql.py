@@ -3,50 +3,25 @@ assembled from the grouping's and the recipient's parts, is readable whole in on
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 import re
 from pathlib import Path
 
-from sqlalchemy import TextClause
+from conftest import named_statements, statement_text
 
-import digest
 from digest.claim import claim_statement
 from digest.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CLAIM_SNAPSHOT = ROOT / "docs" / "sql" / "claim_batch.sql"
-# Statements kept as plain strings (COPY, and those run through the driver directly).
-_SQL_TEXT = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH|COPY|CREATE|TRUNCATE)\b", re.I)
-
-
-def named_statements() -> dict[str, str]:
-    """`module.NAME` -> statement text, for every module-level SQL constant in digest/."""
-    found: dict[int, tuple[str, str]] = {}
-    for info in pkgutil.walk_packages(digest.__path__, "digest."):
-        if info.name == "digest.__main__":  # runs the command line when imported
-            continue
-        module = importlib.import_module(info.name)
-        for name, value in vars(module).items():
-            if not name.isupper():
-                continue
-            if isinstance(value, TextClause):
-                sql = value.text
-            elif isinstance(value, str) and _SQL_TEXT.match(value):
-                sql = value
-            else:
-                continue
-            # an imported constant is the same object: keep where it was seen first
-            found.setdefault(id(value), (f"{info.name}.{name}", sql))
-    return dict(found.values())
 
 
 def test_every_sql_constant_is_one_of_a_kind() -> None:
     """No two SQL constants hold the same statement, and no name stands for two statements
     (RECIPIENT_UNSUBSCRIBE once meant one statement in feedback and another in web)."""
-    statements = named_statements()
+    statements = {name: statement_text(s) for name, s in named_statements().items()}
     assert len(statements) > 40  # the walk found the package's statements
+    assert "digest.ingest.store.EVENT_INSERT" in statements  # namespace packages too
     by_text: dict[str, list[str]] = {}
     by_name: dict[str, list[str]] = {}
     for where, sql in statements.items():
@@ -70,3 +45,55 @@ def test_the_claim_statement_is_written_out_in_docs() -> None:
     if os.environ.get("DIGEST_UPDATE_SNAPSHOTS") == "1":
         CLAIM_SNAPSHOT.write_text(text)
     assert CLAIM_SNAPSHOT.read_text() == text
+
+
+# What Citus refuses in a distributed statement that changes rows it reads (an UPDATE, an
+# INSERT ... SELECT): a non-immutable function inside CASE or COALESCE, or in ON CONFLICT DO
+# UPDATE SET, and a volatile one in an UPDATE. (INSERT ... VALUES it evaluates first.) And
+# Citus 13.2 sends a simple `CASE x WHEN ...` in the WHERE of a statement with parameters to
+# its worker nodes as `text = boolean`: every CASE is written searched (`CASE WHEN`).
+CLOCK = re.compile(r"\b(now|clock_timestamp|statement_timestamp|timeofday|random)\s*\(", re.I)
+
+
+def _case_spans(sql: str) -> list[str]:
+    """Every CASE ... END of `sql` (nested ones inside their parent's span)."""
+    words = list(re.finditer(r"\b(CASE|END)\b", sql, re.I))
+    spans, opened = [], []
+    for word in words:
+        if word[1].upper() == "CASE":
+            opened.append(word.start())
+        elif opened:
+            spans.append(sql[opened.pop() : word.end()])
+    return spans
+
+
+def _call_spans(sql: str, function: str) -> list[str]:
+    """The argument lists of every call of `function` in `sql`."""
+    spans = []
+    for match in re.finditer(rf"\b{function}\s*\(", sql, re.I):
+        depth, end = 1, match.end()
+        while depth and end < len(sql):
+            depth += {"(": 1, ")": -1}.get(sql[end], 0)
+            end += 1
+        spans.append(sql[match.end() : end])
+    return spans
+
+
+def test_no_clock_or_random_where_citus_refuses_them() -> None:
+    """No named statement that changes rows calls now() (or another clock) inside CASE or
+    COALESCE or in ON CONFLICT DO UPDATE SET, nor random() in an UPDATE, and no statement has
+    a simple CASE: Citus refuses or breaks them, so the time comes in as :now, jitter from a
+    hash, and every CASE is searched."""
+    found = []
+    for name, statement in named_statements().items():
+        sql = statement_text(statement)
+        if re.search(r"\bCASE\b(?!\s+WHEN\b)", sql, re.I):
+            found.append((name, "a simple CASE"))
+        if not re.search(r"\bUPDATE\b|\bINSERT\b.*\bSELECT\b", sql, re.I | re.S):
+            continue
+        spans = [*_case_spans(sql), *_call_spans(sql, "coalesce")]
+        spans += re.findall(r"DO\s+UPDATE\s+SET(.*?)(?:RETURNING|$)", sql, re.I | re.S)
+        found += [(name, span) for span in spans if CLOCK.search(span)]
+        if re.search(r"\bUPDATE\b", sql, re.I) and re.search(r"\brandom\s*\(", sql, re.I):
+            found.append((name, "random()"))
+    assert found == [], sorted({n for n, _ in found})

@@ -18,6 +18,7 @@ from digest.unsubscribe import (
     Token,
     make_legacy_token,
     make_token,
+    make_token_v1,
     unsubscribe_url,
     verify_token,
 )
@@ -28,17 +29,34 @@ B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 @pytest.mark.parametrize(
+    ("bucket", "recipient_id", "version"),
+    [(0, 1, 0), (17, 42, 7), (4095, 2**48 - 1, 2**31 - 1), (2048, 981_234, 1)],
+)
+def test_round_trip(bucket: int, recipient_id: int, version: int) -> None:
+    """A token names the recipient and its bucket, the subscription version and the day it
+    was issued."""
+    token = make_token(SECRET, bucket, recipient_id, version, DAY)
+    assert verify_token(SECRET, token) == Token(recipient_id, None, version, DAY, bucket)
+
+
+@pytest.mark.parametrize(
     ("recipient_id", "version"), [(1, 0), (42, 7), (2**63 - 1, 2**31 - 1), (981_234, 1)]
 )
-def test_round_trip(recipient_id: int, version: int) -> None:
-    """A token names the recipient, the subscription version and the day it was issued."""
-    token = make_token(SECRET, recipient_id, version, DAY)
-    assert verify_token(SECRET, token) == Token(recipient_id, None, version, DAY)
+def test_format_1_tokens_still_verify_without_a_bucket(recipient_id: int, version: int) -> None:
+    """A token from mail sent before the bucket (format 1) still names its recipient."""
+    token = make_token_v1(SECRET, recipient_id, version, DAY)
+    assert verify_token(SECRET, token) == Token(recipient_id, None, version, DAY, None)
 
 
 def test_token_has_a_fixed_length_and_is_url_safe() -> None:
     """Every token is 44 base64url characters, whatever the recipient: safe in a path, a header."""
-    tokens = [make_token(SECRET, rid, v, DAY) for rid in (1, 2**40, 2**63 - 1) for v in (0, 9)]
+    tokens = [
+        make_token(SECRET, b, rid, v, DAY)
+        for b in (0, 4095)
+        for rid in (1, 2**40, 2**48 - 1)
+        for v in (0, 9)
+    ]
+    tokens += [make_token_v1(SECRET, rid, 0, DAY) for rid in (1, 2**63 - 1)]
     assert {len(t) for t in tokens} == {TOKEN_LENGTH} == {44}
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", t) for t in tokens)
 
@@ -46,18 +64,29 @@ def test_token_has_a_fixed_length_and_is_url_safe() -> None:
 def test_the_issue_day_is_the_utc_date_of_the_moment_given() -> None:
     """An aware datetime (a run's first attempt) is issued on its UTC day."""
     evening = datetime(2026, 12, 3, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
-    token = verify_token(SECRET, make_token(SECRET, 1, 0, evening))
+    token = verify_token(SECRET, make_token(SECRET, 7, 1, 0, evening))
     assert token is not None
     assert token.issued == date(2026, 12, 4)
     with pytest.raises(ValueError, match="aware"):
-        make_token(SECRET, 1, 0, datetime(2026, 12, 3, 12))
+        make_token(SECRET, 7, 1, 0, datetime(2026, 12, 3, 12))
 
 
 def test_out_of_range_fields_are_refused() -> None:
-    """Ids, versions and days that do not fit the format raise instead of wrapping around."""
-    for recipient_id, version in ((0, 0), (-1, 0), (2**63, 0), (1, -1), (1, 2**31)):
+    """Buckets, ids, versions and days that do not fit the format raise instead of wrapping
+    around."""
+    for bucket, recipient_id, version in (
+        (0, 0, 0),
+        (0, -1, 0),
+        (0, 2**48, 0),
+        (0, 1, -1),
+        (0, 1, 2**31),
+        (-1, 1, 0),
+        (4096, 1, 0),
+    ):
         with pytest.raises(ValueError, match="out of range"):
-            make_token(SECRET, recipient_id, version, DAY)
+            make_token(SECRET, bucket, recipient_id, version, DAY)
+    with pytest.raises(ValueError, match="out of range"):
+        make_token_v1(SECRET, 2**63, 0, DAY)
 
 
 def test_expiry() -> None:
@@ -72,15 +101,15 @@ def test_expiry() -> None:
 
 def test_url() -> None:
     """The URL is base_url/u/TOKEN, with no double slash."""
-    token = make_token(SECRET, 42, 1, DAY)
-    assert unsubscribe_url("https://app.example.com/", SECRET, 42, 1, DAY) == (
+    token = make_token(SECRET, 7, 42, 1, DAY)
+    assert unsubscribe_url("https://app.example.com/", SECRET, 7, 42, 1, DAY) == (
         f"https://app.example.com/u/{token}"
     )
 
 
 def test_tampered_tokens_fail() -> None:
     """Changing any character makes the token invalid."""
-    token = make_token(SECRET, 42, 3, DAY)
+    token = make_token(SECRET, 7, 42, 3, DAY)
     for index, char in enumerate(token):
         for replacement in ("A", "b", "-"):
             if replacement != char:
@@ -89,9 +118,14 @@ def test_tampered_tokens_fail() -> None:
 
 
 def test_a_mac_does_not_fit_other_fields() -> None:
-    """A valid MAC moved onto another recipient, version or day does not verify."""
-    mine = base64.urlsafe_b64decode(make_token(SECRET, 42, 3, DAY))
-    for other in (make_token(SECRET, 43, 3, DAY), make_token(SECRET, 42, 4, DAY)):
+    """A valid MAC moved onto another bucket, recipient, version or format does not verify."""
+    mine = base64.urlsafe_b64decode(make_token(SECRET, 7, 42, 3, DAY))
+    for other in (
+        make_token(SECRET, 8, 42, 3, DAY),
+        make_token(SECRET, 7, 43, 3, DAY),
+        make_token(SECRET, 7, 42, 4, DAY),
+        make_token_v1(SECRET, 42, 3, DAY),
+    ):
         theirs = base64.urlsafe_b64decode(other)
         spliced = base64.urlsafe_b64encode(theirs[:17] + mine[17:]).decode()
         assert verify_token(SECRET, spliced) is None
@@ -99,30 +133,31 @@ def test_a_mac_does_not_fit_other_fields() -> None:
 
 def test_truncated_tokens_fail() -> None:
     """Every prefix of a token is rejected."""
-    token = make_token(SECRET, 42, 0, DAY)
+    token = make_token(SECRET, 7, 42, 0, DAY)
     for end in range(len(token)):
         assert verify_token(SECRET, token[:end]) is None
 
 
 def test_wrong_purpose_or_key_fails() -> None:
     """A token for one purpose or key does not verify for another."""
-    token = make_token(SECRET, 42, 0, DAY, purpose="digest")
+    token = make_token(SECRET, 7, 42, 0, DAY, purpose="digest")
     assert verify_token(SECRET, token, purpose="alerts") is None
     assert verify_token("other-key", token) is None
-    alerts = make_token(SECRET, 42, 0, DAY, purpose="alerts")
-    assert verify_token(SECRET, alerts, "alerts") == Token(42, None, 0, DAY)
+    alerts = make_token(SECRET, 7, 42, 0, DAY, purpose="alerts")
+    assert verify_token(SECRET, alerts, "alerts") == Token(42, None, 0, DAY, 7)
 
 
 def test_an_unknown_format_fails() -> None:
-    """Only format 1 is read; another first byte is not a token, even with a valid MAC."""
-    raw = bytearray(base64.urlsafe_b64decode(make_token(SECRET, 42, 0, DAY)))
-    raw[0] = 2
-    assert verify_token(SECRET, base64.urlsafe_b64encode(bytes(raw)).decode()) is None
+    """Only formats 1 and 2 are read; another first byte is not a token."""
+    raw = bytearray(base64.urlsafe_b64decode(make_token(SECRET, 7, 42, 0, DAY)))
+    for first in (0, 3, 255):
+        raw[0] = first
+        assert verify_token(SECRET, base64.urlsafe_b64encode(bytes(raw)).decode()) is None
 
 
 def test_non_canonical_base64_fails() -> None:
     """Another spelling of the same bytes (padding, trailing bits) is not accepted."""
-    token = make_token(SECRET, 42, 0, DAY)
+    token = make_token(SECRET, 7, 42, 0, DAY)
     assert verify_token(SECRET, token + "=") is None
     sibling = B64URL[B64URL.index(token[-1]) ^ 1]
     assert verify_token(SECRET, token[:-1] + sibling) is None
@@ -168,7 +203,7 @@ def test_legacy_tampered_or_spliced_tokens_fail() -> None:
 
 def test_new_and_legacy_macs_never_stand_in_for_each_other() -> None:
     """A new token's fields and MAC re-spelt as a legacy token do not verify (domain separation)."""
-    raw = base64.urlsafe_b64decode(make_token(SECRET, 42, 0, DAY))
+    raw = base64.urlsafe_b64decode(make_token(SECRET, 7, 42, 0, DAY))
     payload, mac = (base64.urlsafe_b64encode(p).rstrip(b"=").decode() for p in (raw[:17], raw[17:]))
     assert verify_token(SECRET, f"{payload}.{mac}") is None
 
@@ -216,6 +251,6 @@ def test_verify_never_raises(token: str) -> None:
 def test_empty_secret_is_refused() -> None:
     """An empty key is a configuration error, reported loudly rather than signing with it."""
     with pytest.raises(ValueError, match="secret"):
-        make_token("", 42, 0, DAY)
+        make_token("", 7, 42, 0, DAY)
     with pytest.raises(ValueError, match="secret"):
-        verify_token("", make_token(SECRET, 42, 0, DAY))
+        verify_token("", make_token(SECRET, 7, 42, 0, DAY))

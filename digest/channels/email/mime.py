@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from email.policy import SMTP, Policy
 from email.utils import format_datetime
 
+from digest.buckets import BUCKETS
 from digest.render.text import clean_text
 
 SUBJECT_LIMIT = 200
@@ -79,9 +80,25 @@ def validate_email(address: str) -> str:
     return _normalise_address(address, require_dot=True)
 
 
-def make_message_id(run_id: int, domain: str) -> str:
-    """The Message-ID of a run's email: the same for every attempt, so providers can dedupe."""
-    return f"<digest.run-{int(run_id)}@{_ascii_domain(domain, require_dot=False)}>"
+def make_message_id(run_id: int, domain: str, bucket: int | None = None) -> str:
+    """The Message-ID of a run's email: the same for every attempt, so providers can dedupe;
+    with the run's bucket (`.b<bucket>`), so that feedback quoting it finds the delivery on
+    the shard that holds it."""
+    at = _ascii_domain(domain, require_dot=False)
+    if bucket is None:
+        return f"<digest.run-{int(run_id)}@{at}>"
+    return f"<digest.run-{int(run_id)}.b{int(bucket)}@{at}>"
+
+
+_OUR_MESSAGE_ID = re.compile(r"<?digest\.run-(\d{1,18})\.b(\d{1,4})@[^>]*>?")
+
+
+def parse_message_id(value: str) -> tuple[int, int] | None:
+    """(run id, bucket) from a Message-ID `make_message_id` wrote with a bucket, else None."""
+    match = _OUR_MESSAGE_ID.fullmatch(value.strip())
+    if match is None or int(match[2]) >= BUCKETS:
+        return None
+    return int(match[1]), int(match[2])
 
 
 def idempotency_key(run_id: int) -> str:

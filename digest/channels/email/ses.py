@@ -66,7 +66,8 @@ CONNECT_TIMEOUT_CAP = 10.0
 
 
 class SesTransport:
-    """Sends each message as one sesv2 `send_email` call with `run_id`/`attempt` tags.
+    """Sends each message as one sesv2 `send_email` call with `run_id`/`bucket`/`attempt`
+    tags.
 
     One client serves every sending thread: boto3 documents clients (unlike sessions and
     resources) as thread-safe once created, as long as no one mutates them or registers
@@ -91,9 +92,11 @@ class SesTransport:
             "FromEmailAddress": self.from_address,
             "Destination": {"ToAddresses": [message.to_address]},
             "Content": {"Raw": {"Data": message.data}},
-            # Tags come back in every SES event for this message: feedback finds its run.
+            # Tags come back in every SES event for this message: feedback finds its run,
+            # on the shard its bucket names.
             "EmailTags": [
                 {"Name": "run_id", "Value": str(message.run_id)},
+                {"Name": "bucket", "Value": str(message.bucket)},
                 {"Name": "attempt", "Value": str(message.attempt)},
             ],
         }
